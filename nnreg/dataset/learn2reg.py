@@ -1,0 +1,155 @@
+"""The Learn2Reg/LUMIR ``dataset.json``: an unpaired training pool and explicit validation pairs.
+
+Only the structure is checked here (keys, paths, files present); image contents (dimensionality, NaN,
+all-zero) are checked when the fingerprint reads every image. Paths in dataset.json are relative to the
+dataset root and usually start with ``./``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nnreg.dataset.naming import challenge_id_and_modality, ground_truth_path, strip_image_suffix
+from nnreg.utilities.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One image of the dataset, with its path relative to the root as written in dataset.json."""
+
+    root: Path
+    relative: str
+
+    @property
+    def path(self) -> Path:
+        rel = self.relative[2:] if self.relative.startswith("./") else self.relative
+        return self.root / rel
+
+    @property
+    def case_id(self) -> str:
+        """File name without ``.nii.gz``: unique within a dataset, used for preprocessed files."""
+        return strip_image_suffix(self.path.name)
+
+    @property
+    def challenge_id(self) -> str:
+        return challenge_id_and_modality(self.path)[0]
+
+    @property
+    def modality(self) -> str:
+        return challenge_id_and_modality(self.path)[1]
+
+    def labels_path(self) -> Path:
+        return ground_truth_path(self.root, self.relative, "labels")
+
+    def landmarks_path(self) -> Path:
+        return ground_truth_path(self.root, self.relative, "landmarks")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A registration pair: the moving image is warped onto the fixed image's grid."""
+
+    fixed: ImageEntry
+    moving: ImageEntry
+
+
+@dataclass
+class Learn2RegDataset:
+    """A parsed dataset.json with absolute paths resolved against the dataset root."""
+
+    root: Path
+    name: str
+    raw: dict[str, Any]
+    training: list[ImageEntry]
+    validation: list[Pair]
+    tensor_shape: tuple[int, ...] | None
+    modalities: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def json_path(self) -> Path:
+        return self.root / "dataset.json"
+
+    def pairs(self, key: str = "validation") -> list[Pair]:
+        """Explicit ``{fixed, moving}`` pairs stored under ``key`` (``validation`` by default)."""
+        if key == "validation":
+            return list(self.validation)
+        return _parse_pairs(self.root, self.raw, key, self.json_path)
+
+    def has_training_labels(self) -> bool:
+        return bool(self.training) and all(e.labels_path().is_file() for e in self.training)
+
+
+def _entry(root: Path, value: Any, where: str, json_path: Path) -> ImageEntry:
+    if not isinstance(value, str) or not value:
+        raise DatasetError(f"{where} is not a file path (got {value!r})", json_path)
+    entry = ImageEntry(root, value)
+    if not entry.path.is_file():
+        raise DatasetError(f"{where} lists {value}, which does not exist", json_path)
+    return entry
+
+
+def _parse_pairs(root: Path, raw: dict[str, Any], key: str, json_path: Path) -> list[Pair]:
+    items = raw.get(key)
+    if items is None:
+        raise DatasetError(f"has no '{key}' list of pairs", json_path)
+    if not isinstance(items, list):
+        raise DatasetError(f"'{key}' must be a list of {{fixed, moving}} pairs", json_path)
+    pairs = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "fixed" not in item or "moving" not in item:
+            raise DatasetError(f"'{key}'[{i}] must have 'fixed' and 'moving'", json_path)
+        pairs.append(
+            Pair(
+                fixed=_entry(root, item["fixed"], f"'{key}'[{i}].fixed", json_path),
+                moving=_entry(root, item["moving"], f"'{key}'[{i}].moving", json_path),
+            )
+        )
+    return pairs
+
+
+def load_dataset(root: str | Path) -> Learn2RegDataset:
+    """Parse ``root/dataset.json``; raise :class:`DatasetError` naming the file and the problem."""
+    root = Path(root).resolve()
+    json_path = root / "dataset.json"
+    if not root.is_dir():
+        raise DatasetError("dataset folder does not exist", root)
+    if not json_path.is_file():
+        raise DatasetError("missing dataset.json (a Learn2Reg dataset needs one)", json_path)
+    try:
+        raw = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"not valid JSON ({exc})", json_path) from None
+    if not isinstance(raw, dict):
+        raise DatasetError("must hold a JSON object", json_path)
+    if "training" not in raw:
+        raise DatasetError("lacks the 'training' list", json_path)
+    if not isinstance(raw["training"], list) or not raw["training"]:
+        raise DatasetError("'training' must be a non-empty list of {\"image\": path}", json_path)
+    training = []
+    for i, item in enumerate(raw["training"]):
+        value = item.get("image") if isinstance(item, dict) else item
+        training.append(_entry(root, value, f"'training'[{i}]", json_path))
+    ids = [e.case_id for e in training]
+    dupes = sorted({c for c in ids if ids.count(c) > 1})
+    if dupes:
+        raise DatasetError(f"'training' lists {dupes[0]} more than once", json_path)
+    validation = _parse_pairs(root, raw, "validation", json_path) if "validation" in raw else []
+    shape = None
+    tis = raw.get("tensorImageShape")
+    if isinstance(tis, dict) and tis:
+        shape = tuple(int(s) for s in next(iter(tis.values())))
+    modalities = {str(k): str(v) for k, v in (raw.get("modality") or {}).items()}
+    return Learn2RegDataset(
+        root=root,
+        name=root.name,
+        raw=raw,
+        training=training,
+        validation=validation,
+        tensor_shape=shape,
+        modalities=modalities,
+    )
