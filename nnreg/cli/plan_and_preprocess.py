@@ -1,0 +1,52 @@
+"""``nnreg_plan_and_preprocess -d 500``: fingerprint, plan and preprocess a Learn2Reg dataset."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+from nnreg.cli.common import preprocessed_option, raw_option, user_errors_as_one_line, verbose_option
+from nnreg.planning.planner import PlannerSettings
+from nnreg.planning.report import plans_table
+from nnreg.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+
+logger = logging.getLogger("nnreg")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-d", "--dataset", "datasets", multiple=True, required=True,
+              help="Dataset id (500), name (Dataset500_OpenBrains80) or path to a dataset folder. Repeatable.")
+@click.option("-p", "--plans-name", default="nnRegPlans", show_default=True, help="Plans identifier.")
+@click.option("-c", "--configuration", "configurations", multiple=True,
+              help="Configurations to preprocess (default: all planned).")
+@click.option("-np", "--num-processes", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Worker processes; 0 runs everything in this process.")
+@click.option("--clean", is_flag=True, help="Redo everything: fingerprint, plans and preprocessed data.")
+@click.option("--overwrite-plans", is_flag=True, help="Re-plan even if this plans file exists (drops hand edits).")
+@click.option("--no-pp", "no_pp", is_flag=True, help="Only fingerprint and plan; do not preprocess.")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="Device the plans target (GPU memory or RAM budget).")
+@click.option("--gpu-memory-target", type=float, default=None,
+              help="GPU memory budget in GB for --device cuda (default 24).")
+@click.option("--memory-target", type=float, default=None,
+              help="RAM budget in GB for --device cpu (default: a safe share of this machine's RAM).")
+@raw_option
+@preprocessed_option
+@verbose_option
+@user_errors_as_one_line
+def main(datasets: tuple[str, ...], plans_name: str, configurations: tuple[str, ...], num_processes: int,
+         clean: bool, overwrite_plans: bool, no_pp: bool, device: str, gpu_memory_target: float | None,
+         memory_target: float | None, raw: str | None, preprocessed: str | None, verbose: bool) -> None:
+    """Verify, fingerprint, plan and preprocess Learn2Reg/LUMIR datasets."""
+    from nnreg.planning.budget import memory_budget_gb
+
+    budget = memory_budget_gb(device, gpu_memory_target, memory_target)
+    for spec in datasets:
+        options = PlanAndPreprocessOptions(
+            dataset=spec, raw=raw, preprocessed=preprocessed, configurations=configurations,
+            num_processes=num_processes, clean=clean, overwrite_plans=overwrite_plans, no_preprocessing=no_pp,
+            planner=PlannerSettings(plans_name=plans_name, device=device, memory_target_gb=budget),
+        )
+        out, plans = plan_and_preprocess(options)
+        click.echo(plans_table(plans))
+        click.echo(f"done: {out}")

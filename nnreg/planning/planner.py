@@ -1,0 +1,106 @@
+"""Turn a dataset fingerprint into a plans file.
+
+The planner decides per configuration: target spacing (``3d_fullres`` = median spacing, ``3d_halfres`` = twice
+it), normalisation, the network box and then the architecture and batch size through a *decision function*
+``decide(box_shape, settings) -> Decision``. The default decision uses fixed, shape-derived defaults; the
+memory-driven planner replaces only that function.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from nnreg.planning.plans import ConfigurationPlan, Plans
+from nnreg.planning.topology import cascade_depth, network_box
+
+logger = logging.getLogger(__name__)
+
+CONFIGURATIONS = {"3d_fullres": 1.0, "3d_halfres": 2.0}
+MARGIN_MM = 4.0
+
+
+@dataclass
+class PlannerSettings:
+    """Options of a planning run (CLI flags map onto these)."""
+
+    plans_name: str = "nnRegPlans"
+    device: str = "cuda"
+    memory_target_gb: float = 24.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Decision:
+    """What a decision function returns for one configuration."""
+
+    architecture: dict[str, Any]
+    batch_size: int
+    divisor: int
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+DecisionFunction = Callable[[list[int], PlannerSettings], Decision]
+
+
+def choose_normalization(intensity: dict[str, Any]) -> dict[str, Any]:
+    """The normalisation scheme (see ``nnreg.preprocessing.normalization``) for a dataset from its fingerprint's pooled foreground intensity statistics."""
+    upper = float(intensity["percentiles"]["99.5"])
+    if intensity["min"] >= 0.0 and intensity["max"] <= 255.0 and upper >= 64.0:
+        return {"scheme": "fixed_range", "lower": 0.0, "upper": 255.0}
+    return {"scheme": "percentile", "lower_percentile": 0.5, "upper_percentile": 99.5}
+
+
+def fixed_default_decision(box: list[int], settings: PlannerSettings) -> Decision:
+    """The paper's backbone with a cascade deep enough for a coarsest level of ~8-16 voxels; batch size 1."""
+    from nnreg.networks import default_architecture
+
+    levels = cascade_depth(box)
+    return Decision(architecture=default_architecture(levels), batch_size=1, divisor=2 ** (levels - 1),
+                    notes={"rule": "fixed defaults: coarsest cascade level >= 8 voxels per axis"})
+
+
+def plan_configuration(name: str, spacing_factor: float, fingerprint: dict[str, Any], settings: PlannerSettings,
+                       plans_name: str, decide: DecisionFunction) -> ConfigurationPlan:
+    """Plan one configuration: grid first, then the architecture on that grid, then the box it needs."""
+    spacing = [s * spacing_factor for s in fingerprint["median_spacing"]]
+    factor = [spacing_factor] * 3
+    resampled = [max(1, round(n / f)) for n, f in zip(fingerprint["median_shape"], factor)]
+    margin = max(1, round(MARGIN_MM / min(spacing)))
+    fg_box = fingerprint["union_foreground_bbox"]
+    # the box before rounding decides the depth; the depth's divisor then rounds the box
+    _, rough = network_box(fg_box, resampled, factor, 1, margin)
+    decision = decide(rough, settings)
+    crop_start, shape = network_box(fg_box, resampled, factor, decision.divisor, margin)
+    notes = dict(decision.notes)
+    if not fingerprint.get("same_grid", True):
+        notes["grid"] = ("images differ in shape or spacing: planned on the median grid; each image is "
+                         "resampled and its box centred (images must be pre-aligned, as Learn2Reg requires)")
+    return ConfigurationPlan(
+        data_identifier=f"{plans_name}_{name}",
+        spacing=spacing,
+        resampling_factor=factor,
+        resampled_shape=resampled,
+        crop_start=crop_start,
+        shape=shape,
+        normalization=choose_normalization(fingerprint["intensity"]),
+        batch_size=decision.batch_size,
+        architecture=decision.architecture,
+        notes=notes,
+    )
+
+
+def plan_experiment(fingerprint: dict[str, Any], settings: PlannerSettings,
+                    decide: DecisionFunction = fixed_default_decision) -> Plans:
+    """Plans for every configuration of a dataset."""
+    configs = {name: plan_configuration(name, f, fingerprint, settings, settings.plans_name, decide)
+               for name, f in CONFIGURATIONS.items()}
+    return Plans(
+        dataset_name=fingerprint["dataset_name"],
+        plans_name=settings.plans_name,
+        original_median_spacing=fingerprint["median_spacing"],
+        original_median_shape=fingerprint["median_shape"],
+        configurations=configs,
+        planner={"decision": getattr(decide, "__name__", str(decide)), "device": settings.device,
+                 "memory_target_gb": settings.memory_target_gb},
+    )

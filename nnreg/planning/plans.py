@@ -1,0 +1,111 @@
+"""Plans files as dataclasses <-> JSON.
+
+A plans file (``<preprocessed>/<Dataset>/<plans_name>.json``) holds dataset-level entries and one entry per
+configuration (``3d_fullres``, ``3d_halfres``). A configuration may name another in ``inherits_from`` and
+override only some keys; inheritance is resolved when the file is read, so hand edits to either win.
+All spatial lists are in array-axis order (i, j, k); spacings in mm; shapes in voxels.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nnreg.utilities.errors import ConfigurationError
+from nnreg.utilities.files import read_json, write_json
+
+
+@dataclass
+class ConfigurationPlan:
+    """Everything the trainer and predictor need to know about one configuration."""
+
+    data_identifier: str
+    spacing: list[float]                 # target spacing (mm) of the network grid
+    resampling_factor: list[float]       # target spacing / original spacing, per axis
+    resampled_shape: list[int]           # original image resampled to ``spacing``
+    crop_start: list[int]                # first voxel of the network box in the resampled grid (may be < 0)
+    shape: list[int]                     # network input shape (box size), divisible by the network's divisor
+    normalization: dict[str, Any]        # {"scheme": "fixed_range"|"percentile", ...}
+    batch_size: int
+    architecture: dict[str, Any]         # {"network_class": str, "kwargs": {...}}
+    inherits_from: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Plans:
+    """A whole plans file."""
+
+    dataset_name: str
+    plans_name: str
+    original_median_spacing: list[float]
+    original_median_shape: list[float]
+    configurations: dict[str, ConfigurationPlan]
+    planner: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+
+    def configuration(self, name: str) -> ConfigurationPlan:
+        if name not in self.configurations:
+            raise ConfigurationError(
+                f"plans {self.plans_name} have no configuration {name!r} (available: "
+                f"{', '.join(sorted(self.configurations))})")
+        return self.configurations[name]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["configurations"] = {k: v.to_json() for k, v in self.configurations.items()}
+        return d
+
+    def save(self, path: str | Path) -> None:
+        write_json(self.to_json(), path)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], source: str | Path | None = None) -> "Plans":
+        try:
+            raw_configs = d["configurations"]
+            resolved = {name: _resolve(name, raw_configs, source) for name in raw_configs}
+            configs = {name: ConfigurationPlan(**cfg) for name, cfg in resolved.items()}
+            return cls(
+                dataset_name=d["dataset_name"],
+                plans_name=d["plans_name"],
+                original_median_spacing=d["original_median_spacing"],
+                original_median_shape=d["original_median_shape"],
+                configurations=configs,
+                planner=d.get("planner", {}),
+                version=d.get("version", 1),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigurationError(f"not a valid plans file ({exc})", source) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plans":
+        return cls.from_json(read_json(path), source=path)
+
+
+def _resolve(name: str, raw: dict[str, Any], source: Any, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A configuration with its ``inherits_from`` chain merged in (child keys win, dicts merge deeply)."""
+    if name in seen:
+        raise ConfigurationError(f"configuration {name!r} inherits from itself via {' -> '.join(seen)}", source)
+    if name not in raw:
+        raise ConfigurationError(f"configuration {seen[-1]!r} inherits from unknown {name!r}", source)
+    cfg = raw[name]
+    parent = cfg.get("inherits_from")
+    if not parent:
+        return copy.deepcopy(cfg)
+    merged = _deep_merge(_resolve(parent, raw, source, seen + (name,)), cfg)
+    merged["inherits_from"] = parent
+    return merged
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

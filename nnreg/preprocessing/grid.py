@@ -1,0 +1,97 @@
+"""The map between an original image grid and the network grid of a configuration, both ways.
+
+Conventions: arrays in array-axis order (i, j, k); coordinates in voxel indices; resampling aligns voxel
+*centres* of equal physical extent (voxel centre i of a grid with spacing s sits at (i + 0.5)·s from the
+grid's edge, i.e. ``align_corners=False``). With ``f`` = target spacing / original spacing per axis and
+``c`` = ``crop_start`` (first network voxel in the resampled grid, may be negative = zero padding):
+
+    original index  x = (p + c + 0.5)·f − 0.5   for network index p.
+
+Displacement fields are voxel-unit pull fields (``warped(x) = moving(x + u(x))``); mapping one from the
+network grid to the original grid samples it at p(x) and multiplies component a by f[a]. Outside the
+network box the field is extended by its edge values (not zeros, which would tear the field at the box edge).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class GridMapping:
+    """Original grid (``original_shape``) <-> network grid (``shape``) of one configuration."""
+
+    original_shape: tuple[int, int, int]
+    factor: tuple[float, float, float]
+    crop_start: tuple[int, int, int]
+    shape: tuple[int, int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "GridMapping":
+        return cls(tuple(int(x) for x in d["original_shape"]), tuple(float(x) for x in d["factor"]),
+                   tuple(int(x) for x in d["crop_start"]), tuple(int(x) for x in d["shape"]))
+
+    @property
+    def is_pure_crop(self) -> bool:
+        return all(f == 1.0 for f in self.factor)
+
+    def network_to_original_coords(self, axis: int, p: np.ndarray) -> np.ndarray:
+        return (p + self.crop_start[axis] + 0.5) * self.factor[axis] - 0.5
+
+    def original_to_network_coords(self, axis: int, x: np.ndarray) -> np.ndarray:
+        return (x + 0.5) / self.factor[axis] - 0.5 - self.crop_start[axis]
+
+    # -- original -> network -------------------------------------------------------------------------
+    def to_network(self, array: np.ndarray, order: int) -> np.ndarray:
+        """Resample an original-grid array onto the network grid (order 1 images, 0 labels; zero outside)."""
+        if tuple(array.shape) != self.original_shape:
+            raise ValueError(f"array shape {array.shape} != original shape {self.original_shape}")
+        if self.is_pure_crop:
+            return _crop_or_pad(array, self.crop_start, self.shape, mode="constant")
+        source = array
+        if order > 0:
+            sigma = [max(0.0, (f - 2.0) / 2.0) for f in self.factor]   # f <= 2: linear sampling is a box filter
+            if any(s > 0 for s in sigma):
+                source = ndimage.gaussian_filter(array.astype(np.float32), sigma)
+        axes = [self.network_to_original_coords(a, np.arange(n, dtype=np.float64)) for a, n in enumerate(self.shape)]
+        if order == 0:
+            axes = [np.floor(ax + 0.5) for ax in axes]   # deterministic round-half-up for labels
+        coords = np.meshgrid(*axes, indexing="ij")
+        out = ndimage.map_coordinates(source, coords, order=order, mode="constant", cval=0.0, prefilter=False)
+        return out.astype(array.dtype, copy=False)
+
+    # -- network -> original -------------------------------------------------------------------------
+    def field_to_original(self, field: np.ndarray) -> np.ndarray:
+        """Map a ``(3, *shape)`` network-grid field to a ``(*original_shape, 3)`` original-grid field."""
+        if field.shape != (3, *self.shape):
+            raise ValueError(f"field shape {field.shape} != (3, {self.shape})")
+        if self.is_pure_crop:
+            comps = [_crop_or_pad(field[a], [-c for c in self.crop_start], self.original_shape, mode="edge")
+                     for a in range(3)]
+        else:
+            axes = [self.original_to_network_coords(a, np.arange(n, dtype=np.float64))
+                    for a, n in enumerate(self.original_shape)]
+            coords = np.meshgrid(*axes, indexing="ij")
+            comps = [ndimage.map_coordinates(field[a].astype(np.float32), coords, order=1, mode="nearest",
+                                             prefilter=False) * np.float32(self.factor[a]) for a in range(3)]
+        return np.stack(comps, axis=-1).astype(np.float32, copy=False)
+
+
+def _crop_or_pad(array: np.ndarray, start: Any, shape: Any, mode: str) -> np.ndarray:
+    """``array[start : start + shape]`` per axis; indices outside are zero (``constant``) or edge values."""
+    src, dst, pads = [], [], []
+    for s, n, size in zip(start, shape, array.shape):
+        lo, hi = int(s), int(s) + int(n)
+        src.append(slice(max(lo, 0), min(hi, size)))
+        pads.append((max(0, -lo), max(0, hi - size)))
+        dst.append(None)
+    cut = array[tuple(src)]
+    if any(p != (0, 0) for p in pads):
+        cut = np.pad(cut, pads, mode=mode) if mode == "edge" else np.pad(cut, pads, mode="constant")
+    return np.ascontiguousarray(cut)
