@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny synthetic Learn2Reg dataset and the real shared data when it is present."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.synthetic import make_learn2reg_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    """Path to ``../shared/data/<name>``, skipping the test (with the reason) when it is absent."""
+    path = SHARED_DATA / name
+    if not (path / "dataset.json").is_file():
+        pytest.skip(f"shared data set {path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only tiny dataset (6 training, 3 validation images of 32x40x32), built once per session."""
+    return make_learn2reg_dataset(tmp_path_factory.mktemp("raw") / "Dataset901_Tiny")
+
+
+@pytest.fixture()
+def nnreg_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Fresh nnReg_raw / nnReg_preprocessed / nnReg_results folders set in the environment."""
+    folders = {name: tmp_path / name for name in ("raw", "preprocessed", "results")}
+    for name, path in folders.items():
+        path.mkdir()
+        monkeypatch.setenv(f"nnReg_{name}", str(path))
+    return folders
