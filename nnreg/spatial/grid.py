@@ -1,0 +1,60 @@
+"""Normalised sampling grids for ``grid_sample``, with the identity part cached per (shape, device, dtype).
+
+``grid_sample`` wants ``(B, H, W, D, 3)`` coordinates in ``[-1, 1]`` with the last dimension ordered ``(k, j, i)``
+(x = last array axis). With ``align_corners=True`` voxel index ``p`` along an axis of size ``S`` maps to
+``2 p / (S - 1) - 1``, so a displacement ``u`` (voxels) adds ``u * 2 / (S - 1)``. Only the cached identity and the
+per-axis scale are constant; a warp allocates one grid tensor per call.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+_CACHE_SIZE = 16
+_cache: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
+
+
+def clear_grid_cache() -> None:
+    """Drop all cached identity grids (e.g. after moving a model between devices)."""
+    _cache.clear()
+
+
+def _grid_constants(
+    shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Identity grid ``(1, H, W, D, 3)`` in normalised (k, j, i) order and the per-axis scale ``(3,)``."""
+    key = (tuple(int(s) for s in shape), torch.device(device), dtype)
+    hit = _cache.get(key)
+    if hit is not None:
+        _cache.move_to_end(key)
+        return hit
+    # Created outside inference mode so the cached tensors can enter autograd graphs later.
+    with torch.inference_mode(False), torch.no_grad():
+        denominators = [max(int(s) - 1, 1) for s in key[0]]
+        axes = [
+            torch.arange(s, device=device, dtype=dtype) * (2.0 / d) - 1.0 for s, d in zip(key[0], denominators)
+        ]
+        mesh = torch.meshgrid(*axes, indexing="ij")  # i, j, k
+        identity = torch.stack(mesh[::-1], dim=-1).unsqueeze(0).contiguous()  # (1, H, W, D, 3) as (k, j, i)
+        scale = torch.tensor([2.0 / d for d in denominators[::-1]], device=device, dtype=dtype)
+    _cache[key] = (identity, scale)
+    while len(_cache) > _CACHE_SIZE:
+        _cache.popitem(last=False)
+    return identity, scale
+
+
+def identity_grid(
+    shape: tuple[int, int, int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The cached normalised identity grid ``(1, H, W, D, 3)`` for ``grid_sample(align_corners=True)``."""
+    return _grid_constants(tuple(shape), torch.device(device), dtype)[0]
+
+
+def sampling_grid(disp: torch.Tensor) -> torch.Tensor:
+    """Normalised ``grid_sample`` grid ``(B, H, W, D, 3)`` for a voxel-unit displacement ``(B, 3, H, W, D)``."""
+    if disp.dim() != 5 or disp.shape[1] != 3:
+        raise ValueError(f"expected a displacement field (B, 3, H, W, D), got {tuple(disp.shape)}")
+    identity, scale = _grid_constants(tuple(disp.shape[2:]), disp.device, disp.dtype)
+    displacement = disp.permute(0, 2, 3, 4, 1).flip(-1)  # (B, H, W, D, 3) in (k, j, i) order
+    return torch.addcmul(identity, displacement, scale)

@@ -1,0 +1,40 @@
+"""Warping an image or label map by a voxel-unit pull displacement field (see :mod:`nnreg.spatial`)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nnreg.spatial.grid import sampling_grid
+
+_MODES = {"bilinear", "nearest"}
+_PADDINGS = {"zeros", "border"}
+
+
+def warp(image: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear", padding: str = "zeros") -> torch.Tensor:
+    """Return ``image(x + disp(x))`` on the grid of ``disp``.
+
+    ``image`` is ``(B, C, H', W', D')`` (batch 1 is broadcast over the field's batch), ``disp`` is
+    ``(B, 3, H, W, D)`` in voxel units of the image grid (normally ``H' = H`` etc.). ``mode="bilinear"`` is
+    (tri)linear interpolation, ``"nearest"`` is for label maps; integer images are sampled as float and cast back.
+    ``padding="zeros"`` samples 0 outside, ``"border"`` the edge value.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {sorted(_PADDINGS)}, got {padding!r}")
+    if image.dim() != 5:
+        raise ValueError(f"expected an image (B, C, H, W, D), got {tuple(image.shape)}")
+    if tuple(image.shape[2:]) != tuple(disp.shape[2:]):
+        raise ValueError(f"image grid {tuple(image.shape[2:])} differs from field grid {tuple(disp.shape[2:])}")
+    batch = disp.shape[0]
+    if image.shape[0] != batch:
+        if image.shape[0] != 1:
+            raise ValueError(f"batch sizes differ: image {image.shape[0]}, field {batch}")
+        image = image.expand(batch, *image.shape[1:])
+    original_dtype = image.dtype
+    if not image.is_floating_point():
+        image = image.to(disp.dtype)
+    elif image.dtype != disp.dtype:
+        image = image.to(disp.dtype)
+    out = F.grid_sample(image, sampling_grid(disp), mode=mode, padding_mode=padding, align_corners=True)
+    return out if out.dtype == original_dtype else out.to(original_dtype)
