@@ -127,19 +127,35 @@ def write_displacement(field: np.ndarray, path: str | Path, geometry: Geometry |
         nib.save(img, str(tmp))
 
 
-def read_displacement(path: str | Path) -> np.ndarray:
-    """Read a displacement field as the official evaluator does: nibabel, ``(3, H, W, D)`` moved to last."""
+def read_displacement(path: str | Path, require_finite: bool = True) -> np.ndarray:
+    """Read a displacement field exactly as the official Learn2Reg evaluator does, as float64 ``(H, W, D, 3)``.
+
+    ``.nii.gz``/``.nii`` through nibabel's ``get_fdata()`` (float64, header scaling applied), ``.npz`` through
+    its ``arr_0`` cast to float64 (LUMIR 2024 accepts both). A leading axis of 3 means ``(3, H, W, D)`` and is
+    moved last, as the evaluator does; an ITK-style ``(H, W, D, 1, 3)`` vector image is squeezed (nnreg
+    convenience; the official reader would reject it). Raises a one-line :class:`NnregError` for a missing or
+    unreadable file, a shape that is not a 3-vector field, and (``require_finite``) NaN/inf values.
+    """
     import nibabel as nib
 
     path = Path(path)
     if not path.is_file():
         raise NnregError("displacement file not found", path)
     try:
-        field = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
-    except Exception as exc:  # nibabel raises several types for corrupt files
-        raise NnregError(f"cannot read displacement field ({exc})", path) from None
-    if field.ndim == 4 and field.shape[0] == 3 and field.shape[-1] != 3:
-        field = np.moveaxis(field, 0, -1)
+        if path.name.endswith(".npz"):
+            with np.load(str(path), allow_pickle=False) as archive:
+                field = np.asarray(archive["arr_0"], dtype=np.float64)
+        else:
+            field = np.asarray(nib.load(str(path)).get_fdata())
+    except Exception as exc:  # nibabel/numpy raise several types for corrupt files
+        raise NnregError(f"cannot read displacement field ({str(exc).strip().splitlines()[0]})", path) from None
+    if field.ndim == 5 and field.shape[3] == 1 and field.shape[4] == 3:
+        field = field[:, :, :, 0, :]
+    if field.ndim == 4 and field.shape[0] == 3:
+        field = field.transpose(1, 2, 3, 0)
     if field.ndim != 4 or field.shape[-1] != 3:
         raise NnregError(f"expected a (H, W, D, 3) displacement field, found shape {field.shape}", path)
+    if require_finite and not np.isfinite(field).all():
+        bad = int(np.size(field) - np.count_nonzero(np.isfinite(field)))
+        raise NnregError(f"displacement field has {bad} NaN/inf value(s)", path)
     return field

@@ -1,0 +1,48 @@
+"""``nnreg_evaluate``: the Learn2Reg/LUMIR metrics of a folder of displacement fields.
+
+Examples::
+
+    nnreg_evaluate -i preds/ -d OpenBrains80 -c OBR80_VAL_All_evaluation_config.json -o metrics.json
+    nnreg_evaluate -i preds/ -d LUMIR -c Landmark_config.json -c Segmentation_config.json --mask fixed
+    nnreg_evaluate -i preds/ -d OpenBrains80 --baseline-zero      # dataset.json validation pairs, no config
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from nnreg.cli.common import user_errors_as_one_line, verbose_option
+
+logger = logging.getLogger("nnreg")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-i", "--input", "disp_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder with disp_<fix>_<mov>.nii.gz displacement fields (voxels, pull, (H,W,D,3)).")
+@click.option("-d", "--data", "root", required=True, type=click.Path(path_type=Path),
+              help="Ground-truth root: the dataset folder (images*/, labels*/, landmarks*/).")
+@click.option("-c", "--config", "configs", multiple=True, type=click.Path(path_type=Path),
+              help="Official evaluation config JSON; repeat to combine (metrics of a shared pair are merged). "
+                   "Without it: the dataset.json validation pairs and every metric the ground truth allows.")
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None,
+              help="Write metrics.json (official structure) here.")
+@click.option("--baseline-zero", is_flag=True, help="Also evaluate a zero field; show before -> after.")
+@click.option("--mask", "ndv_mask", type=click.Choice(["moving", "fixed"]), default="moving", show_default=True,
+              help="NDV mask: moving image > 0 (LUMIR 2024) or fixed image > 0 (LUMIR 2025).")
+@verbose_option
+@user_errors_as_one_line
+def main(disp_dir: Path, root: Path, configs: tuple[Path, ...], output: Path | None, baseline_zero: bool,
+         ndv_mask: str, verbose: bool) -> None:
+    """Evaluate displacement fields with the Learn2Reg/LUMIR metrics (Dice, HD95, TRE, NDV, SDlogJ)."""
+    from nnreg.evaluation.config import load_config
+    from nnreg.evaluation.report import format_table
+    from nnreg.evaluation.runner import dataset_config, evaluate_folder, write_metrics
+
+    parsed = [load_config(path) for path in configs] if configs else [dataset_config(root)]
+    result = evaluate_folder(disp_dir, root, parsed, ndv_mask=ndv_mask, baseline_zero=baseline_zero)
+    click.echo(format_table(result))
+    if output is not None:
+        write_metrics(result, output)
+        logger.info("wrote %s", output)

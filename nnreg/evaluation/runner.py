@@ -1,0 +1,204 @@
+"""Evaluate a folder of displacement fields against evaluation configs -> the official ``metrics.json``.
+
+Conventions: displacement files ``disp_<fix>_<mov>.nii.gz`` (long form ``disp_<fix>_<fmod>_<mov>_<mmod>``
+when modalities differ and are not 0000/0001; ``.npz`` is tried first, as LUMIR 2024 does), fields
+``(H, W, D, 3)`` in voxels, pull convention ``warped(x) = moving(x + u(x))``, arrays in nibabel
+``(i, j, k)`` order. Output ``{"name", "aggregates", "cases", "eval_version"}``: per case
+``{method name: {"mean", "detailed"}}`` keyed ``"<fix>_<mod><--<mov>_<mod>"``; aggregates per metric over
+the cases that have it: ``mean``, ``std`` (population) and ``"30"`` (30th percentile, numpy's linear
+quantile), NaN/inf propagate as in numpy. As the official code, every displacement file is looked up
+before anything is evaluated.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnreg.dataset.image_io import read_displacement
+from nnreg.dataset.learn2reg import load_dataset
+from nnreg.dataset.naming import challenge_id_and_modality
+from nnreg.evaluation.config import CasePlan, EvalPair, EvaluationConfig, EvaluationMethod, merge_configs
+from nnreg.evaluation.ground_truth import ground_truth_file, grid_of, image_file, load_volume
+from nnreg.evaluation.pair import NDV_MASKS, PairInputs, evaluate_methods
+from nnreg.utilities.errors import NnregError
+from nnreg.utilities.files import write_json
+
+logger = logging.getLogger(__name__)
+
+EVAL_VERSION = "2.0"  # the structure of L2R_LUMIR_Eval's metrics.json that nnreg reproduces
+
+
+@dataclass
+class EvaluationResult:
+    """Per-case results in the official structure, plus the zero-displacement baseline when requested."""
+
+    name: str
+    cases: dict[str, dict[str, dict[str, Any]]]
+    baseline: dict[str, dict[str, dict[str, Any]]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "aggregates": aggregate(self.cases), "cases": self.cases,
+                "eval_version": EVAL_VERSION}
+
+
+def aggregate(cases: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Official aggregates: for each metric name (sorted), mean/std/30th percentile of the case means."""
+    names = sorted({name for case in cases.values() for name in case})
+    out = {}
+    for name in names:
+        values = np.array([case[name]["mean"] for case in cases.values() if name in case], dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            out[name] = {"mean": float(values.mean()), "std": float(values.std()),
+                         "30": float(np.quantile(values, 0.3))}
+    return out
+
+
+def _short_name_allowed(fix_mod: str, mov_mod: str) -> bool:
+    return fix_mod == mov_mod or (fix_mod == "0000" and mov_mod == "0001")
+
+
+def displacement_stem(pair: EvalPair) -> str:
+    """Name (without extension) the official evaluator looks for."""
+    fix_id, fix_mod = challenge_id_and_modality(pair.fixed)
+    mov_id, mov_mod = challenge_id_and_modality(pair.moving)
+    if _short_name_allowed(fix_mod, mov_mod):
+        return f"disp_{fix_id}_{mov_id}"
+    return f"disp_{fix_id}_{fix_mod}_{mov_id}_{mov_mod}"
+
+
+def find_displacement(folder: Path, pair: EvalPair) -> Path:
+    """The pair's displacement file (``.npz`` preferred, then ``.nii.gz``); one-line error naming it if absent."""
+    stem = displacement_stem(pair)
+    for suffix in (".npz", ".nii.gz"):
+        candidate = Path(folder) / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise NnregError(f"missing displacement file {stem}.nii.gz for pair {pair.key}", Path(folder) / f"{stem}.nii.gz")
+
+
+def _landmark_kind(pair: EvalPair, dest: str) -> str:
+    """Ground-truth folder kind for TRE; the official ``keypoints`` rule for different modalities."""
+    _, fix_mod = challenge_id_and_modality(pair.fixed)
+    _, mov_mod = challenge_id_and_modality(pair.moving)
+    if dest == "keypoints" and not _short_name_allowed(fix_mod, mov_mod):
+        low, high = sorted([int(fix_mod), int(mov_mod)])
+        return f"{dest}{low}{high}"
+    return dest
+
+
+def _reference(root: Path, relative: str) -> Path | None:
+    path = image_file(root, relative)
+    return path if path.is_file() else None
+
+
+def load_inputs(root: Path, plan: CasePlan, ndv_mask: str) -> PairInputs:
+    """Read exactly the ground truth the pair's metrics need, checking every file's grid against its image."""
+    methods = list(plan.methods.values())
+    pair = plan.pair
+    fixed_ref, moving_ref = _reference(root, pair.fixed), _reference(root, pair.moving)
+    inputs = PairInputs()
+    if any(m.metric in ("dice", "hd95") for m in methods):
+        inputs.fixed_labels = load_volume(ground_truth_file(root, pair.fixed, "labels"), "fixed label file", fixed_ref)
+        inputs.moving_labels = load_volume(ground_truth_file(root, pair.moving, "labels"), "moving label file",
+                                           moving_ref)
+    for dest in sorted({m.dest for m in methods if m.metric == "tre" and m.dest}):
+        kind = _landmark_kind(pair, dest)
+        inputs.landmarks[dest] = (
+            load_volume(ground_truth_file(root, pair.fixed, kind), "fixed landmark file", fixed_ref),
+            load_volume(ground_truth_file(root, pair.moving, kind), "moving landmark file", moving_ref))
+    if any(m.metric == "ndv" for m in methods):
+        if ndv_mask == "moving":
+            inputs.moving_image = load_volume(image_file(root, pair.moving), "moving image")
+        else:
+            inputs.fixed_image = load_volume(image_file(root, pair.fixed), "fixed image")
+    if any(m.metric == "sdlogj" and m.masked for m in methods):
+        mask_path = ground_truth_file(root, pair.fixed, "masks")
+        if mask_path.is_file():
+            inputs.evaluation_mask = load_volume(mask_path, "evaluation mask", fixed_ref)
+        else:
+            logger.warning("masked evaluation: %s not found, evaluating %s without mask", mask_path, pair.key)
+    return inputs
+
+
+def _check_field(field: np.ndarray, path: Path, plan: CasePlan, root: Path) -> None:
+    for expected in plan.expected_shapes:
+        if tuple(field.shape) != tuple(expected):
+            raise NnregError(f"wrong shape: expected {tuple(expected)}, found {tuple(field.shape)}", path)
+    if not plan.expected_shapes:
+        reference = _reference(root, plan.pair.fixed)
+        if reference is not None:
+            shape = grid_of(reference, "fixed image")[0] + (3,)
+            if tuple(field.shape) != shape:
+                raise NnregError(f"wrong shape: expected {shape} (the fixed image grid), found "
+                                 f"{tuple(field.shape)}", path)
+
+
+def evaluate_folder(disp_dir: str | Path, root: str | Path, configs: list[EvaluationConfig],
+                    ndv_mask: str = "moving", baseline_zero: bool = False) -> EvaluationResult:
+    """Evaluate every pair of the (merged) configs; ``baseline_zero`` also evaluates a zero field per pair."""
+    if ndv_mask not in NDV_MASKS:
+        raise NnregError(f"--mask must be one of {', '.join(NDV_MASKS)}, got {ndv_mask!r}")
+    disp_dir, root = Path(disp_dir), Path(root)
+    if not disp_dir.is_dir():
+        raise NnregError("displacement folder does not exist", disp_dir)
+    if not root.is_dir():
+        raise NnregError("ground-truth (dataset) folder does not exist", root)
+    name, plans = merge_configs(configs)
+    files = [find_displacement(disp_dir, plan.pair) for plan in plans]
+    logger.info("evaluating %d pair(s) with %s", len(plans),
+                ", ".join(sorted({m.name for p in plans for m in p.methods.values()})))
+    cases: dict[str, dict[str, dict[str, Any]]] = {}
+    baseline: dict[str, dict[str, dict[str, Any]]] | None = {} if baseline_zero else None
+    for index, (plan, path) in enumerate(zip(plans, files), start=1):
+        field = read_displacement(path)
+        _check_field(field, path, plan, root)
+        inputs = load_inputs(root, plan, ndv_mask)
+        methods = list(plan.methods.values())
+        cases[plan.pair.key] = evaluate_methods(field, methods, inputs, ndv_mask)
+        if baseline is not None:
+            baseline[plan.pair.key] = evaluate_methods(np.zeros_like(field), methods, inputs, ndv_mask)
+        summary = ", ".join(f"{k} {v['mean']:.4f}" for k, v in cases[plan.pair.key].items())
+        logger.info("[%d/%d] %s: %s", index, len(plans), plan.pair.key, summary)
+    return EvaluationResult(name, cases, baseline)
+
+
+def dataset_config(root: str | Path) -> EvaluationConfig:
+    """A config for a nnreg/Learn2Reg dataset's ``validation`` pairs: every metric its ground truth allows.
+
+    Labels (Dice, HD95) when every evaluated image has a label file: the label list is every value present
+    in all of them (background included). TRE when every image has a landmark file. NDV always.
+    """
+    dataset = load_dataset(root)
+    pairs = [EvalPair(p.fixed.relative, p.moving.relative) for p in dataset.validation]
+    if not pairs:
+        raise NnregError("dataset.json has no 'validation' pairs to evaluate", dataset.json_path)
+    images = {p.relative: p for pair in dataset.validation for p in (pair.fixed, pair.moving)}
+    methods = [EvaluationMethod("Non-diffeomorphic Volumes", "ndv")]
+    label_files = [entry.labels_path() for entry in images.values()]
+    if all(path.is_file() for path in label_files):
+        common: set[float] | None = None
+        for entry in images.values():
+            present = set(np.unique(load_volume(entry.labels_path(), "label file", entry.path)).tolist())
+            common = present if common is None else common & present
+        labels = tuple(sorted(common or ()))
+        logger.info("labels present in all %d evaluated images (%d): %s", len(images), len(labels),
+                    ", ".join(f"{v:g}" for v in labels))
+        methods += [EvaluationMethod("DSC", "dice", labels), EvaluationMethod("HD95", "hd95", labels)]
+    else:
+        missing = next(p for p in label_files if not p.is_file())
+        logger.info("no Dice/HD95: label file %s is missing", missing)
+    landmark_files = [entry.landmarks_path() for entry in images.values()]
+    if all(path.is_file() for path in landmark_files):
+        methods.append(EvaluationMethod("TRE_lm", "tre", dest="landmarks"))
+    else:
+        logger.info("no TRE: landmark file %s is missing", next(p for p in landmark_files if not p.is_file()))
+    return EvaluationConfig(dataset.name, methods, None, pairs, dataset.json_path)
+
+
+def write_metrics(result: EvaluationResult, path: str | Path) -> None:
+    """Write ``metrics.json`` atomically (NaN/Infinity tokens as Python's json, like the official file)."""
+    write_json(result.to_json(), path, indent=4)
