@@ -1,0 +1,95 @@
+"""``nnreg_predict -i INPUT -o OUT -d 500``: register pairs with a trained model (a thin wrapper over the API)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from nnreg.cli.common import results_option, user_errors_as_one_line, verbose_option
+from nnreg.utilities.errors import NnregError
+
+logger = logging.getLogger("nnreg")
+
+
+def _folds(values: tuple[str, ...]) -> list[str] | None:
+    """``-f 0 -f 1`` or ``-f 0,1`` -> ["0", "1"]; nothing -> None (all folds present)."""
+    folds = [f.strip() for v in values for f in v.split(",") if f.strip()]
+    for fold in folds:
+        if not (fold.isdigit() or fold == "all"):
+            raise NnregError(f"-f: a fold is a number or 'all', got {fold!r}")
+    return folds or None
+
+
+def _model_folder(model: str | None, dataset: str | None, configuration: str | None, plans: str, trainer: str,
+                  results: str | None) -> Path:
+    from nnreg.inference.model_folder import DEFAULT_CONFIGURATION, find_model_folder
+    from nnreg.paths import results_folder
+
+    if model is not None:
+        if dataset is not None:
+            raise NnregError("give either -m MODEL_FOLDER or -d DATASET, not both")
+        return Path(model).expanduser()
+    if dataset is None:
+        raise NnregError("which model? give -d DATASET (with -c/-p/-tr) or -m MODEL_FOLDER")
+    return find_model_folder(dataset, results_folder(results), trainer, plans, configuration or DEFAULT_CONFIGURATION)
+
+
+def _workers(value: int | None, num_pairs: int) -> int:
+    """Default: one background worker when there is more than one pair (a single pair gains nothing)."""
+    if value is not None:
+        return value
+    return 1 if num_pairs > 1 else 0
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-i", "--input", "input_path", type=click.Path(), default=None,
+              help="Dataset folder (dataset.json), pairs .json ([{fixed, moving}, ...]) or .csv (fixed,moving).")
+@click.option("-o", "--output", "output", type=click.Path(file_okay=False), required=True,
+              help="Output folder for disp_<fix>_<mov>.nii.gz files.")
+@click.option("-d", "--dataset", default=None, help="Dataset id or name of the trained model (with -c/-p/-tr).")
+@click.option("-c", "--configuration", default=None, help="Configuration (default: 3d_fullres, or the one of -m).")
+@click.option("-p", "--plans", default="nnRegPlans", show_default=True, help="Plans identifier.")
+@click.option("-tr", "--trainer", default="nnRegTrainer", show_default=True, help="Trainer class name.")
+@click.option("-m", "--model", default=None, type=click.Path(), help="Model folder (instead of -d/-c/-p/-tr).")
+@click.option("-f", "--folds", multiple=True, help="Folds to ensemble: -f 0 -f 1 or -f 0,1 (default: all present).")
+@click.option("-chk", "--checkpoint", default="checkpoint_final.pth", show_default=True, help="Checkpoint file name.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--pairs-key", default="validation", show_default=True, help="dataset.json list of pairs to register.")
+@click.option("--fixed", default=None, type=click.Path(), help="One pair: the fixed image (with --moving).")
+@click.option("--moving", default=None, type=click.Path(), help="One pair: the moving image (with --fixed).")
+@click.option("--save-warped", is_flag=True, help="Also write the warped moving image (fixed image's header).")
+@click.option("--warp-labels", type=click.Path(file_okay=False), default=None,
+              help="Folder with the moving images' label maps (same file names): write them warped.")
+@click.option("--itk", is_flag=True, help="Also write a physical-mm displacement field for ITK/ANTs/3D Slicer.")
+@click.option("--qc", is_flag=True, help="Also write a QC PNG per pair (images, deformation grid, Jacobian).")
+@click.option("--continue", "resume", is_flag=True, help="Skip pairs whose outputs all exist.")
+@click.option("-npp", "num_readers", type=click.IntRange(min=0), default=None,
+              help="Reader processes (0 = read in this process; default 1 for several pairs).")
+@click.option("-nps", "num_writers", type=click.IntRange(min=0), default=None,
+              help="Writer processes (0 = write in this process; default 1 for several pairs).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch CPU threads (default: all cores).")
+@click.option("--channels-last", is_flag=True, help="Run 3D convolutions channels-last (see prediction.md).")
+@results_option
+@verbose_option
+@user_errors_as_one_line
+def main(input_path: str | None, output: str, dataset: str | None, configuration: str | None, plans: str,
+         trainer: str, model: str | None, folds: tuple[str, ...], checkpoint: str, device: str, pairs_key: str,
+         fixed: str | None, moving: str | None, save_warped: bool, warp_labels: str | None, itk: bool, qc: bool,
+         resume: bool, num_readers: int | None, num_writers: int | None, threads: int | None, channels_last: bool,
+         results: str | None, verbose: bool) -> None:
+    """Register image pairs with a trained nnreg model; fields in the Learn2Reg/LUMIR format."""
+    from nnreg.inference import ExportOptions, collect_pairs, nnRegPredictor, predict_pairs
+
+    pairs = collect_pairs(input_path, pairs_key, fixed, moving)
+    labels = Path(warp_labels).expanduser() if warp_labels else None
+    if labels is not None and not labels.is_dir():
+        raise NnregError("--warp-labels folder does not exist", labels)
+    folder = _model_folder(model, dataset, configuration, plans, trainer, results)
+    predictor = nnRegPredictor(device=device, num_threads=threads, channels_last=channels_last)
+    predictor.initialize_from_trained_model_folder(folder, _folds(folds), checkpoint, configuration)
+    options = ExportOptions(save_warped=save_warped, labels_folder=labels, itk=itk, qc=qc)
+    summary = predict_pairs(predictor, pairs, output, options, resume=resume,
+                            num_readers=_workers(num_readers, len(pairs)),
+                            num_writers=_workers(num_writers, len(pairs)))
+    click.echo(f"done: {len(summary.written)} pair(s) written, {len(summary.skipped)} skipped -> {output}")

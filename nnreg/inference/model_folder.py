@@ -1,0 +1,157 @@
+"""Trained model folders: find one, list its folds, read its checkpoints safely.
+
+Layout (written by the trainer): ``<nnReg_results>/<DatasetName>/<Trainer>__<Plans>__<configuration>/`` with
+``plans.json``, ``dataset.json``, ``dataset_fingerprint.json`` and ``fold_<X>/checkpoint_{final,best,latest}.pth``.
+A checkpoint is a ``torch.save`` dict ``{"format_version": 1, "network_weights": state_dict, "trainer_name",
+"init_args": {"dataset_name", "plans_name", "configuration", "fold", "hyperparameters"}, ...}``.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nnreg.dataset.locate import resolve_dataset_name
+from nnreg.planning.plans import ConfigurationPlan, Plans
+from nnreg.utilities.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAINER = "nnRegTrainer"
+DEFAULT_PLANS = "nnRegPlans"
+DEFAULT_CONFIGURATION = "3d_fullres"
+DEFAULT_CHECKPOINT = "checkpoint_final.pth"
+_FOLD_RE = re.compile(r"^fold_(\d+|all)$")
+
+
+def model_folder_name(trainer: str, plans: str, configuration: str) -> str:
+    """``<Trainer>__<Plans>__<configuration>``, the folder name nnU-Net users know."""
+    return f"{trainer}__{plans}__{configuration}"
+
+
+def find_model_folder(dataset: str, results: Path, trainer: str = DEFAULT_TRAINER, plans: str = DEFAULT_PLANS,
+                      configuration: str = DEFAULT_CONFIGURATION) -> Path:
+    """The model folder of ``dataset`` (id or name) below ``results``; one-line error naming what is missing."""
+    name = resolve_dataset_name(dataset, results)
+    folder = results / name / model_folder_name(trainer, plans, configuration)
+    if not folder.is_dir():
+        present = sorted(p.name for p in (results / name).iterdir() if p.is_dir() and "__" in p.name)
+        hint = f" (trained models here: {', '.join(present)})" if present else " (no trained models yet)"
+        raise ConfigurationError(f"no trained model {folder.name}{hint}", results / name)
+    return folder
+
+
+def configuration_of_folder(folder: Path) -> str | None:
+    """The configuration named by a model folder (``..__..__3d_fullres`` -> ``3d_fullres``), if it follows the rule."""
+    parts = folder.name.split("__")
+    return parts[2] if len(parts) == 3 else None
+
+
+def available_folds(folder: Path, checkpoint_name: str = DEFAULT_CHECKPOINT) -> list[str]:
+    """Folds (``"0"``..``"4"``, ``"all"``) that have ``checkpoint_name``, numeric first."""
+    folds = []
+    for sub in folder.iterdir() if folder.is_dir() else []:
+        match = _FOLD_RE.match(sub.name)
+        if match and (sub / checkpoint_name).is_file():
+            folds.append(match.group(1))
+    return sorted(folds, key=lambda f: (f == "all", int(f) if f.isdigit() else 0))
+
+
+def select_folds(folder: Path, use_folds: list[str | int] | tuple[str | int, ...] | None,
+                 checkpoint_name: str) -> list[str]:
+    """The folds to use: ``None`` = every fold present; a requested fold that is missing is named in the error."""
+    present = available_folds(folder, checkpoint_name)
+    if use_folds is None:
+        if not present:
+            raise ConfigurationError(f"no fold_*/{checkpoint_name} in the model folder (has training finished? "
+                                     f"pick another checkpoint with -chk)", folder)
+        return present
+    wanted = [str(f) for f in use_folds]
+    for fold in wanted:
+        if fold not in present:
+            listed = ", ".join(present) if present else "none"
+            raise ConfigurationError(f"fold {fold} has no checkpoint fold_{fold}/{checkpoint_name} "
+                                     f"(folds with it: {listed})", folder)
+    return wanted
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint on the CPU, tensors only where possible (``weights_only``).
+
+    A checkpoint that holds other Python objects (e.g. numpy scalars in a logger state) is read in full with a
+    warning: it is the user's own trained model, but they should know.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        logger.warning("%s holds objects other than tensors; loading it in full (only load models you trust)",
+                       path)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
+            raise ConfigurationError(f"cannot read checkpoint ({exc})", path) from None
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt files raise several types
+        raise ConfigurationError(f"cannot read checkpoint ({type(exc).__name__}: {exc})", path) from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise ConfigurationError("not an nnreg checkpoint (no 'network_weights')", path)
+    version = checkpoint.get("format_version", 1)
+    if version != 1:
+        raise ConfigurationError(f"checkpoint format {version} is not supported by this nnreg (expects 1)", path)
+    return checkpoint
+
+
+@dataclass
+class TrainedModel:
+    """A model folder read for inference: plans, the configuration used and one weight set per fold."""
+
+    folder: Path
+    plans: Plans
+    configuration_name: str
+    configuration: ConfigurationPlan
+    folds: list[str]
+    fold_weights: list[dict[str, torch.Tensor]]
+    trainer_name: str
+
+
+def read_trained_model(folder: str | Path, use_folds: list[str | int] | tuple[str | int, ...] | None = None,
+                       checkpoint_name: str = DEFAULT_CHECKPOINT, configuration: str | None = None) -> TrainedModel:
+    """Read plans and fold checkpoints of a model folder; check every fold was trained on one configuration.
+
+    ``configuration`` is what the user asked for (default: the one in the folder name); a checkpoint trained on
+    another configuration is an error, since its weights would run on the wrong grid.
+    """
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigurationError("model folder does not exist", folder)
+    plans_path = folder / "plans.json"
+    if not plans_path.is_file():
+        raise ConfigurationError("model folder lacks plans.json (the trainer copies it there)", folder)
+    plans = Plans.load(plans_path)
+    requested = configuration or configuration_of_folder(folder)
+    folds = select_folds(folder, use_folds, checkpoint_name)
+    weights, trainer_name, trained_on = [], "", None
+    for fold in folds:
+        path = folder / f"fold_{fold}" / checkpoint_name
+        checkpoint = load_checkpoint(path)
+        init_args = checkpoint.get("init_args", {}) or {}
+        conf = init_args.get("configuration")
+        if requested is not None and conf is not None and conf != requested:
+            raise ConfigurationError(f"this model was trained on configuration {conf!r}, not the requested "
+                                     f"{requested!r}", path)
+        if trained_on is not None and conf is not None and conf != trained_on:
+            raise ConfigurationError(f"fold {fold} was trained on {conf!r} but other folds on {trained_on!r}", path)
+        trained_on = conf or trained_on
+        trainer_name = str(checkpoint.get("trainer_name", trainer_name))
+        weights.append(checkpoint["network_weights"])
+        del checkpoint
+    name = requested or trained_on
+    if name is None:
+        raise ConfigurationError("cannot tell which configuration this model was trained on (no "
+                                 "init_args.configuration in its checkpoints); pass -c", folder)
+    logger.info("model %s: configuration %s, fold(s) %s, %s", folder.name, name, ", ".join(folds), checkpoint_name)
+    return TrainedModel(folder, plans, name, plans.configuration(name), folds, weights, trainer_name)

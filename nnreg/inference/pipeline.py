@@ -1,0 +1,152 @@
+"""Register many pairs: read ahead in worker processes, predict here, write in background workers.
+
+``num_readers`` (``-npp``) processes read and preprocess the next pairs while the network runs; ``num_writers``
+(``-nps``) processes compress and write finished fields. Both are bounded (back-pressure): at most
+``num_readers + 1`` pairs are read ahead and at most ``num_writers`` exports are in flight, so memory stays at a few
+pairs whatever the number of pairs. ``0`` runs that stage inline. A worker's exception is re-raised here (user
+errors keep their one-line message). Outputs are written atomically; ``resume`` skips pairs whose requested files
+all exist, otherwise finished files are overwritten (atomically, so an interrupted run never leaves half files).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tqdm import tqdm
+
+from nnreg.inference.export import ExportJob, ExportOptions, PairOutputs, export_pair, pair_outputs
+from nnreg.inference.pairs import PairSpec, labels_for
+from nnreg.inference.predictor import nnRegPredictor
+from nnreg.inference.preparation import PreparedPair, prepare_files
+from nnreg.utilities.errors import NnregError
+from nnreg.utilities.files import remove_stale_temporaries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    written: list[str]
+    skipped: list[str]
+
+
+class BackgroundWriter:
+    """Runs :func:`export_pair` in ``num_workers`` processes with back-pressure (0 = inline)."""
+
+    def __init__(self, num_workers: int) -> None:
+        self.num_workers = num_workers
+        self._pool = (ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn"))
+                      if num_workers > 0 else None)
+        self._pending: deque[Future] = deque()
+        self.done: list[str] = []
+
+    def submit(self, job: ExportJob) -> None:
+        if self._pool is None:
+            self.done.append(export_pair(job))
+            return
+        while len(self._pending) >= self.num_workers:
+            self.done.append(self._pending.popleft().result())
+        self._pending.append(self._pool.submit(export_pair, job))
+
+    def close(self) -> None:
+        """Wait for every export; re-raise the first failure."""
+        try:
+            while self._pending:
+                self.done.append(self._pending.popleft().result())
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_ahead(pairs: list[PairSpec], prepare: Callable[[PairSpec], PreparedPair],
+                num_workers: int) -> Iterator[PreparedPair]:
+    """Prepared pairs in order, ``num_workers`` processes reading up to ``num_workers + 1`` pairs ahead."""
+    if num_workers <= 0:
+        for pair in pairs:
+            yield prepare(pair)
+        return
+    with ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn")) as pool:
+        window: deque[Future] = deque()
+        queue = iter(pairs)
+        try:
+            for pair in queue:
+                window.append(pool.submit(prepare, pair))
+                if len(window) > num_workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
+
+
+def _prepare_spec(pair: PairSpec, config: object) -> PreparedPair:
+    return prepare_files(pair.fixed, pair.moving, config)  # type: ignore[arg-type]
+
+
+def plan_outputs(pairs: list[PairSpec], out: Path, options: ExportOptions,
+                 resume: bool) -> tuple[list[tuple[PairSpec, PairOutputs]], list[str]]:
+    """Output paths per pair; pairs to do and names skipped by ``resume``. Two pairs with one name are an error."""
+    todo, skipped, seen = [], [], {}
+    for pair in pairs:
+        outputs = pair_outputs(out, pair.fixed, pair.moving)
+        name = outputs.displacement.name
+        if name in seen:
+            raise NnregError(f"pairs {seen[name]} and {pair.moving.name} -> {pair.fixed.name} would both be written "
+                             f"to {name}; rename the images so their 4-digit ids differ")
+        seen[name] = f"{pair.moving.name} -> {pair.fixed.name}"
+        if options.labels_folder is not None:
+            labels_for(pair, options.labels_folder)
+        if resume and outputs.finished(options):
+            skipped.append(name)
+        else:
+            todo.append((pair, outputs))
+    return todo, skipped
+
+
+def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | Path,
+                  options: ExportOptions | None = None, resume: bool = False, num_readers: int = 0,
+                  num_writers: int = 1, progress: bool = True) -> RunSummary:
+    """Register every pair and write its outputs below ``out``."""
+    options = options or ExportOptions()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NnregError("output path exists and is not a folder", out)
+    out.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(out)
+    if stale:
+        logger.info("removed %d unfinished file(s) of an interrupted run in %s", stale, out)
+    todo, skipped = plan_outputs(pairs, out, options, resume)
+    if skipped:
+        logger.info("--continue: %d of %d pairs already finished, skipped", len(skipped), len(pairs))
+    existing = [o for _, o in todo if o.displacement.is_file()]
+    if existing and not resume:
+        logger.info("%s already holds %d of these results; they are overwritten (use --continue to keep them)",
+                    out, len(existing))
+    config = predictor._require_ready()[1]
+    writer = BackgroundWriter(num_writers)
+    by_pair = {id(p): o for p, o in todo}
+    specs = [p for p, _ in todo]
+    try:
+        prepared_pairs = _read_ahead(specs, partial(_prepare_spec, config=config), num_readers)
+        for pair, prepared in tqdm(zip(specs, prepared_pairs), total=len(specs), desc="predict",
+                                   disable=not progress or None, leave=False):
+            field = predictor.predict_prepared(prepared)
+            need_images = options.save_warped or options.qc
+            labels = labels_for(pair, options.labels_folder) if options.labels_folder is not None else None
+            writer.submit(ExportJob(by_pair[id(pair)], options, field, prepared.fixed_geometry,
+                                    prepared.moving_on_fixed if need_images else None,
+                                    prepared.fixed if options.qc else None, labels, prepared.moving_geometry))
+            del field, prepared
+    finally:
+        writer.close()
+    logger.info("wrote %d pair(s) to %s", len(writer.done), out)
+    return RunSummary(written=writer.done, skipped=skipped)

@@ -1,0 +1,159 @@
+"""The predictor: one network, one weight set per fold, pairs in, original-grid displacement fields out.
+
+Conventions: the returned field is float32 ``(H, W, D, 3)`` on the **original fixed grid**, voxel units along
+the array axes (nibabel order), pull: ``warped(x) = moving(x + u(x))`` — the Learn2Reg/LUMIR format. The
+network runs on the configuration's grid (resampled, cropped/padded); :meth:`GridMapping.field_to_original`
+undoes that and rescales the vectors. Inference runs under ``torch.inference_mode``; CPU threads default to
+the cores this process may use.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from nnreg.dataset.image_io import Geometry, read_image
+from nnreg.inference.ensemble import EnsembleReport, ensemble_displacements
+from nnreg.inference.model_folder import DEFAULT_CHECKPOINT, read_trained_model
+from nnreg.inference.preparation import PreparedPair, prepare_arrays
+from nnreg.planning.plans import ConfigurationPlan
+from nnreg.utilities.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (affinity-aware, e.g. inside a container limited to 2 cores)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on purpose
+    """Register pairs with a trained nnreg model (all folds ensembled).
+
+    ``channels_last`` stores 3D activations channels-last (``torch.channels_last_3d``); whether that helps
+    depends on the network and the CPU, so it is off by default (see benchmarks/inference_cpu.py).
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", num_threads: int | None = None,
+                 channels_last: bool = False) -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigurationError("--device cuda requested but no CUDA device is available")
+        if self.device.type == "cpu":
+            torch.set_num_threads(num_threads or usable_cores())
+        self.channels_last = channels_last
+        self.network: torch.nn.Module | None = None
+        self.configuration: ConfigurationPlan | None = None
+        self.configuration_name: str | None = None
+        self.fold_weights: list[dict[str, torch.Tensor]] = []
+        self.folds: list[str] = []
+        self.last_ensemble: EnsembleReport | None = None
+        self._loaded_fold: int | None = None
+
+    # -- set-up ----------------------------------------------------------------------------------------
+    def initialize_from_trained_model_folder(self, folder: str | Path,
+                                             use_folds: Sequence[str | int] | None = None,
+                                             checkpoint_name: str = DEFAULT_CHECKPOINT,
+                                             configuration: str | None = None) -> "nnRegPredictor":
+        """Load plans and the checkpoints of ``use_folds`` (None = every fold present) from a model folder."""
+        from nnreg.networks import build_network
+
+        model = read_trained_model(folder, use_folds, checkpoint_name, configuration)
+        network = build_network(model.configuration.architecture)
+        self.folds = model.folds
+        return self.manual_initialization(network, model.configuration, model.fold_weights,
+                                          configuration_name=model.configuration_name)
+
+    def manual_initialization(self, network: torch.nn.Module, configuration: ConfigurationPlan,
+                              fold_weights: list[dict[str, torch.Tensor]] | None = None,
+                              configuration_name: str | None = None) -> "nnRegPredictor":
+        """Use an in-memory network (e.g. the trainer's, for its final validation); ``fold_weights`` None keeps
+        the network's current weights as the only fold."""
+        self.configuration = configuration
+        self.configuration_name = configuration_name
+        self.network = network.to(self.device).eval()
+        if self.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last_3d)
+        if fold_weights is None:
+            fold_weights = [{k: v.detach().clone() for k, v in network.state_dict().items()}]
+        self.fold_weights = list(fold_weights)
+        if not self.folds or len(self.folds) != len(self.fold_weights):
+            self.folds = [str(i) for i in range(len(self.fold_weights))]
+        self._loaded_fold = None
+        return self
+
+    def _require_ready(self) -> tuple[torch.nn.Module, ConfigurationPlan]:
+        if self.network is None or self.configuration is None:
+            raise RuntimeError("call initialize_from_trained_model_folder() or manual_initialization() first")
+        return self.network, self.configuration
+
+    def _load_fold(self, index: int) -> None:
+        if self._loaded_fold != index:
+            network, _ = self._require_ready()
+            try:
+                network.load_state_dict(self.fold_weights[index])
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise ConfigurationError(f"fold {self.folds[index]}'s weights do not fit the network the plans "
+                                         f"describe ({first})") from None
+            self._loaded_fold = index
+
+    # -- prediction --------------------------------------------------------------------------------------
+    def _to_input(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(self.device)
+        return tensor.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else tensor
+
+    def predict_network_grid(self, fixed_network: np.ndarray, moving_network: np.ndarray) -> torch.Tensor:
+        """The ensembled ``(1, 3, *shape)`` field on the network grid for preprocessed inputs."""
+        network, _ = self._require_ready()
+        fields: list[torch.Tensor] = []
+        with torch.inference_mode():
+            moving = self._to_input(moving_network)
+            fixed = self._to_input(fixed_network)
+            for index in range(len(self.fold_weights)):
+                self._load_fold(index)
+                output = network(moving, fixed)
+                fields.append(output.displacement.float().contiguous().cpu())
+                del output
+            del moving, fixed
+            field, self.last_ensemble = ensemble_displacements(fields)
+        return field
+
+    def predict_prepared(self, pair: PreparedPair) -> np.ndarray:
+        """The original-grid ``(H, W, D, 3)`` float32 field of a prepared pair."""
+        field = self.predict_network_grid(pair.fixed_network, pair.moving_network)
+        return pair.mapping.field_to_original(field[0].numpy())
+
+    def prepare(self, fixed: np.ndarray | str | Path, moving: np.ndarray | str | Path,
+                fixed_geometry: Geometry | None = None, moving_geometry: Geometry | None = None) -> PreparedPair:
+        """Read (if paths), check, align and preprocess a pair."""
+        _, configuration = self._require_ready()
+        fixed_name, moving_name = "fixed image", "moving image"
+        if isinstance(fixed, (str, Path)):
+            fixed_name = str(fixed)
+            fixed, fixed_geometry = read_image(fixed)
+        if isinstance(moving, (str, Path)):
+            moving_name = str(moving)
+            moving, moving_geometry = read_image(moving)
+        return prepare_arrays(fixed, moving, configuration, fixed_geometry, moving_geometry, fixed_name, moving_name)
+
+    def predict_pair(self, fixed: np.ndarray | str | Path, moving: np.ndarray | str | Path,
+                     fixed_geometry: Geometry | None = None, moving_geometry: Geometry | None = None) -> np.ndarray:
+        """Register ``moving`` to ``fixed``: float32 ``(H, W, D, 3)`` pull field on the original fixed grid.
+
+        Arrays are in (i, j, k) order; without a geometry the planned original spacing is assumed. A moving image
+        on another grid is resampled onto the fixed grid first (logged).
+        """
+        return self.predict_prepared(self.prepare(fixed, moving, fixed_geometry, moving_geometry))
+
+    def describe(self) -> dict[str, Any]:
+        """A short summary for logs and benchmark output."""
+        return {"configuration": self.configuration_name, "folds": list(self.folds), "device": str(self.device),
+                "threads": torch.get_num_threads(), "channels_last": self.channels_last}

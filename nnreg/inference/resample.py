@@ -1,0 +1,57 @@
+"""Bring a moving image onto the fixed image's grid when the two grids differ (shape, spacing, origin, direction).
+
+Conventions: arrays in (i, j, k) order, geometry in ITK physical space (mm, LPS). The images must already be
+aligned in physical space (Learn2Reg pairs are); resampling uses the identity physical transform, linear
+interpolation for images and nearest neighbour for label maps, 0 outside the moving image.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnreg.dataset.image_io import Geometry
+
+logger = logging.getLogger(__name__)
+
+
+def same_grid(a: Geometry, b: Geometry, tolerance: float = 1e-4) -> bool:
+    """True when two geometries describe the same voxel grid (up to ``tolerance`` mm / cosine)."""
+    return (tuple(a.shape) == tuple(b.shape)
+            and np.allclose(a.spacing, b.spacing, atol=tolerance)
+            and np.allclose(a.origin, b.origin, atol=tolerance)
+            and np.allclose(a.direction, b.direction, atol=tolerance))
+
+
+def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """An ITK image from an (i, j, k) array and its geometry."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    image.SetSpacing(tuple(float(s) for s in geometry.spacing))
+    image.SetOrigin(tuple(float(o) for o in geometry.origin))
+    image.SetDirection(tuple(float(d) for d in geometry.direction))
+    return image
+
+
+def resample_onto(array: np.ndarray, geometry: Geometry, target: Geometry, labels: bool = False) -> np.ndarray:
+    """Resample ``array`` (on ``geometry``) onto the ``target`` grid in physical space; (i, j, k) array out."""
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(s) for s in target.shape])
+    resampler.SetOutputSpacing([float(s) for s in target.spacing])
+    resampler.SetOutputOrigin([float(o) for o in target.origin])
+    resampler.SetOutputDirection([float(d) for d in target.direction])
+    resampler.SetInterpolator(sitk.sitkNearestNeighbor if labels else sitk.sitkLinear)
+    resampler.SetDefaultPixelValue(0)
+    out = sitk.GetArrayFromImage(resampler.Execute(to_sitk(array, geometry))).transpose(2, 1, 0)
+    return np.ascontiguousarray(out, dtype=array.dtype)
+
+
+def align_moving(moving: np.ndarray, moving_geometry: Geometry, fixed_geometry: Geometry,
+                 name: str = "moving image", labels: bool = False) -> np.ndarray:
+    """``moving`` on the fixed grid: unchanged when the grids agree, else resampled with an INFO message."""
+    if same_grid(moving_geometry, fixed_geometry):
+        return moving
+    logger.info("%s: grid %s @ %s mm differs from the fixed image's %s @ %s mm; resampled onto the fixed grid",
+                name, list(moving_geometry.shape), [round(s, 4) for s in moving_geometry.spacing],
+                list(fixed_geometry.shape), [round(s, 4) for s in fixed_geometry.spacing])
+    return resample_onto(moving, moving_geometry, fixed_geometry, labels=labels)
