@@ -84,11 +84,40 @@ def read_header(path: str | Path) -> Geometry:
                     tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
 
 
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith((".nii", ".nii.gz"))
+
+
+def _read_nifti(path: Path, dtype: Any) -> tuple[np.ndarray, Geometry]:
+    """NIfTI through nibabel, as the Learn2Reg evaluator reads it (SimpleITK's reader turns NaN into 0,
+    which would hide corrupt images); the affine is converted to ITK's LPS spacing/origin/direction."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+        if len(shape) != 3:
+            raise NnregError(f"expected a 3D single-channel image, found shape {list(shape)}", path)
+        array = np.asarray(img.get_fdata(dtype=np.float32) if np.dtype(dtype).kind == "f" else img.dataobj)
+    except NnregError:
+        raise
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise NnregError(f"cannot read image ({exc})", path) from None
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / np.where(spacing > 0, spacing, 1.0)[None, :]
+    geometry = Geometry(tuple(int(n) for n in shape), tuple(float(x) for x in spacing),
+                        tuple(float(x) for x in lps[:3, 3]), tuple(float(x) for x in direction.ravel()))
+    return np.ascontiguousarray(array, dtype=dtype), geometry
+
+
 def read_image(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, Geometry]:
     """Read a 3D image as an array in (i, j, k) order plus its geometry; one-line error on bad input."""
     path = Path(path)
     if not path.is_file():
         raise NnregError("file not found", path)
+    if _is_nifti(path):
+        return _read_nifti(path, dtype)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:

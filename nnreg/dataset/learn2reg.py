@@ -114,7 +114,7 @@ def _parse_pairs(root: Path, raw: dict[str, Any], key: str, json_path: Path) -> 
 
 def load_dataset(root: str | Path) -> Learn2RegDataset:
     """Parse ``root/dataset.json``; raise :class:`DatasetError` naming the file and the problem."""
-    root = Path(root).resolve()
+    root = Path(root).absolute()   # keep a symlinked DatasetXXX_Name as the name
     json_path = root / "dataset.json"
     if not root.is_dir():
         raise DatasetError("dataset folder does not exist", root)

@@ -54,4 +54,4 @@ def find_raw_dataset(spec: str | int, raw_override: str | Path | None = None) ->
         return root / resolve_dataset_name(text, root)
     if not as_path.is_dir():
         raise DatasetError("dataset folder does not exist", as_path)
-    return as_path.resolve()
+    return as_path.absolute()
