@@ -52,11 +52,6 @@ class Geometry:
         lps[:3, 3] = self.origin
         return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
-    def with_shape_and_spacing(self, shape: tuple[int, ...], spacing: tuple[float, ...],
-                               origin: tuple[float, ...]) -> "Geometry":
-        return Geometry(tuple(int(s) for s in shape), tuple(float(s) for s in spacing),
-                        tuple(float(o) for o in origin), self.direction)
-
 
 def _geometry_of(img: sitk.Image) -> Geometry:
     return Geometry(
@@ -65,23 +60,6 @@ def _geometry_of(img: sitk.Image) -> Geometry:
         origin=tuple(float(o) for o in img.GetOrigin()),
         direction=tuple(float(d) for d in img.GetDirection()),
     )
-
-
-def read_header(path: str | Path) -> Geometry:
-    """Geometry of an image without reading its voxels."""
-    path = Path(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise NnregError(f"cannot read image ({str(exc).strip().splitlines()[-1]})", path) from None
-    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
-        raise NnregError(
-            f"expected a 3D single-channel image, found {reader.GetDimension()}D with "
-            f"{reader.GetNumberOfComponents()} component(s)", path)
-    return Geometry(tuple(int(s) for s in reader.GetSize()), tuple(reader.GetSpacing()),
-                    tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
 
 
 def _is_nifti(path: Path) -> bool:
