@@ -1,0 +1,45 @@
+"""The field-prediction stage of one cascade level: cat(f + m, f − m) → conv stack → 3-channel velocity.
+
+Widths follow EOIR: Conv3³(2·sc → flow_channels) + ReLU → Conv3³(→ mid_channels) + ReLU → Conv3³(→ 3). The last
+layer starts at N(0, 1e-5) weights and zero bias so an untrained network predicts (nearly) the identity.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+LAST_LAYER_STD = 1e-5
+
+
+def pair_features(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+    """``cat(f + m, f − m)`` along channels, written straight into one buffer (no intermediate sums)."""
+    b, c = fixed.shape[:2]
+    channels_last = fixed.is_contiguous(memory_format=torch.channels_last_3d) and not fixed.is_contiguous()
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    if torch.is_grad_enabled() and (fixed.requires_grad or moving.requires_grad):
+        return torch.cat([fixed + moving, fixed - moving], dim=1)
+    out = torch.empty((b, 2 * c, *fixed.shape[2:]), dtype=fixed.dtype, device=fixed.device, memory_format=fmt)
+    torch.add(fixed, moving, out=out[:, :c])
+    torch.sub(fixed, moving, out=out[:, c:])
+    return out
+
+
+class FlowHead(nn.Sequential):
+    """Conv stack mapping paired features (2·sc channels) to a 3-channel velocity in voxel units."""
+
+    def __init__(self, in_channels: int, flow_channels: int, mid_channels: int = 27) -> None:
+        last = nn.Conv3d(mid_channels, 3, 3, padding=1)
+        nn.init.normal_(last.weight, std=LAST_LAYER_STD)
+        nn.init.zeros_(last.bias)
+        super().__init__(
+            nn.Conv3d(in_channels, flow_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(flow_channels, mid_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            last,
+        )
+
+    @property
+    def last(self) -> nn.Conv3d:
+        """The final 3-channel convolution (tests enlarge it to provoke folding)."""
+        return self[-1]
