@@ -18,8 +18,11 @@ OUTSIDE = -1  # flat index marking a sample taken outside the moving grid (the e
 def sample_coordinates(disp: np.ndarray) -> np.ndarray:
     """``identity + u`` as a float64 ``(3, H, W, D)`` array, the coordinates the official evaluator samples."""
     disp = np.asarray(disp)
-    identity = np.meshgrid(*(np.arange(n) for n in disp.shape[:3]), indexing="ij")
-    return identity + np.moveaxis(disp, -1, 0).astype(np.float64, copy=False)
+    coords = np.empty((3,) + tuple(disp.shape[:3]), dtype=np.float64)
+    for axis in range(3):
+        ramp = np.arange(disp.shape[axis], dtype=np.float64).reshape([-1 if a == axis else 1 for a in range(3)])
+        np.add(disp[..., axis], ramp, out=coords[axis])  # same float64 sums as meshgrid + u
+    return coords
 
 
 def nearest_indices(disp: np.ndarray, moving_shape: tuple[int, ...] | None = None) -> np.ndarray:
