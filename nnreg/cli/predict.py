@@ -45,7 +45,7 @@ def _workers(value: int | None, num_pairs: int) -> int:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-i", "--input", "input_path", type=click.Path(), default=None,
               help="Dataset folder (dataset.json), pairs .json ([{fixed, moving}, ...]) or .csv (fixed,moving).")
-@click.option("-o", "--output", "output", type=click.Path(file_okay=False), required=True,
+@click.option("-o", "--output", "output", type=click.Path(), required=True,
               help="Output folder for disp_<fix>_<mov>.nii.gz files.")
 @click.option("-d", "--dataset", default=None, help="Dataset id or name of the trained model (with -c/-p/-tr).")
 @click.option("-c", "--configuration", default=None, help="Configuration (default: 3d_fullres, or the one of -m).")

@@ -23,10 +23,13 @@ TRAINER = "nnRegTrainer"
 PLANS = "nnRegPlans"
 
 
-def planned_dataset(env: dict[str, Path], name: str = "Dataset901_Tiny", **dataset_kwargs: Any) -> tuple[Path, Plans]:
-    """Write a tiny dataset under ``env['raw']`` and plan it (no preprocessing: the predictor does its own)."""
-    root = make_learn2reg_dataset(env["raw"] / name, **dataset_kwargs)
-    out, plans = plan_and_preprocess(PlanAndPreprocessOptions(dataset=name, num_processes=0, no_preprocessing=True))
+def planned_dataset(base: Path, name: str = "Dataset901_Tiny", **dataset_kwargs: Any) -> tuple[Path, Plans]:
+    """Write a tiny dataset under ``base/raw`` and plan it into ``base/preprocessed`` (no preprocessing: the
+    predictor does its own). Paths are passed explicitly, so no environment variable is needed."""
+    root = make_learn2reg_dataset(base / "raw" / name, **dataset_kwargs)
+    _, plans = plan_and_preprocess(PlanAndPreprocessOptions(dataset=str(root), raw=str(base / "raw"),
+                                                            preprocessed=str(base / "preprocessed"),
+                                                            num_processes=0, no_preprocessing=True))
     return root, plans
 
 

@@ -1,0 +1,178 @@
+"""``nnreg_predict`` end to end on a tiny dataset: output format, inputs, options, --continue and every bad input."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from nnreg.cli.predict import main
+from nnreg.dataset.image_io import Geometry, read_image, write_image
+from nnreg.networks import default_architecture
+from tests.inference.helpers import planned_dataset, write_model_folder
+
+SMALL = default_architecture(2, base_channels=8)   # the plumbing is under test, not the network: keep it cheap
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("predict")
+    root, plans = planned_dataset(base, n_train=5, n_val=2)
+    results = base / "results"
+    pre = base / "preprocessed" / plans.dataset_name
+    full = write_model_folder(results, plans, "3d_fullres", folds=("0", "1"), architecture=SMALL, preprocessed=pre)
+    half = write_model_folder(results, plans, "3d_halfres", folds=("0",), architecture=SMALL,
+                              trained_configuration="3d_fullres")
+    return {"base": base, "root": root, "results": results, "full": full, "half": half}
+
+
+def run(*args: object) -> Result:
+    """Invoke the CLI in-process. Each CliRunner call swaps stderr, so the console log handler bound to an earlier
+    call's stream is dropped first (the command installs a fresh one)."""
+    logger = logging.getLogger("nnreg")
+    for handler in [h for h in logger.handlers if getattr(h, "_nnreg_console", False)]:
+        logger.removeHandler(handler)
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def expect_error(result: Result, *fragments: str) -> str:
+    assert result.exit_code != 0, result.output
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("nnreg: error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_dataset_validation_pairs_in_challenge_format(setup: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run("-i", setup["root"], "-o", out, "-d", "901", "--results", setup["results"], "-npp", "0", "-nps", "0")
+    assert result.exit_code == 0, result.stderr
+    pairs = json.loads((setup["root"] / "dataset.json").read_text())["validation"]
+    names = sorted(p.name for p in out.glob("disp_*.nii.gz"))
+    expected = sorted(f"disp_{Path(p['fixed']).name[-16:-12]}_{Path(p['moving']).name[-16:-12]}.nii.gz" for p in pairs)
+    assert names == expected
+    for name in names:
+        image = nib.load(str(out / name))   # what the official evaluator does
+        assert image.get_data_dtype() == np.float32
+        field = np.asarray(image.get_fdata())
+        assert field.shape == (32, 40, 32, 3) and np.isfinite(field).all()
+
+    from nnreg.cli.evaluate import main as evaluate_main
+
+    evaluated = CliRunner().invoke(evaluate_main, ["-i", str(out), "-d", str(setup["root"]), "-o",
+                                                   str(tmp_path / "metrics.json")], catch_exceptions=False)
+    assert evaluated.exit_code == 0, evaluated.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["cases"]) == len(pairs)
+
+
+def test_one_pair_with_every_extra_in_worker_processes(setup: dict[str, Path], tmp_path: Path) -> None:
+    images = sorted((setup["root"] / "imagesVal").glob("*.nii.gz"))
+    out = tmp_path / "out"
+    result = run("--fixed", images[0], "--moving", images[1], "-o", out, "-m", setup["full"], "-f", "0",
+                 "--itk", "--save-warped", "--qc", "--warp-labels", setup["root"] / "labelsVal", "-npp", "1", "-nps", "1")
+    assert result.exit_code == 0, result.stderr
+    name = f"{images[0].name[-16:-12]}_{images[1].name[-16:-12]}"
+    for path in (f"disp_{name}.nii.gz", f"itk/disp_{name}.nii.gz", f"warped/warped_{name}.nii.gz",
+                 f"warped_labels/warped_{name}.nii.gz", f"qc/disp_{name}.png"):
+        assert (out / path).is_file(), path
+    warped_labels, geometry = read_image(out / f"warped_labels/warped_{name}.nii.gz", dtype=np.int32)
+    fixed_labels, fixed_geometry = read_image(setup["root"] / "labelsVal" / images[0].name, dtype=np.int32)
+    assert geometry == fixed_geometry and set(np.unique(warped_labels)) <= set(np.unique(fixed_labels)) | {0}
+    assert not list(out.rglob("*.tmp-*"))
+
+
+def test_pairs_files_json_csv_and_long_names(setup: dict[str, Path], tmp_path: Path) -> None:
+    images = sorted((setup["root"] / "imagesVal").glob("*.nii.gz"))
+    other = tmp_path / "inputs" / images[1].name.replace("_0000.nii.gz", "_0001.nii.gz")   # another modality
+    other.parent.mkdir()
+    shutil.copyfile(images[1], other)
+    (tmp_path / "inputs" / "pairs.json").write_text(json.dumps([{"fixed": str(images[0]), "moving": other.name}]))
+    (tmp_path / "inputs" / "pairs.csv").write_text(f"fixed,moving\n{images[1]},{images[0]}\n")
+    for pairs_file, expected in (("pairs.json", "disp_{0}_0000_{1}_0001.nii.gz"), ("pairs.csv", "disp_{1}_{0}.nii.gz")):
+        out = tmp_path / pairs_file
+        result = run("-i", tmp_path / "inputs" / pairs_file, "-o", out, "-m", setup["full"], "-f", "1")
+        assert result.exit_code == 0, result.stderr
+        ids = (images[0].name[-16:-12], images[1].name[-16:-12])
+        assert [p.name for p in out.glob("disp_*")] == [expected.format(*ids)]
+
+
+def test_existing_output_is_overwritten_or_continued(setup: dict[str, Path], tmp_path: Path) -> None:
+    images = sorted((setup["root"] / "imagesVal").glob("*.nii.gz"))
+    out = tmp_path / "out"
+    args = ("--fixed", images[0], "--moving", images[1], "-o", out, "-m", setup["full"], "-f", "0")
+    assert run(*args).exit_code == 0
+    target = next(out.glob("disp_*.nii.gz"))
+    target.write_bytes(b"stale")
+    assert run(*args, "--continue").exit_code == 0
+    assert target.read_bytes() == b"stale"              # --continue keeps finished files
+    result = run(*args)
+    assert result.exit_code == 0 and "overwritten" in result.stderr
+    assert nib.load(str(target)).shape == (32, 40, 32, 3)  # overwritten (atomically) without --continue
+
+
+def test_different_grids_are_resampled_and_said(setup: dict[str, Path], tmp_path: Path) -> None:
+    images = sorted((setup["root"] / "imagesVal").glob("*.nii.gz"))
+    array, geometry = read_image(images[1])
+    coarse = Geometry((16, 20, 16), (2.0, 2.0, 2.0), (0.5, 0.5, 0.5), geometry.direction)
+    moving = tmp_path / "MOV_0100_0000.nii.gz"
+    write_image(array[::2, ::2, ::2], coarse, moving)
+    result = run("--fixed", images[0], "--moving", moving, "-o", tmp_path / "out", "-m", setup["full"], "-f", "0")
+    assert result.exit_code == 0, result.stderr
+    assert "resampled onto the fixed grid" in result.stderr
+    assert nib.load(str(next((tmp_path / "out").glob("disp_*")))).shape == (32, 40, 32, 3)
+
+
+def test_missing_fold_is_named(setup: dict[str, Path], tmp_path: Path) -> None:
+    expect_error(run("-i", setup["root"], "-o", tmp_path, "-m", setup["full"], "-f", "3"),
+                 "fold 3", "folds with it: 0, 1")
+
+
+def test_model_trained_on_another_configuration(setup: dict[str, Path], tmp_path: Path) -> None:
+    expect_error(run("-i", setup["root"], "-o", tmp_path, "-m", setup["full"], "-c", "3d_halfres"),
+                 "trained on configuration '3d_fullres'", "'3d_halfres'")
+    expect_error(run("-i", setup["root"], "-o", tmp_path, "-d", "901", "-c", "3d_halfres", "--results",
+                     setup["results"]), "trained on configuration '3d_fullres'")
+
+
+def test_nan_in_an_image(setup: dict[str, Path], tmp_path: Path) -> None:
+    images = sorted((setup["root"] / "imagesVal").glob("*.nii.gz"))
+    array, geometry = read_image(images[1])
+    array[3, 4, 5] = np.nan
+    bad = tmp_path / "BAD_0001_0000.nii.gz"
+    write_image(array, geometry, bad)
+    expect_error(run("--fixed", images[0], "--moving", bad, "-o", tmp_path / "out", "-m", setup["full"]),
+                 str(bad), "NaN")
+
+
+def test_unusable_inputs_and_models(setup: dict[str, Path], tmp_path: Path) -> None:
+    images = sorted((setup["root"] / "imagesVal").glob("*.nii.gz"))
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps([{"fixed": str(images[0]), "moving": "nope_0001_0000.nii.gz"}]))
+    expect_error(run("-i", pairs, "-o", tmp_path / "o", "-m", setup["full"]), "nope_0001_0000.nii.gz", "does not exist")
+    expect_error(run("-i", setup["root"], "-o", tmp_path / "o"), "-d DATASET", "-m MODEL_FOLDER")
+    expect_error(run("-i", setup["root"], "-o", tmp_path / "o", "-d", "777", "--results", setup["results"]), "777")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    expect_error(run("--fixed", images[0], "--moving", images[1], "-o", a_file, "-m", setup["full"]),
+                 "not a folder")
+    broken = tmp_path / "broken"
+    shutil.copytree(setup["full"], broken)
+    (broken / "fold_0" / "checkpoint_final.pth").write_bytes(b"PK\x03\x04 truncated")
+    expect_error(run("-i", setup["root"], "-o", tmp_path / "o", "-m", broken, "-c", "3d_fullres"),
+                 "checkpoint_final.pth", "cannot read checkpoint")
+    expect_error(run("-i", setup["root"], "-o", tmp_path / "o", "-m", setup["full"], "-chk", "checkpoint_best.pth"),
+                 "checkpoint_best.pth")
+
+
+def test_checkpoint_is_loaded_with_weights_only(setup: dict[str, Path]) -> None:
+    """The checkpoints the trainer writes (tensors, numbers, strings) load under torch's safe unpickler."""
+    checkpoint = torch.load(setup["full"] / "fold_0" / "checkpoint_final.pth", weights_only=True)
+    assert checkpoint["init_args"]["configuration"] == "3d_fullres"
