@@ -1,0 +1,106 @@
+"""``nnreg_evaluate`` through click: results in the official structure, and one-line errors on bad input."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nnreg.cli.evaluate import main
+from nnreg.dataset.image_io import write_displacement
+from tests.evaluation.conftest import SHAPE, label_map, write_volume
+
+
+def run(*args: str | Path):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def error_line(result) -> str:
+    """The error must be exactly one ``nnreg: error:`` line and no traceback."""
+    assert result.exit_code != 0
+    text = result.output
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if line.startswith("nnreg: error:")]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_config_run_writes_official_structure(tiny_root: Path, zero_fields: Path, tmp_path: Path) -> None:
+    out = tmp_path / "metrics.json"
+    result = run("-i", zero_fields, "-d", tiny_root, "-c", tiny_root / "config.json", "-o", out)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    data = json.loads(text)
+    assert list(data) == ["name", "aggregates", "cases", "eval_version"]
+    assert list(data["cases"]) == ["0002_0000<--0001_0000", "0003_0000<--0002_0000"]
+    assert sorted(data["aggregates"]) == ["DSC", "HD95", "Non-diffeomorphic Volumes", "TRE_lm"]
+    assert set(data["aggregates"]["DSC"]) == {"mean", "std", "30"}
+    case = data["cases"]["0002_0000<--0001_0000"]
+    # labels 0, 1, 2, 7: background 1360/1376, slab 1, shifted cube 0.75, label 7 absent -> NaN
+    assert case["DSC"]["mean"] == pytest.approx((1360 / 1376 + 1 + 0.75) / 3)
+    assert math.isnan(case["DSC"]["detailed"][3]) and "NaN" in text  # written as the official json.dump does
+    assert case["TRE_lm"]["mean"] == pytest.approx(0.5)
+    assert case["Non-diffeomorphic Volumes"]["mean"] == 0.0
+    assert "0002_0000<--0001_0000" in result.output  # the table
+
+
+def test_dataset_mode_and_baseline(tiny_root: Path, zero_fields: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    result = run("-i", zero_fields, "-d", tiny_root, "-o", out, "--baseline-zero", "--mask", "fixed")
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert sorted(data["aggregates"]) == ["DSC", "HD95", "Non-diffeomorphic Volumes", "TRE_lm"]
+    assert len(data["cases"]["0002_0000<--0001_0000"]["DSC"]["detailed"]) == 3  # labels 0, 1, 2 in all images
+    assert "->" in result.output
+
+
+def test_missing_displacement_is_named(tiny_root: Path, zero_fields: Path) -> None:
+    (zero_fields / "disp_0003_0002.nii.gz").unlink()
+    line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", tiny_root / "config.json"))
+    assert "disp_0003_0002.nii.gz" in line and "missing" in line
+
+
+def test_wrong_shape(tiny_root: Path, zero_fields: Path) -> None:
+    write_displacement(np.zeros((12, 14, 9, 3), np.float32), zero_fields / "disp_0002_0001.nii.gz")
+    line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", tiny_root / "config.json"))
+    assert "expected (12, 14, 10, 3)" in line and "found (12, 14, 9, 3)" in line
+
+
+def test_nan_in_field(tiny_root: Path, zero_fields: Path) -> None:
+    field = np.zeros(SHAPE + (3,), np.float32)
+    field[1, 2, 3, 0] = np.nan
+    write_displacement(field, zero_fields / "disp_0002_0001.nii.gz")
+    line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", tiny_root / "config.json"))
+    assert "NaN/inf" in line and "disp_0002_0001.nii.gz" in line
+
+
+def test_label_on_another_grid(tiny_root: Path, zero_fields: Path) -> None:
+    write_volume(label_map(1)[:, :, :9], tiny_root / "labelsVal" / "TINY_0002_0000.nii.gz")
+    line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", tiny_root / "config.json"))
+    assert "different grid" in line and "TINY_0002_0000.nii.gz" in line
+
+
+def test_unknown_metric(tiny_root: Path, zero_fields: Path, tmp_path: Path) -> None:
+    cfg = json.loads((tiny_root / "config.json").read_text())
+    cfg["evaluation_methods"].append({"name": "J", "metric": "jaccard"})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(cfg))
+    line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", bad))
+    assert "unknown metric 'jaccard'" in line and "bad.json" in line
+
+
+def test_vanished_label_is_reported_not_an_error(tiny_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "far"
+    for name in ("disp_0002_0001.nii.gz", "disp_0003_0002.nii.gz"):
+        write_displacement(np.full(SHAPE + (3,), 50.0, np.float32), folder / name)
+    out = tmp_path / "m.json"
+    result = run("-i", folder, "-d", tiny_root, "-c", tiny_root / "config.json", "-o", out)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    case = json.loads(text)["cases"]["0002_0000<--0001_0000"]
+    assert case["HD95"]["mean"] == math.inf and "Infinity" in text
+    assert math.isnan(case["TRE_lm"]["mean"])
+    assert "inf" in result.output and "nan" in result.output
