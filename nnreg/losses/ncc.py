@@ -5,9 +5,8 @@ reference implementations do) gives
 
     cc = cross^2 / (var_I * var_J + eps),   cross = sum(I J) - sum(I) sum(J) / n,   var_I = sum(I^2) - sum(I)^2 / n
 
-and the loss is ``-mean(cc)`` (in [-1, 0]). The five window sums are one separable box filter (three 1-D
-convolutions of length ``w``: ``3 w`` multiply-adds per voxel instead of ``w^3``), applied to all five maps in
-one batched call. Always evaluated in float32, also under bf16 autocast: the variances are differences of
+and the loss is ``-mean(cc)`` (in [-1, 0]). The five window sums are one separable box filter (per axis a cumulative sum and a
+difference: a few operations per voxel instead of ``w^3``), applied to all five maps in one batched call. Always evaluated in float32, also under bf16 autocast: the variances are differences of
 large sums and lose every digit in bf16.
 """
 from __future__ import annotations
@@ -19,20 +18,26 @@ EPS = 1e-5
 
 
 def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Sum of ``x`` (N, 1, H, W, D) over a ``window^3`` cube centred on each voxel, zeros outside."""
+    """Sum of ``x`` (N, C, H, W, D) over a ``window^3`` cube centred on each voxel, zeros outside.
+
+    Per axis: zero-pad, cumulative sum, difference of the sums ``window`` apart (O(1) per voxel and axis; a
+    single-channel ``conv3d`` is ~10x slower on CPUs). Float32 cumulative sums over a LUMIR axis (<= 224 voxels
+    of values in [0, 1]) keep the window sums to ~1e-5 absolute.
+    """
     if window < 1 or window % 2 == 0:
         raise ValueError(f"the NCC window must be odd and >= 1, got {window}")
     if window == 1:
         return x
     pad = window // 2
-    ones = torch.ones(1, 1, window, device=x.device, dtype=x.dtype)
     out = x
     for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = window
-        padding = [0, 0, 0]
-        padding[axis] = pad
-        out = F.conv3d(out, ones.view(shape), padding=tuple(padding))
+        dim = 2 + axis
+        n = out.shape[dim]
+        spec = [0] * 6
+        spec[(2 - axis) * 2] = pad + 1          # F.pad lists the last dimension first
+        spec[(2 - axis) * 2 + 1] = pad
+        cumulative = torch.cumsum(F.pad(out, spec), dim)
+        out = cumulative.narrow(dim, window, n) - cumulative.narrow(dim, 0, n)
     return out
 
 

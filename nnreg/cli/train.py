@@ -1,0 +1,68 @@
+"""``nnreg_train DATASET FOLD``: train one fold of a planned configuration (a thin wrapper of ``run_training``)."""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from nnreg.cli.common import preprocessed_option, results_option, user_errors_as_one_line, verbose_option
+
+# CLI option -> hyperparameter; options left unset keep the default (or, with --c, the checkpoint's value)
+_HYPERPARAMETER_OPTIONS = {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch", "lr": "lr",
+                           "lambda_reg": "lambda_reg", "lambda_ncc": "lambda_ncc", "ncc_window": "ncc_window",
+                           "num_workers": "num_workers", "seed": "seed", "val_pairs": "val_pairs",
+                           "checkpoint_every": "checkpoint_every"}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("dataset")
+@click.argument("fold")
+@click.option("-c", "--configuration", default="3d_fullres", show_default=True, help="Configuration to train.")
+@click.option("-p", "--plans", default="nnRegPlans", show_default=True, help="Plans identifier.")
+@click.option("-tr", "--trainer", default="nnRegTrainer", show_default=True,
+              help="Trainer class: a name, package.module.Class or /path/file.py:Class.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default=None,
+              help="Device (default: cuda if available, else cpu).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default 200).")
+@click.option("--iterations-per-epoch", type=click.IntRange(min=1), default=None, help="Steps per epoch (default 250).")
+@click.option("--c", "continue_training", is_flag=True, help="Continue from the fold's last checkpoint.")
+@click.option("--val", "validation_only", is_flag=True, help="Only run the final validation (checkpoint_final).")
+@click.option("--num-gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="DDP processes (GPUs; with --device cpu, gloo processes sharing the cores).")
+@click.option("--num-workers", type=click.IntRange(min=0), default=None,
+              help="Data-loading worker processes per training process; 0 loads in the training process.")
+@click.option("--seed", type=int, default=None, help="Random seed (default 12345).")
+@click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (bitwise resumable).")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the network (opt-in).")
+@click.option("--no-amp", is_flag=True, default=None, help="Disable bf16 autocast on CUDA.")
+@click.option("--no-deep-supervision", is_flag=True, default=None, help="Score only the final field.")
+@click.option("--no-augmentation", is_flag=True, default=None, help="No intensity augmentation.")
+@click.option("--lr", type=float, default=None, help="Initial learning rate (default 4e-4).")
+@click.option("--lambda-reg", type=float, default=None, help="Weight of the gradient regulariser (default 6).")
+@click.option("--lambda-ncc", type=float, default=None, help="Weight of the NCC loss (default 1).")
+@click.option("--ncc-window", type=int, default=None, help="Local NCC window (odd, default 9).")
+@click.option("--val-pairs", type=click.IntRange(min=0), default=None, help="Validation pairs per epoch (default 8).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
+              help="Write checkpoint_latest.pth every N epochs (default 10).")
+@preprocessed_option
+@results_option
+@verbose_option
+@user_errors_as_one_line
+def main(dataset: str, fold: str, configuration: str, plans: str, trainer: str, device: str | None,
+         continue_training: bool, validation_only: bool, num_gpus: int, deterministic: bool | None,
+         compile_: bool | None, no_amp: bool | None, no_deep_supervision: bool | None,
+         no_augmentation: bool | None, preprocessed: str | None, results: str | None, verbose: bool,
+         **numbers: Any) -> None:
+    """Train FOLD (0-4 or all) of DATASET (id or name), unsupervised: local NCC + λ‖∇v‖², deep supervision."""
+    from nnreg.training import run_training
+
+    overrides = {_HYPERPARAMETER_OPTIONS[k]: v for k, v in numbers.items() if v is not None}
+    for flag, key, value in ((deterministic, "deterministic", True), (compile_, "compile", True),
+                             (no_amp, "amp", False), (no_deep_supervision, "deep_supervision", False),
+                             (no_augmentation, "augmentation", False)):
+        if flag:
+            overrides[key] = value
+    folder = run_training(dataset, fold, configuration=configuration, plans=plans, trainer=trainer, device=device,
+                          continue_training=continue_training, validation_only=validation_only, num_gpus=num_gpus,
+                          overrides=overrides, preprocessed=preprocessed, results=results)
+    click.echo(f"done: {folder}")

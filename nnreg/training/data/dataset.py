@@ -1,0 +1,63 @@
+"""Training samples read from the preprocessed, memory-mapped blosc2 arrays.
+
+A map-style dataset whose item ``k`` is training pair ``k`` of the :class:`PairSampler`: the loader asks for
+consecutive indices, any worker can compute any of them, and the output for ``k`` never changes.
+Each worker process opens the arrays itself (handles are not shared across processes).
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnreg.preprocessing.storage import load_case
+from nnreg.training.data.augmentation import IntensityAugmenter
+from nnreg.training.data.pairs import PairSampler
+
+
+class SampleLoadingError(RuntimeError):
+    """A sample could not be made; the message carries the worker, the pair and the original traceback."""
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """``dataset[k]`` = ``{"fixed", "moving": (1, H, W, D) float32 tensors, "index": k}``."""
+
+    def __init__(self, folder: str | Path, sampler: PairSampler, augment: bool = True) -> None:
+        self.folder = Path(folder)
+        self.sampler = sampler
+        self.augment = augment
+        self._augmenter: IntensityAugmenter | None = None
+        self._cache: dict[str, Any] = {}
+        self._pid = -1
+
+    def __len__(self) -> int:  # indices are unbounded; the loader's sampler decides which are drawn
+        return 2 ** 62
+
+    def _image(self, case_id: str) -> np.ndarray:
+        if self._pid != os.getpid():      # a fresh worker: never reuse handles opened by another process
+            self._cache, self._pid = {}, os.getpid()
+        if case_id not in self._cache:
+            self._cache[case_id] = load_case(self.folder, case_id)[0]
+        return np.asarray(self._cache[case_id][...], dtype=np.float32)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pair = self.sampler(index)
+        try:
+            fixed = self._image(pair.fixed)
+            moving = self._image(pair.moving)
+            if self.augment:
+                if self._augmenter is None:
+                    self._augmenter = IntensityAugmenter()
+                fixed = self._augmenter(fixed, pair.augmentation_seed)
+                moving = self._augmenter(moving, pair.augmentation_seed + 1)
+        except Exception as exc:
+            info = torch.utils.data.get_worker_info()
+            where = f"data-loader worker {info.id} (pid {os.getpid()})" if info else "the main process"
+            raise SampleLoadingError(
+                f"loading training pair {index} (fixed {pair.fixed}, moving {pair.moving}) from {self.folder} "
+                f"failed in {where}:\n{traceback.format_exc()}") from exc
+        return {"fixed": torch.from_numpy(fixed)[None], "moving": torch.from_numpy(moving)[None], "index": index}

@@ -1,0 +1,90 @@
+"""The training loader: consecutive sample indices from a resume position, loaded in worker processes.
+
+One ``torch.utils.data.DataLoader`` lives for the whole run (workers start once, not every epoch) over the
+indices ``[start, start + n)``; :attr:`PairLoader.position` counts the samples handed to the trainer, so a
+checkpoint stores exactly where to continue (prefetched but unused samples are simply recomputed).
+``num_workers=0`` loads in the trainer's process. A worker that raises has its traceback re-raised here as a
+:class:`DataLoaderWorkerError`; a worker that dies without one (killed, out of memory, segfault) is named with a
+hint, and ``faulthandler`` in every worker prints a segfault's Python stack to stderr.
+"""
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+from typing import Any, Iterator
+
+import torch
+
+from nnreg.training.data.dataset import PairDataset, SampleLoadingError
+from nnreg.utilities.errors import NnregError
+
+logger = logging.getLogger(__name__)
+
+
+class DataLoaderWorkerError(NnregError):
+    """A data-loader worker failed; the message holds its traceback (or why none exists)."""
+
+    exit_code = 3
+
+
+def default_num_workers(device: torch.device, world_size: int = 1) -> int:
+    """Workers per training process: loading is light next to a 3D registration step, so few are needed."""
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return max(1, min(6, cores // max(1, world_size) - 1))
+    return 1 if cores >= 2 else 0
+
+
+def _worker_init(_: int) -> None:
+    faulthandler.enable()
+    torch.set_num_threads(1)
+
+
+class PairLoader:
+    """Batches ``{"fixed", "moving": (B, 1, H, W, D)}`` on ``device``, from sample ``start`` onwards."""
+
+    def __init__(self, dataset: PairDataset, batch_size: int, start: int, num_samples: int, num_workers: int,
+                 device: torch.device) -> None:
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.position = int(start)
+        self.device = device
+        self.num_workers = int(num_workers)
+        kwargs: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kwargs.update(worker_init_fn=_worker_init, prefetch_factor=2)
+        self._loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size, sampler=range(start, start + num_samples), shuffle=False,
+            num_workers=self.num_workers, pin_memory=device.type == "cuda", drop_last=True, **kwargs)
+        self._iterator: Iterator[dict[str, Any]] | None = None
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """The next batch on the training device; raises :class:`DataLoaderWorkerError` if loading failed."""
+        if self._iterator is None:
+            self._iterator = iter(self._loader)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            raise RuntimeError("the training loader ran out of samples (more iterations than planned)") from None
+        except SampleLoadingError as exc:
+            self.close()
+            raise DataLoaderWorkerError(f"a training sample could not be loaded: {exc}") from exc
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            self.close()
+            raise DataLoaderWorkerError(
+                f"{exc}. The worker died without a Python exception (killed, out of memory or a crash; a crash's "
+                f"stack is printed above by faulthandler). Re-run with --num-workers 0 to load in this process "
+                f"and see the error directly.") from exc
+        self.position += self.batch_size
+        non_blocking = self.device.type == "cuda"
+        return {k: batch[k].to(self.device, non_blocking=non_blocking) for k in ("fixed", "moving")}
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

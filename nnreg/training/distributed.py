@@ -1,0 +1,128 @@
+"""Data-parallel training (PyTorch DDP): one process per GPU (NCCL) or per CPU share (gloo).
+
+Processes come from ``--num-gpus N`` (spawned here, rendezvous on a free local port) or from ``torchrun`` (its
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` variables are used as they are). Only rank 0 writes files;
+each rank draws its own pair stream (see ``nnreg.training.data.pairs``); DDP averages the gradients, so every rank
+holds the same weights after every step. On the CPU the cores are shared out between the processes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from nnreg.utilities.errors import ConfigurationError, NnregError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in the job (``world_size`` 1: not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def context_from_environment() -> DistributedContext | None:
+    """The context ``torchrun`` set up, or None when not started by it."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    return DistributedContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                              int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def device_for(device: torch.device, context: DistributedContext) -> torch.device:
+    """This rank's device: ``cuda:<local_rank>`` on GPUs, the requested device otherwise."""
+    if device.type == "cuda" and context.enabled:
+        if context.local_rank >= torch.cuda.device_count():
+            raise ConfigurationError(f"rank {context.rank} needs GPU {context.local_rank} but only "
+                                     f"{torch.cuda.device_count()} are visible")
+        return torch.device("cuda", context.local_rank)
+    return device
+
+
+def initialize(context: DistributedContext, device: torch.device) -> None:
+    """Join the process group (env:// rendezvous) and share out CPU threads between local processes."""
+    if not context.enabled:
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend_for(device), rank=context.rank, world_size=context.world_size)
+    if device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any, context: DistributedContext) -> list[Any]:
+    """Every rank's ``obj`` (in rank order) on every rank."""
+    if not (context.enabled and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * context.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean_over_ranks(value: float, context: DistributedContext, device: torch.device) -> float:
+    if not (context.enabled and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / context.world_size
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawned_entry(rank: int, world_size: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world_size))
+    try:
+        fn(*args)
+    except NnregError as exc:   # a user error: one line from the rank that saw it, no traceback wall
+        logging.getLogger("nnreg").error("nnreg: error (rank %d): %s", rank, exc)
+        raise SystemExit(exc.exit_code) from None
+
+
+def spawn(fn: Callable[..., Any], world_size: int, args: tuple[Any, ...]) -> None:
+    """Run ``fn(*args)`` in ``world_size`` new processes with ranks 0..N-1; fail if any of them fails."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(_free_port())
+    try:
+        mp.spawn(_spawned_entry, args=(world_size, fn, args), nprocs=world_size, join=True)
+    except mp.ProcessExitedException as exc:
+        raise NnregError(f"training process of rank {exc.error_index} stopped with exit code {exc.exit_code} "
+                         f"(its message is above)") from None
