@@ -37,14 +37,21 @@ def evaluate_pair(disp: np.ndarray, fixed_labels: np.ndarray | None = None,
                   moving_labels: np.ndarray | None = None, fixed_landmarks: np.ndarray | None = None,
                   moving_landmarks: np.ndarray | None = None, moving_image: np.ndarray | None = None,
                   fixed_image: np.ndarray | None = None, labels: Sequence[float] | None = None,
-                  metrics: Sequence[str] = DEFAULT_METRICS, ndv_mask: str = "moving") -> dict[str, float]:
+                  metrics: Sequence[str] | None = None, ndv_mask: str = "moving") -> dict[str, float]:
     """Official metric values of one pair, keyed by metric id (``dice``, ``hd95``, ``tre``, ``ndv``, ...).
 
+    ``metrics=None`` evaluates what the inputs allow: Dice and HD95 with both label maps, TRE with both
+    landmark volumes, NDV always (the trainer's validation passes whatever ground truth it has).
     ``labels=None`` evaluates every value of ``fixed_labels`` (background included). NDV uses
     ``moving_image > 0`` (``ndv_mask="moving"``, LUMIR 2024) or ``fixed_image > 0`` (``"fixed"``, LUMIR
     2025) as mask, all voxels when that image is not given. ``sdlogj`` also yields ``num_foldings``.
     A metric whose inputs are missing raises ``ValueError``; NaN/inf follow the official rules.
     """
+    if metrics is None:
+        metrics = [m for m, ok in (("dice", fixed_labels is not None and moving_labels is not None),
+                                   ("hd95", fixed_labels is not None and moving_labels is not None),
+                                   ("tre", fixed_landmarks is not None and moving_landmarks is not None),
+                                   ("ndv", True)) if ok]
     label_tuple = tuple(float(v) for v in labels) if labels is not None else None
     methods = [EvaluationMethod(name=m, metric=m, labels=label_tuple if m in ("dice", "hd95") else None,
                                 dest="landmarks" if m == "tre" else None) for m in metrics]

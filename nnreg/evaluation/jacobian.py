@@ -100,13 +100,6 @@ def _slab_determinants(t: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
 SLAB = 16  # interior planes per chunk: the ten determinants of a slab stay in cache-friendly sizes
 
 
-def tetrahedra_determinants(disp: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(scheme, J)`` for the ten NDV schemes on the grid cropped by one voxel (one at a time: memory)."""
-    t = _transformation(disp)
-    for scheme in NDV_SCHEMES:
-        yield scheme, _scheme_determinant(t, scheme)
-
-
 def ndv_absolute(disp: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Non-diffeomorphic volume in voxels; ``mask`` has the cropped shape ``(H-2, W-2, D-2)`` (default all ones).
 

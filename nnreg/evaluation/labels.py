@@ -48,7 +48,3 @@ def encode(volume: np.ndarray, values: np.ndarray) -> EncodedLabels:
     codes = np.where(hit, idx + 1, 0).astype(np.int32)
     return EncodedLabels(values, codes)
 
-
-def present_labels(volume: np.ndarray) -> list[float]:
-    """Every value occurring in a label map (background included), sorted."""
-    return [float(v) for v in np.unique(np.asarray(volume))]

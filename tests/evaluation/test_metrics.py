@@ -231,6 +231,12 @@ def test_evaluate_pair_vanished_everything() -> None:
     assert math.isnan(out["tre"])
 
 
+def test_evaluate_pair_default_metrics_follow_the_inputs() -> None:
+    out = evaluate_pair(np.zeros(SHAPE + (3,)), label_map(1), label_map(0))
+    assert sorted(out) == ["dice", "hd95", "ndv"]
+    assert sorted(evaluate_pair(np.zeros(SHAPE + (3,)))) == ["ndv"]
+
+
 def test_evaluate_pair_missing_input_and_unknown_metric() -> None:
     with pytest.raises(ValueError, match="needs"):
         evaluate_pair(np.zeros(SHAPE + (3,)), metrics=("dice",))
