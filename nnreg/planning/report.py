@@ -1,19 +1,73 @@
-"""Human-readable summary of a plans file (printed by nnreg_plan_and_preprocess)."""
+"""Human-readable summary of a plans file (printed by nnreg_plan_and_preprocess).
+
+One row per configuration: input shape, spacing, cascade depth, channel width, kernel size, schemes, batch
+size, parameters, FLOPs of a training step, predicted peak memory of a training step and of inference, and
+the budget. Predictions come from the plan's notes; when the plan was edited by hand since (its architecture,
+shape or batch size no longer match what was predicted) they are recomputed for the edited plan.
+"""
 from __future__ import annotations
 
-from nnreg.planning.plans import Plans
+from typing import Any
+
+from nnreg.planning.memory import estimate_memory, prediction_key
+from nnreg.planning.plans import ConfigurationPlan, Plans
+
+COLUMNS = (("configuration", 13), ("shape", 13), ("spacing", 12), ("lvl", 4), ("width", 6), ("K", 3),
+           ("skip", 5), ("schemes", 16), ("batch", 6), ("params", 8), ("TFLOP/step", 11), ("train GB", 9),
+           ("infer GB", 9), ("budget GB", 10))
 
 
-def plans_table(plans: Plans) -> str:
-    """One row per configuration: grid, cascade depth, width, kernel, scheme, batch size."""
-    header = f"{'configuration':<14}{'shape':<16}{'spacing':<18}{'levels':>7}{'width':>7}{'kernel':>7}" \
-             f"{'cascade':>9}{'CA':>4}{'BF':>4}{'batch':>7}"
-    rows = [f"plans {plans.plans_name} for {plans.dataset_name}", header]
+def _schemes(kw: dict[str, Any]) -> str:
+    parts = [str(kw.get("cascade", "-"))]
+    if kw.get("co_attention"):
+        parts.append("CA")
+    if kw.get("bilateral_filter"):
+        parts.append("BF")
+    if int(kw.get("integration_steps", 0) or 0) == 0:
+        parts.append("no-int")
+    return "+".join(parts)
+
+
+def predictions(cfg: ConfigurationPlan, device: str) -> dict[str, Any]:
+    """The plan's stored predictions, or fresh ones if the plan no longer matches them (hand edit)."""
+    notes = cfg.notes or {}
+    key = prediction_key(cfg.architecture, cfg.shape, cfg.batch_size, notes.get("device", device))
+    if notes.get("predicted_for") == key and "predicted_training_peak_gb" in notes:
+        return {k: notes[k] for k in ("parameters", "flops_training_step", "predicted_training_peak_gb",
+                                      "predicted_inference_peak_gb")} | {"edited": False}
+    e = estimate_memory(cfg.architecture, cfg.shape, cfg.batch_size, key["device"])
+    return {"parameters": e.parameters, "flops_training_step": e.flops_training_step,
+            "predicted_training_peak_gb": e.training_peak_bytes / 1e9,
+            "predicted_inference_peak_gb": e.inference_peak_bytes / 1e9, "edited": True}
+
+
+def plans_table(plans: Plans, with_predictions: bool = True) -> str:
+    """The table printed after planning (``with_predictions=False`` skips any tracing)."""
+    device = str(plans.planner.get("device", "cuda"))
+    budget = plans.planner.get("memory_target_gb")
+    header = "".join(f"{name:<{width}}" for name, width in COLUMNS)
+    rows = [f"plans {plans.plans_name} for {plans.dataset_name} (device {device}, budget "
+            f"{'-' if budget is None else f'{budget:g} GB'})", header]
+    edited = False
     for name, cfg in plans.configurations.items():
         kw = cfg.architecture.get("kwargs", {})
-        rows.append(
-            f"{name:<14}{'x'.join(map(str, cfg.shape)):<16}{'x'.join(f'{s:g}' for s in cfg.spacing):<18}"
-            f"{kw.get('n_levels', '-'):>7}{kw.get('base_channels', '-'):>7}{kw.get('kernel_size', '-'):>7}"
-            f"{kw.get('cascade', '-'):>9}{'y' if kw.get('co_attention') else 'n':>4}"
-            f"{'y' if kw.get('bilateral_filter') else 'n':>4}{cfg.batch_size:>7}")
+        pred = predictions(cfg, device) if with_predictions else {}
+        edited = edited or bool(pred.get("edited"))
+        values = [
+            name, "x".join(map(str, cfg.shape)), "x".join(f"{s:g}" for s in cfg.spacing),
+            kw.get("n_levels", "-"), kw.get("base_channels", "-"), kw.get("kernel_size", "-"),
+            kw.get("skip_levels", 0), _schemes(kw), cfg.batch_size,
+            f"{pred['parameters'] / 1e6:.2f}M" if pred else "-",
+            f"{pred['flops_training_step'] / 1e12:.2f}" if pred else "-",
+            f"{pred['predicted_training_peak_gb']:.2f}" if pred else "-",
+            f"{pred['predicted_inference_peak_gb']:.2f}" if pred else "-",
+            f"{cfg.notes.get('budget_gb', budget) or '-'}",
+        ]
+        rows.append("".join(f"{str(v):<{width}}" for v, (_, width) in zip(values, COLUMNS)))
+        if cfg.notes.get("time_target"):
+            rows.append(f"  note ({name}): {cfg.notes['time_target']}")
+        if cfg.notes.get("grid"):
+            rows.append(f"  note ({name}): {cfg.notes['grid']}")
+    if edited:
+        rows.append("  predictions recomputed for hand-edited configurations")
     return "\n".join(rows)

@@ -1,0 +1,219 @@
+"""The memory-driven decision function: channel width, kernel size, finest levels, batch size from a budget.
+
+Rules (documentation/planner.md explains the reasoning):
+
+1. **Depth first, from the shape only**: the deepest cascade (≤ 5 levels) whose coarsest level keeps ≥ 8 voxels
+   per axis. Depth is never traded for memory: each coarser level has 1/8 of the voxels of the one above.
+2. **Then the richest architecture that fits at batch size 1**, scanning tiers in this order:
+   full resolution, then the finest level skipped (the network runs at half resolution, the field is
+   upsampled), then two levels skipped. Within a tier widths come from :data:`WIDTH_LADDER`, widest first,
+   each tried with the large kernel (LK, K = 5) before the plain 3³ one. So memory is traded **width first,
+   then LK, then resolution**: a tier stops at :data:`MIN_WIDTH` (half resolution comes before widths below 16,
+   VoxelMorph's full-resolution width); only the last tier goes down to width 8.
+3. **Then the batch size** grows while it fits, up to :data:`MAX_BATCH` (1 on CPUs: there a batch of two pairs
+   takes twice as long, nothing runs in parallel that would otherwise idle).
+4. ``--device cpu``: a candidate must also fit a **time target**: the estimated seconds of one training step
+   per pair (FLOPs / the CPU's throughput) ≤ ``cpu_seconds_per_pair`` (default 5 s). When nothing meets
+   it, the fastest candidate that fits the memory is taken and the plan says so.
+5. A budget too small for the smallest network (last tier, width 8, 3³ kernels, batch 1) is a
+   :class:`NnregError` naming the minimum budget it would need.
+
+Within a tier memory grows with width (and LK), so each tier is searched by bisection over its ordered list;
+the chosen candidate is always traced at the exact planned shape and batch size.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from nnreg.networks import default_architecture
+from nnreg.planning.memory import MemoryEstimate, estimate_memory, prediction_key
+from nnreg.planning.planner import Decision, PlannerSettings
+from nnreg.planning.topology import cascade_depth
+from nnreg.utilities.errors import NnregError
+
+logger = logging.getLogger(__name__)
+
+WIDTH_LADDER = (8, 12, 16, 24, 32, 36, 48, 64)
+MIN_WIDTH = 16                  # narrowest width before the next (coarser) tier is preferred
+KERNELS = (5, 3)                # LK when affordable, else plain 3³
+MAX_SKIP = 2                    # never estimate the field coarser than 1/4 of the input grid
+MAX_BATCH = {"cuda": 4, "cpu": 1}
+USABLE_FRACTION = 0.9           # allocator reserve: CUDA caching-allocator fragmentation, glibc retention on CPU
+PROCESS_OVERHEAD_GB = {"cuda": 0.5, "cpu": 0.5}   # CUDA context / interpreter + libtorch, outside the tensors
+CPU_FLOPS_PER_THREAD = 25e9     # sustained conv throughput per core (documentation/planner.md)
+CPU_SECONDS_PER_PAIR = 5.0      # default CPU time target of one training step per pair
+
+Estimator = Callable[[dict[str, Any], list[int], int, str], MemoryEstimate]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One architecture choice: encoder width, kernel size, skipped finest levels."""
+
+    width: int
+    kernel: int
+    skip: int
+
+    def describe(self) -> str:
+        res = ["full", "1/2", "1/4"][self.skip] + " res"
+        return f"width {self.width}, kernel {self.kernel}, {res}"
+
+
+def usable_bytes(settings: PlannerSettings) -> float:
+    """The part of the budget tensors may use: minus the process overhead, times the allocator reserve."""
+    overhead = PROCESS_OVERHEAD_GB.get(settings.device, 0.5)
+    return max(0.0, settings.memory_target_gb - overhead) * USABLE_FRACTION * 1e9
+
+
+def needed_budget_gb(estimate: MemoryEstimate, device: str) -> float:
+    """The smallest budget (GB) under which ``estimate`` fits (inverse of :func:`usable_bytes`)."""
+    return estimate.training_peak_bytes / USABLE_FRACTION / 1e9 + PROCESS_OVERHEAD_GB.get(device, 0.5)
+
+
+def tiers(n_levels: int) -> list[list[Candidate]]:
+    """Candidates per resolution tier, richest first (see the module docstring, rule 2)."""
+    max_skip = min(MAX_SKIP, n_levels - 1)
+    out = []
+    for skip in range(max_skip + 1):
+        floor = WIDTH_LADDER[0] if skip == max_skip else MIN_WIDTH
+        widths = [w for w in reversed(WIDTH_LADDER) if w >= floor]
+        out.append([Candidate(w, k, skip) for w in widths for k in KERNELS])
+    return out
+
+
+def architecture_for(candidate: Candidate, n_levels: int) -> dict[str, Any]:
+    """The plans ``architecture`` entry of a candidate (paper defaults for everything else)."""
+    return default_architecture(n_levels, base_channels=candidate.width, kernel_size=candidate.kernel,
+                                skip_levels=candidate.skip)
+
+
+def cpu_seconds(estimate: MemoryEstimate, threads: int) -> float:
+    """Estimated seconds of one training step per pair on this CPU."""
+    return estimate.flops_training_step / estimate.batch_size / (CPU_FLOPS_PER_THREAD * max(1, threads))
+
+
+class MemoryDrivenPlanner:
+    """Callable decision function (``decide(box, settings) -> Decision``) following the module's rules."""
+
+    __name__ = "memory_driven_decision"
+
+    def __init__(self, estimator: Estimator | None = None) -> None:
+        self.estimate: Estimator = estimator or (lambda a, s, b, d: estimate_memory(a, s, b, d))
+
+    def __call__(self, box: list[int], settings: PlannerSettings) -> Decision:
+        n_levels = cascade_depth(box)
+        divisor = 2 ** (n_levels - 1)
+        shape = [max(divisor, math.ceil(b / divisor) * divisor) for b in box]
+        device = settings.device
+        usable = usable_bytes(settings)
+        threads = int(settings.extra.get("cpu_threads") or torch.get_num_threads())
+        time_limit = float(settings.extra.get("cpu_seconds_per_pair", CPU_SECONDS_PER_PAIR))
+        tried: list[str] = []
+
+        def fits(c: Candidate) -> bool:
+            e = self.estimate(architecture_for(c, n_levels), shape, 1, device)
+            ok = e.training_peak_bytes <= usable
+            slow = device == "cpu" and cpu_seconds(e, threads) > time_limit
+            tried.append(f"{c.describe()}: {e.training_peak_bytes / 1e9:.2f} GB"
+                         + (f", {cpu_seconds(e, threads):.1f} s/pair" if device == "cpu" else "")
+                         + ("" if ok and not slow else " (too slow)" if ok else " (too large)"))
+            return ok and not slow
+
+        chosen = None
+        for tier in tiers(n_levels):
+            chosen = _first_fitting(tier, fits)
+            if chosen is not None:
+                break
+        time_note = None
+        if chosen is None:
+            chosen, time_note = self._fallback(n_levels, shape, usable, settings, threads, time_limit)
+        batch, estimate = self._grow_batch(chosen, n_levels, shape, usable, device)
+        notes = self._notes(architecture_for(chosen, n_levels), estimate, settings, usable, threads, tried, time_note)
+        logger.info("planned %s at %s: %s, batch %d, %.2f GB predicted of %.2f GB usable", device, shape,
+                    chosen.describe(), batch, estimate.training_peak_bytes / 1e9, usable / 1e9)
+        return Decision(architecture=architecture_for(chosen, n_levels), batch_size=batch, divisor=divisor,
+                        notes=notes)
+
+    def _fallback(self, n_levels: int, shape: list[int], usable: float, settings: PlannerSettings, threads: int,
+                  time_limit: float) -> tuple[Candidate, str]:
+        """Nothing met every target: the smallest (and fastest) network if it fits, else the error with the minimum."""
+        smallest = Candidate(WIDTH_LADDER[0], 3, min(MAX_SKIP, n_levels - 1))
+        e = self.estimate(architecture_for(smallest, n_levels), shape, 1, settings.device)
+        if e.training_peak_bytes > usable:
+            flag = "--memory-target" if settings.device == "cpu" else "--gpu-memory-target"
+            need = needed_budget_gb(e, settings.device)
+            raise NnregError(
+                f"memory budget {settings.memory_target_gb:g} GB ({settings.device}) is too small for even the "
+                f"smallest network ({smallest.describe()}, batch 1) at {'x'.join(map(str, shape))}: it needs "
+                f"{need:.2f} GB; set {flag} {math.ceil(need * 10) / 10:g} or more")
+        return smallest, (f"no candidate meets the CPU time target of {time_limit:g} s per pair "
+                          f"({threads} threads); took the smallest network, which fits the memory")
+
+    def _grow_batch(self, chosen: Candidate, n_levels: int, shape: list[int], usable: float,
+                    device: str) -> tuple[int, MemoryEstimate]:
+        """Largest batch ≤ the cap that fits: extrapolated from batch 1 and 2, then confirmed by a trace."""
+        arch = architecture_for(chosen, n_levels)
+        one = self.estimate(arch, shape, 1, device)
+        cap = MAX_BATCH.get(device, 1)
+        if cap == 1:
+            return 1, one
+        two = self.estimate(arch, shape, 2, device)
+        per_pair = max(1, two.training_peak_bytes - one.training_peak_bytes)
+        batch = int(max(1, min(cap, 1 + (usable - one.training_peak_bytes) // per_pair)))
+        while batch > 1:
+            e = one if batch == 1 else two if batch == 2 else self.estimate(arch, shape, batch, device)
+            if e.training_peak_bytes <= usable:
+                return batch, e
+            batch -= 1
+        return 1, one
+
+    @staticmethod
+    def _notes(architecture: dict[str, Any], e: MemoryEstimate, settings: PlannerSettings, usable: float, threads: int,
+               tried: list[str], time_note: str | None) -> dict[str, Any]:
+        notes: dict[str, Any] = {
+            "rule": "memory-driven: depth from shape; widest width / LK / finest resolution that fits; "
+                    "then batch size (documentation/planner.md)",
+            "device": settings.device,
+            "budget_gb": settings.memory_target_gb,
+            "usable_gb": round(usable / 1e9, 3),
+            "predicted_training_peak_gb": round(e.training_peak_bytes / 1e9, 3),
+            "predicted_inference_peak_gb": round(e.inference_peak_bytes / 1e9, 3),
+            "parameters": e.parameters,
+            "flops_training_step": e.flops_training_step,
+            "flops_inference": e.flops_inference,
+            "predicted_for": prediction_key(architecture, list(e.shape), e.batch_size, settings.device),
+            "candidates_tried": tried,
+        }
+        if settings.device == "cpu":
+            notes["cpu_seconds_per_pair_training"] = round(cpu_seconds(e, threads), 2)
+            notes["cpu_seconds_per_pair_inference"] = round(
+                e.flops_inference / (CPU_FLOPS_PER_THREAD * max(1, threads)), 2)
+        if time_note:
+            notes["time_target"] = time_note
+        return notes
+
+
+def _first_fitting(ordered: list[Candidate], fits: Callable[[Candidate], bool]) -> Candidate | None:
+    """The first candidate of ``ordered`` that fits, assuming fitting is monotone along the list (bisection)."""
+    if not ordered:
+        return None
+    if fits(ordered[0]):
+        return ordered[0]
+    if not fits(ordered[-1]):
+        return None
+    lo, hi = 0, len(ordered) - 1          # ordered[lo] does not fit, ordered[hi] fits
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(ordered[mid]):
+            hi = mid
+        else:
+            lo = mid
+    return ordered[hi]
+
+
+memory_driven_decision = MemoryDrivenPlanner()
