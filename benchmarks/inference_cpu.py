@@ -144,14 +144,15 @@ def _run_case(case: dict[str, Any], fixed: Path, moving: Path, work: Path) -> di
         row.update(error=stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {process.returncode}")
         return row
     row.update(json.loads(stdout.strip().splitlines()[-1]))
-    row.update(process_wall_s=wall, peak_rss_gb=usage.ru_maxrss / 1024**2)
+    row.update(process_wall_s=wall, process_cpu_s=usage.ru_utime + usage.ru_stime,
+               peak_rss_gb=usage.ru_maxrss / 1024**2)
     return row
 
 
 def _cases(work: Path, plans: Any, channels_last: bool, jemalloc: bool) -> list[dict[str, Any]]:
-    models = {"3d_fullres": _model_folder(work, plans, "3d_fullres", None, "default"),
+    models = {"VoxelMorph": _model_folder(work, plans, "3d_fullres", VOXELMORPH, "voxelmorph"),
               "3d_halfres": _model_folder(work, plans, "3d_halfres", None, "default"),
-              "VoxelMorph": _model_folder(work, plans, "3d_fullres", VOXELMORPH, "voxelmorph")}
+              "3d_fullres": _model_folder(work, plans, "3d_fullres", None, "default")}
     allocators = [False, True] if jemalloc and JEMALLOC.is_file() else [False]
     layouts = [False, True] if channels_last else [False]
     cases = []
@@ -165,8 +166,8 @@ def _cases(work: Path, plans: Any, channels_last: bool, jemalloc: bool) -> list[
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'case':<36} {'files->field s':>14} {'network s':>10} {'process s':>10} {'peak RSS GB':>12} "
-            f"{'net grid':>14}")
+    head = (f"{'case':<36} {'files->field s':>14} {'network s':>10} {'process s':>10} {'process CPU s':>13} "
+            f"{'peak RSS GB':>12} {'net grid':>14}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
@@ -174,7 +175,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             continue
         grid = "x".join(map(str, r["network_shape"]))
         lines.append(f"{r['label']:<36} {r['files_to_field_s']:>14.1f} {r['network_s']:>10.1f} "
-                     f"{r['process_wall_s']:>10.1f} {r['peak_rss_gb']:>12.2f} {grid:>14}")
+                     f"{r['process_wall_s']:>10.1f} {r['process_cpu_s']:>13.1f} {r['peak_rss_gb']:>12.2f} {grid:>14}")
     return "\n".join(lines)
 
 

@@ -22,8 +22,8 @@ def _folds(values: tuple[str, ...]) -> list[str] | None:
 
 
 def _model_folder(model: str | None, dataset: str | None, configuration: str | None, plans: str, trainer: str,
-                  results: str | None) -> Path:
-    from nnreg.inference.model_folder import DEFAULT_CONFIGURATION, find_model_folder
+                  results: str | None, device: str) -> Path:
+    from nnreg.inference.model_folder import find_model_folder
     from nnreg.paths import results_folder
 
     if model is not None:
@@ -32,7 +32,7 @@ def _model_folder(model: str | None, dataset: str | None, configuration: str | N
         return Path(model).expanduser()
     if dataset is None:
         raise NnregError("which model? give -d DATASET (with -c/-p/-tr) or -m MODEL_FOLDER")
-    return find_model_folder(dataset, results_folder(results), trainer, plans, configuration or DEFAULT_CONFIGURATION)
+    return find_model_folder(dataset, results_folder(results), trainer, plans, configuration, device)
 
 
 def _workers(value: int | None, num_pairs: int) -> int:
@@ -48,7 +48,8 @@ def _workers(value: int | None, num_pairs: int) -> int:
 @click.option("-o", "--output", "output", type=click.Path(), required=True,
               help="Output folder for disp_<fix>_<mov>.nii.gz files.")
 @click.option("-d", "--dataset", default=None, help="Dataset id or name of the trained model (with -c/-p/-tr).")
-@click.option("-c", "--configuration", default=None, help="Configuration (default: 3d_fullres, or the one of -m).")
+@click.option("-c", "--configuration", default=None,
+              help="Configuration (default: 3d_halfres on CPU when trained, else 3d_fullres; with -m: the folder's).")
 @click.option("-p", "--plans", default="nnRegPlans", show_default=True, help="Plans identifier.")
 @click.option("-tr", "--trainer", default="nnRegTrainer", show_default=True, help="Trainer class name.")
 @click.option("-m", "--model", default=None, type=click.Path(), help="Model folder (instead of -d/-c/-p/-tr).")
@@ -85,7 +86,7 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
     labels = Path(warp_labels).expanduser() if warp_labels else None
     if labels is not None and not labels.is_dir():
         raise NnregError("--warp-labels folder does not exist", labels)
-    folder = _model_folder(model, dataset, configuration, plans, trainer, results)
+    folder = _model_folder(model, dataset, configuration, plans, trainer, results, device)
     predictor = nnRegPredictor(device=device, num_threads=threads, channels_last=channels_last)
     predictor.initialize_from_trained_model_folder(folder, _folds(folds), checkpoint, configuration)
     options = ExportOptions(save_warped=save_warped, labels_folder=labels, itk=itk, qc=qc)

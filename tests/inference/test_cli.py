@@ -52,7 +52,8 @@ def expect_error(result: Result, *fragments: str) -> str:
 
 def test_dataset_validation_pairs_in_challenge_format(setup: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run("-i", setup["root"], "-o", out, "-d", "901", "--results", setup["results"], "-npp", "0", "-nps", "0")
+    result = run("-i", setup["root"], "-o", out, "-d", "901", "-c", "3d_fullres", "--results", setup["results"],
+                 "-npp", "0", "-nps", "0")
     assert result.exit_code == 0, result.stderr
     pairs = json.loads((setup["root"] / "dataset.json").read_text())["validation"]
     names = sorted(p.name for p in out.glob("disp_*.nii.gz"))
@@ -176,3 +177,12 @@ def test_checkpoint_is_loaded_with_weights_only(setup: dict[str, Path]) -> None:
     """The checkpoints the trainer writes (tensors, numbers, strings) load under torch's safe unpickler."""
     checkpoint = torch.load(setup["full"] / "fold_0" / "checkpoint_final.pth", weights_only=True)
     assert checkpoint["init_args"]["configuration"] == "3d_fullres"
+
+
+def test_default_configuration_on_cpu_is_halfres_when_trained(setup: dict[str, Path], tmp_path: Path) -> None:
+    from nnreg.inference.model_folder import default_configuration
+
+    dataset_folder = setup["full"].parent
+    assert default_configuration(dataset_folder, "nnRegTrainer", "nnRegPlans", "cpu") == "3d_halfres"
+    assert default_configuration(dataset_folder, "nnRegTrainer", "nnRegPlans", "cuda") == "3d_fullres"
+    assert default_configuration(tmp_path, "nnRegTrainer", "nnRegPlans", "cpu") == "3d_fullres"
