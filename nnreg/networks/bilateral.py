@@ -30,7 +30,7 @@ class JointBilateralFilter(nn.Module):
     @property
     def sigmas(self) -> tuple[float, float]:
         """Current (spatial in voxels, intensity in guide units) sigmas."""
-        return float(self.log_sigma_spatial.exp()), float(self.log_sigma_intensity.exp())
+        return float(self.log_sigma_spatial.detach().exp()), float(self.log_sigma_intensity.detach().exp())
 
     def _pass(self, field: torch.Tensor, guide: torch.Tensor, axis: int) -> torch.Tensor:
         """One 1-D joint bilateral pass along tensor dimension ``axis`` (2, 3 or 4), replicate borders."""

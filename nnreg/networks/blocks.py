@@ -37,6 +37,12 @@ class ConvNormAct(nn.Module):
         y = self.conv(x)
         if not inference_mode_active(y):
             return self.act(self.norm(y))
-        var, mean = torch.var_mean(y, dim=(2, 3, 4), keepdim=True, correction=0)
-        y.sub_(mean).mul_(torch.rsqrt(var + self.norm.eps))
-        return F.leaky_relu_(y, float(self.act.weight.detach().reshape(-1)[0]))
+        # Two in-place passes (centre, then scale by the RMS of the centred values): exact like var_mean but
+        # several times faster on CPU, and no temporary.
+        n = y.shape[2] * y.shape[3] * y.shape[4]
+        y.sub_(y.mean(dim=(2, 3, 4), keepdim=True))
+        rms = torch.linalg.vector_norm(y, dim=(2, 3, 4), keepdim=True).div_(n**0.5)
+        y.mul_(torch.rsqrt(rms.square_().add_(self.norm.eps)))
+        # A single shared slope makes PReLU a leaky ReLU, which has an in-place kernel (meta tensors have no value).
+        slope = 0.25 if y.device.type == "meta" else float(self.act.weight.detach().reshape(-1)[0])
+        return F.leaky_relu_(y, slope)
