@@ -75,11 +75,17 @@ class GridMapping:
             comps = [_crop_or_pad(field[a], [-c for c in self.crop_start], self.original_shape, mode="edge")
                      for a in range(3)]
         else:
-            axes = [self.original_to_network_coords(a, np.arange(n, dtype=np.float64))
-                    for a, n in enumerate(self.original_shape)]
-            coords = np.meshgrid(*axes, indexing="ij")
-            comps = [ndimage.map_coordinates(field[a].astype(np.float32), coords, order=1, mode="nearest",
-                                             prefilter=False) * np.float32(self.factor[a]) for a in range(3)]
+            # trilinear = three 1-D linear passes (same numbers as map_coordinates(order=1, mode="nearest"), ~10x
+            # less CPU at LUMIR size since no 3-D coordinate arrays are built)
+            out = field.astype(np.float32, copy=False)
+            for a in range(3):
+                q = np.clip(self.original_to_network_coords(a, np.arange(self.original_shape[a], dtype=np.float64)),
+                            0, self.shape[a] - 1)
+                lo = np.floor(q).astype(np.intp)
+                w = (q - lo).astype(np.float32).reshape([-1 if d == a + 1 else 1 for d in range(4)])
+                out = np.take(out, lo, axis=a + 1) * (1 - w) + np.take(out, np.minimum(lo + 1, self.shape[a] - 1),
+                                                                         axis=a + 1) * w
+            comps = [out[a] * np.float32(self.factor[a]) for a in range(3)]
         return np.stack(comps, axis=-1).astype(np.float32, copy=False)
 
 
