@@ -104,3 +104,21 @@ def test_vanished_label_is_reported_not_an_error(tiny_root: Path, tmp_path: Path
     assert case["HD95"]["mean"] == math.inf and "Infinity" in text
     assert math.isnan(case["TRE_lm"]["mean"])
     assert "inf" in result.output and "nan" in result.output
+
+
+def test_two_configs_on_the_same_pairs_are_merged(tiny_root: Path, zero_fields: Path, tmp_path: Path) -> None:
+    """The official evaluator would keep only the second config's metrics for each pair; nnreg keeps both."""
+    cfg = json.loads((tiny_root / "config.json").read_text())
+    seg, lms = dict(cfg), dict(cfg)
+    seg["evaluation_methods"] = cfg["evaluation_methods"][1:3]
+    lms["evaluation_methods"] = [cfg["evaluation_methods"][0], cfg["evaluation_methods"][3]]
+    lms["name"] = "landmarks"
+    (tmp_path / "seg.json").write_text(json.dumps(seg))
+    (tmp_path / "lms.json").write_text(json.dumps(lms))
+    out = tmp_path / "m.json"
+    result = run("-i", zero_fields, "-d", tiny_root, "-c", tmp_path / "seg.json", "-c", tmp_path / "lms.json", "-o", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["name"] == "landmarks"
+    for case in data["cases"].values():
+        assert list(case) == ["DSC", "HD95", "Non-diffeomorphic Volumes", "TRE_lm"]
