@@ -116,7 +116,8 @@ def test_two_configs_on_the_same_pairs_are_merged(tiny_root: Path, zero_fields: 
     (tmp_path / "seg.json").write_text(json.dumps(seg))
     (tmp_path / "lms.json").write_text(json.dumps(lms))
     out = tmp_path / "m.json"
-    result = run("-i", zero_fields, "-d", tiny_root, "-c", tmp_path / "seg.json", "-c", tmp_path / "lms.json", "-o", out)
+    result = run("-i", zero_fields, "-d", tiny_root, "-c", tmp_path / "seg.json", "-c", tmp_path / "lms.json",
+                 "-o", out)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["name"] == "landmarks"
