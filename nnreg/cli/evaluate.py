@@ -28,7 +28,7 @@ logger = logging.getLogger("nnreg")
                    "Without it: the dataset.json validation pairs and every metric the ground truth allows.")
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None,
               help="Write metrics.json (official structure) here.")
-@click.option("--baseline-zero", is_flag=True, help="Also evaluate a zero field; show before -> after.")
+@click.option("--baseline-zero", is_flag=True, help="Also evaluate a zero field; show before -> after (with -o, also written to <name>_zero_displacement.json).")
 @click.option("--mask", "ndv_mask", type=click.Choice(["moving", "fixed"]), default="moving", show_default=True,
               help="NDV mask: moving image > 0 (LUMIR 2024) or fixed image > 0 (LUMIR 2025).")
 @verbose_option
@@ -38,7 +38,7 @@ def main(disp_dir: Path, root: Path, configs: tuple[Path, ...], output: Path | N
     """Evaluate displacement fields with the Learn2Reg/LUMIR metrics (Dice, HD95, TRE, NDV, SDlogJ)."""
     from nnreg.evaluation.config import load_config
     from nnreg.evaluation.report import format_table
-    from nnreg.evaluation.runner import dataset_config, evaluate_folder, write_metrics
+    from nnreg.evaluation.runner import EvaluationResult, dataset_config, evaluate_folder, write_metrics
 
     parsed = [load_config(path) for path in configs] if configs else [dataset_config(root)]
     result = evaluate_folder(disp_dir, root, parsed, ndv_mask=ndv_mask, baseline_zero=baseline_zero)
@@ -46,3 +46,7 @@ def main(disp_dir: Path, root: Path, configs: tuple[Path, ...], output: Path | N
     if output is not None:
         write_metrics(result, output)
         logger.info("wrote %s", output)
+        if result.baseline is not None:
+            zero = Path(output).with_name(f"{Path(output).stem}_zero_displacement.json")
+            write_metrics(EvaluationResult(f"{result.name} (zero displacement)", result.baseline), zero)
+            logger.info("wrote %s (the zero-displacement baseline, same structure)", zero)

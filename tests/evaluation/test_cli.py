@@ -55,6 +55,8 @@ def test_dataset_mode_and_baseline(tiny_root: Path, zero_fields: Path, tmp_path:
     assert sorted(data["aggregates"]) == ["DSC", "HD95", "Non-diffeomorphic Volumes", "TRE_lm"]
     assert len(data["cases"]["0002_0000<--0001_0000"]["DSC"]["detailed"]) == 3  # labels 0, 1, 2 in all images
     assert "->" in result.output
+    zero = json.loads((tmp_path / "m_zero_displacement.json").read_text())   # zero fields: baseline == result
+    assert zero["cases"] == data["cases"] and zero["aggregates"] == data["aggregates"]
 
 
 def test_missing_displacement_is_named(tiny_root: Path, zero_fields: Path) -> None:
