@@ -4,6 +4,7 @@
 :class:`RegistrationOutput` (full-resolution voxel-unit pull field + per-level fields, see ``nnreg.spatial``),
 and ``model.divisor`` is the factor input shapes must be divisible by.
 """
+from nnreg.networks.base import RegistrationNetwork
 from nnreg.networks.build import NETWORK_CLASSES, build_network, resolve_network_class
 from nnreg.networks.cascade import CascadeRegNet
 from nnreg.networks.output import LevelOutput, RegistrationOutput
@@ -23,6 +24,7 @@ __all__ = [
     "resolve_network_class",
     "NETWORK_CLASSES",
     "RegistrationOutput",
+    "RegistrationNetwork",
     "LevelOutput",
     "CascadeRegNet",
     "VoxelMorph",

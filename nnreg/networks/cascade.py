@@ -16,12 +16,13 @@ by ``2**s`` (levels ``0 … s-1`` are not estimated) and the finest field is ups
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nnreg.networks.base import RegistrationNetwork
 from nnreg.networks.bilateral import JointBilateralFilter
 from nnreg.networks.co_attention import CoAttention
 from nnreg.networks.encoder import SharedEncoder, feature_pyramid
@@ -34,8 +35,10 @@ CASCADES = ("compose", "add")
 BILATERAL_LEVELS = ("last", "all")
 
 
-class CascadeRegNet(nn.Module):
+class CascadeRegNet(RegistrationNetwork):
     """Coarse-to-fine diffeomorphic registration network; every keyword is a plans ``architecture`` kwarg."""
+
+    network_class = "CascadeRegNet"
 
     def __init__(
         self,
@@ -73,7 +76,7 @@ class CascadeRegNet(nn.Module):
             co_levels = [lv for lv in co_levels if lv in estimated]
         else:
             co_levels = []
-        self.config: dict[str, Any] = {
+        self.config = {
             "n_levels": n_levels,
             "base_channels": base_channels,
             "flow_channels": flow_channels,
@@ -103,17 +106,6 @@ class CascadeRegNet(nn.Module):
         """Input sizes must be multiples of this (the coarsest level is the input / divisor)."""
         return 2 ** (self.n_levels - 1)
 
-    @property
-    def architecture(self) -> dict[str, Any]:
-        """The plans ``architecture`` entry that rebuilds this network through ``build_network``."""
-        return {"network_class": "CascadeRegNet", "kwargs": dict(self.config)}
-
-    def _check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
-        if moving.dim() != 5 or moving.shape[1] != 1 or moving.shape != fixed.shape:
-            raise ValueError(f"expected two (B, 1, H, W, D) tensors, got {tuple(moving.shape)}, {tuple(fixed.shape)}")
-        if any(s % self.divisor for s in moving.shape[2:]):
-            raise ValueError(f"input shape {tuple(moving.shape[2:])} is not divisible by {self.divisor}")
-
     def _encode(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared encoder: one batched call when training, two sequential calls (lower peak memory) otherwise."""
         if not torch.is_grad_enabled():
@@ -123,7 +115,7 @@ class CascadeRegNet(nn.Module):
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
         """Register ``moving`` to ``fixed`` ((B, 1, H, W, D) in [0, 1]); see the module docstring."""
-        self._check_inputs(moving, fixed)
+        self.check_pair(moving, fixed)
         size = moving.shape[2:]
         factor = 2**self.skip_levels
         if factor > 1:

@@ -7,12 +7,13 @@ No integration by default (``integration_steps=7`` gives VoxelMorph-diff). Same 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nnreg.networks.base import RegistrationNetwork
 from nnreg.networks.flow_head import LAST_LAYER_STD
 from nnreg.networks.output import LevelOutput, RegistrationOutput
 from nnreg.spatial import integrate_velocity
@@ -23,8 +24,10 @@ def _conv(in_channels: int, out_channels: int, slope: float) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.LeakyReLU(slope, inplace=True))
 
 
-class VoxelMorph(nn.Module):
+class VoxelMorph(RegistrationNetwork):
     """VoxelMorph U-Net (Balakrishnan et al. 2019) with the LUMIR baseline widths."""
+
+    network_class = "VoxelMorph"
 
     def __init__(
         self,
@@ -37,7 +40,7 @@ class VoxelMorph(nn.Module):
         encoder_channels, decoder_channels = list(encoder_channels), list(decoder_channels)
         if len(decoder_channels) < len(encoder_channels):
             raise ConfigurationError("VoxelMorph needs at least as many decoder as encoder widths")
-        self.config: dict[str, Any] = {
+        self.config = {
             "encoder_channels": encoder_channels,
             "decoder_channels": decoder_channels,
             "negative_slope": negative_slope,
@@ -68,15 +71,9 @@ class VoxelMorph(nn.Module):
         """2**len(encoder_channels): the multiple preprocessing pads to (other shapes work, pooling floors them)."""
         return self._divisor
 
-    @property
-    def architecture(self) -> dict[str, Any]:
-        """The plans ``architecture`` entry that rebuilds this network through ``build_network``."""
-        return {"network_class": "VoxelMorph", "kwargs": dict(self.config)}
-
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
         """Register ``moving`` to ``fixed`` ((B, 1, H, W, D)); returns one level at full resolution."""
-        if moving.dim() != 5 or moving.shape[1] != 1 or moving.shape != fixed.shape:
-            raise ValueError(f"expected two (B, 1, H, W, D) tensors, got {tuple(moving.shape)}, {tuple(fixed.shape)}")
+        self.check_pair(moving, fixed, divisible=False)
         x = torch.cat([moving, fixed], dim=1)
         skips = []
         for block in self.encoder:
