@@ -37,6 +37,7 @@ _HYPERPARAMETER_OPTIONS = {"epochs": "epochs", "iterations_per_epoch": "iteratio
 @click.option("--no-amp", is_flag=True, default=None, help="Disable bf16 autocast on CUDA.")
 @click.option("--no-deep-supervision", is_flag=True, default=None, help="Score only the final field.")
 @click.option("--no-augmentation", is_flag=True, default=None, help="No intensity augmentation.")
+@click.option("--no-final-validation", is_flag=True, default=None, help="Skip the full-size final validation.")
 @click.option("--lr", type=float, default=None, help="Initial learning rate (default 4e-4).")
 @click.option("--lambda-reg", type=float, default=None, help="Weight of the gradient regulariser (default 6).")
 @click.option("--lambda-ncc", type=float, default=None, help="Weight of the NCC loss (default 1).")
@@ -51,7 +52,8 @@ _HYPERPARAMETER_OPTIONS = {"epochs": "epochs", "iterations_per_epoch": "iteratio
 def main(dataset: str, fold: str, configuration: str, plans: str, trainer: str, device: str | None,
          continue_training: bool, validation_only: bool, num_gpus: int, deterministic: bool | None,
          compile_: bool | None, no_amp: bool | None, no_deep_supervision: bool | None,
-         no_augmentation: bool | None, preprocessed: str | None, results: str | None, verbose: bool,
+         no_augmentation: bool | None, no_final_validation: bool | None, preprocessed: str | None,
+         results: str | None, verbose: bool,
          **numbers: Any) -> None:
     """Train FOLD (0-4 or all) of DATASET (id or name), unsupervised: local NCC + λ‖∇v‖², deep supervision."""
     from nnreg.training import run_training
@@ -59,7 +61,8 @@ def main(dataset: str, fold: str, configuration: str, plans: str, trainer: str, 
     overrides = {_HYPERPARAMETER_OPTIONS[k]: v for k, v in numbers.items() if v is not None}
     for flag, key, value in ((deterministic, "deterministic", True), (compile_, "compile", True),
                              (no_amp, "amp", False), (no_deep_supervision, "deep_supervision", False),
-                             (no_augmentation, "augmentation", False)):
+                             (no_augmentation, "augmentation", False),
+                             (no_final_validation, "final_validation", False)):
         if flag:
             overrides[key] = value
     folder = run_training(dataset, fold, configuration=configuration, plans=plans, trainer=trainer, device=device,

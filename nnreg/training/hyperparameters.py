@@ -27,6 +27,7 @@ class TrainingHyperparameters:
     deep_supervision: bool = True
     augmentation: bool = True
     val_pairs: int = 8                    # pairs validated at the end of every epoch (preprocessed grid)
+    final_validation: bool = True         # run the full-size final validation at the end of training
     final_val_max_pairs: int = 200        # cap on the ordered held-out pairs of the final validation (0 = all)
     checkpoint_every: int = 10            # checkpoint_latest.pth every N epochs (and at the last epoch)
     ema_alpha: float = 0.9                # smoothing of the validation metric that picks checkpoint_best

@@ -209,7 +209,7 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         if self.context.is_main:
             self.save_checkpoint(self.workspace.fold_folder / "checkpoint_final.pth")
         barrier(self.context)
-        if self.context.is_main:
+        if self.context.is_main and self.hp.final_validation:
             self.perform_final_validation()
         if self._log_file is not None:
             logging.getLogger("nnreg").removeHandler(self._log_file)

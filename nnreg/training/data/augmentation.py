@@ -1,11 +1,14 @@
 """Intensity augmentation of one image (batchgenerators transforms), reproducible from a per-sample seed.
 
 No spatial augmentation: registration pairs are already different anatomies, and a random spatial transform of
-one image would only add a known affine the network must undo. batchgenerators draws from numpy's global
-generator, so the transforms run with that generator seeded from the sample's seed and restored afterwards:
-the result depends on the sample only, not on the process that computes it.
+one image would only add a known affine the network must undo. batchgenerators draws from numpy's and Python's
+global generators (the Gaussian noise variance comes from ``random.uniform``), so the transforms run with both
+seeded from the sample's seed and restored afterwards: the result depends on the sample only, not on the process
+that computes it (DataLoader workers reseed ``random`` per worker).
 """
 from __future__ import annotations
+
+import random
 
 import numpy as np
 from batchgenerators.transforms.abstract_transforms import Compose
@@ -32,10 +35,12 @@ class IntensityAugmenter:
         self.transforms = intensity_transforms()
 
     def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
-        saved = np.random.get_state()
+        saved_numpy, saved_python = np.random.get_state(), random.getstate()
         try:
             np.random.seed(seed % (2 ** 32))
+            random.seed(seed)
             out = self.transforms(data=image[None, None].astype(np.float32, copy=True))["data"][0, 0]
         finally:
-            np.random.set_state(saved)
+            np.random.set_state(saved_numpy)
+            random.setstate(saved_python)
         return np.ascontiguousarray(out, dtype=np.float32)
