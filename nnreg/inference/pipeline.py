@@ -131,7 +131,9 @@ def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | P
     if existing and not resume:
         logger.info("%s already holds %d of these results; they are overwritten (use --continue to keep them)",
                     out, len(existing))
-    config = predictor._require_ready()[1]
+    config = predictor.configuration
+    if config is None:
+        raise RuntimeError("initialise the predictor before predicting")
     writer = BackgroundWriter(num_writers)
     by_pair = {id(p): o for p, o in todo}
     specs = [p for p, _ in todo]
