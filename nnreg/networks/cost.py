@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnreg.networks.build import build_network
+from nnreg.spatial import clear_grid_cache
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
@@ -34,11 +35,12 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int]:
 class _LiveBytes(TorchDispatchMode):
     """Tracks bytes of storages created inside the mode that are still referenced; records the peak."""
 
-    def __init__(self) -> None:
+    def __init__(self, external: set[int]) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
         self._refs: dict[int, int] = {}
+        self._external = external  # storages of inputs and parameters: views of them allocate nothing
 
     def _release(self, key: int, nbytes: int) -> None:
         self._refs[key] -= 1
@@ -53,6 +55,8 @@ class _LiveBytes(TorchDispatchMode):
             if not isinstance(t, torch.Tensor):
                 continue
             key, nbytes = _storage_key(t)
+            if key in self._external:
+                continue
             if key not in self._refs:
                 self._refs[key] = 0
                 self.live += nbytes
@@ -90,7 +94,8 @@ def network_cost(
     param_keys = {_storage_key(p)[0] for p in model.parameters()}
 
     moving, fixed = _inputs(shape, batch_size, "meta")
-    tracker = _LiveBytes()
+    clear_grid_cache()  # the identity grids are part of a fresh predictor's peak: count them every time
+    tracker = _LiveBytes(param_keys | {_storage_key(moving)[0], _storage_key(fixed)[0]})
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         with tracker:
