@@ -18,8 +18,9 @@ Rules (documentation/planner.md explains the reasoning):
 5. A budget too small for the smallest network (last tier, width 8, 3³ kernels, batch 1) is a
    :class:`NnregError` naming the minimum budget it would need.
 
-Within a tier memory grows with width (and LK), so each tier is searched by bisection over its ordered list;
-the chosen candidate is always traced at the exact planned shape and batch size.
+Within a tier memory grows with width (and LK), so each tier is searched by bisection over its ordered list for
+the first candidate that fits the memory; on a CPU the list is then scanned on for the first one that also meets
+the time target. The chosen candidate is always traced at the exact planned shape and batch size.
 """
 from __future__ import annotations
 
@@ -113,46 +114,53 @@ class MemoryDrivenPlanner:
         usable = usable_bytes(settings)
         threads = int(settings.extra.get("cpu_threads") or torch.get_num_threads())
         time_limit = float(settings.extra.get("cpu_seconds_per_pair", CPU_SECONDS_PER_PAIR))
-        tried: list[str] = []
+        tried: dict[Candidate, str] = {}
 
-        def fits(c: Candidate) -> bool:
+        def measure(c: Candidate) -> tuple[bool, bool]:
+            """(fits the memory, meets the CPU time target) of a candidate, logged in the notes."""
             e = self.estimate(architecture_for(c, n_levels), shape, 1, device)
             ok = e.training_peak_bytes <= usable
-            slow = device == "cpu" and cpu_seconds(e, threads) > time_limit
-            tried.append(f"{c.describe()}: {e.training_peak_bytes / 1e9:.2f} GB"
-                         + (f", {cpu_seconds(e, threads):.1f} s/pair" if device == "cpu" else "")
-                         + ("" if ok and not slow else " (too slow)" if ok else " (too large)"))
-            return ok and not slow
+            fast = device != "cpu" or cpu_seconds(e, threads) <= time_limit
+            tried[c] = (f"{c.describe()}: {e.training_peak_bytes / 1e9:.2f} GB"
+                        + (f", {cpu_seconds(e, threads):.1f} s/pair" if device == "cpu" else "")
+                        + ("" if ok and fast else " (too slow)" if ok else " (too large)"))
+            return ok, fast
 
+        self._require_smallest_fits(n_levels, shape, usable, settings)
         chosen = None
         for tier in tiers(n_levels):
-            chosen = _first_fitting(tier, fits)
+            first = _first_fitting(tier, lambda c: measure(c)[0])    # memory is monotone along the tier
+            if first is not None:
+                # time is not monotone (LK multiplies FLOPs by ~4), so scan on from the first that fits the memory
+                chosen = next((c for c in tier[tier.index(first):] if all(measure(c))), None)
             if chosen is not None:
                 break
         time_note = None
-        if chosen is None:
-            chosen, time_note = self._fallback(n_levels, shape, usable, settings, threads, time_limit)
+        if chosen is None:   # the smallest fits the memory, so only the CPU time target failed
+            chosen = _smallest(n_levels)
+            time_note = (f"no candidate meets the CPU time target of {time_limit:g} s per pair ({threads} threads); "
+                         "took the smallest network")
         batch, estimate = self._grow_batch(chosen, n_levels, shape, usable, device)
-        notes = self._notes(architecture_for(chosen, n_levels), estimate, settings, usable, threads, tried, time_note)
+        notes = self._notes(architecture_for(chosen, n_levels), estimate, settings, usable, threads,
+                            list(tried.values()), time_note)
         logger.info("planned %s at %s: %s, batch %d, %.2f GB predicted of %.2f GB usable", device, shape,
                     chosen.describe(), batch, estimate.training_peak_bytes / 1e9, usable / 1e9)
         return Decision(architecture=architecture_for(chosen, n_levels), batch_size=batch, divisor=divisor,
                         notes=notes)
 
-    def _fallback(self, n_levels: int, shape: list[int], usable: float, settings: PlannerSettings, threads: int,
-                  time_limit: float) -> tuple[Candidate, str]:
-        """Nothing met every target: the smallest (and fastest) network if it fits, else the error with the minimum."""
-        smallest = Candidate(WIDTH_LADDER[0], 3, min(MAX_SKIP, n_levels - 1))
+    def _require_smallest_fits(self, n_levels: int, shape: list[int], usable: float,
+                               settings: PlannerSettings) -> None:
+        """Rule 5, checked first: the one-line error with the budget the smallest network would need."""
+        smallest = _smallest(n_levels)
         e = self.estimate(architecture_for(smallest, n_levels), shape, 1, settings.device)
-        if e.training_peak_bytes > usable:
-            flag = "--memory-target" if settings.device == "cpu" else "--gpu-memory-target"
-            need = needed_budget_gb(e, settings.device)
-            raise NnregError(
-                f"memory budget {settings.memory_target_gb:g} GB ({settings.device}) is too small for even the "
-                f"smallest network ({smallest.describe()}, batch 1) at {'x'.join(map(str, shape))}: it needs "
-                f"{need:.2f} GB; set {flag} {math.ceil(need * 10) / 10:g} or more")
-        return smallest, (f"no candidate meets the CPU time target of {time_limit:g} s per pair "
-                          f"({threads} threads); took the smallest network, which fits the memory")
+        if e.training_peak_bytes <= usable:
+            return
+        flag = "--memory-target" if settings.device == "cpu" else "--gpu-memory-target"
+        need = math.ceil(needed_budget_gb(e, settings.device) * 100) / 100
+        raise NnregError(
+            f"memory budget {settings.memory_target_gb:g} GB ({settings.device}) is too small for even the "
+            f"smallest network ({smallest.describe()}, batch 1) at {'x'.join(map(str, shape))}: it needs "
+            f"{need:.2f} GB; set {flag} {math.ceil(need * 10) / 10:g} or more")
 
     def _grow_batch(self, chosen: Candidate, n_levels: int, shape: list[int], usable: float,
                     device: str) -> tuple[int, MemoryEstimate]:
@@ -196,6 +204,11 @@ class MemoryDrivenPlanner:
         if time_note:
             notes["time_target"] = time_note
         return notes
+
+
+def _smallest(n_levels: int) -> Candidate:
+    """The cheapest candidate: narrowest width, 3³ kernels, as many finest levels skipped as allowed."""
+    return tiers(n_levels)[-1][-1]
 
 
 def _first_fitting(ordered: list[Candidate], fits: Callable[[Candidate], bool]) -> Candidate | None:

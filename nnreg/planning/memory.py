@@ -56,6 +56,7 @@ class MemoryEstimate:
     optimizer_bytes: int            # Adam's exp_avg + exp_avg_sq (2x parameters), resident
     batch_bytes: int                # moving + fixed of one batch, resident during the step
     step_bytes: int                 # peak of what the step itself allocates (activations, grads, workspaces, ...)
+    step_tensor_bytes: int          # the same without the allocator's retention (= step_bytes on CUDA)
     inference_bytes: int            # peak of what one inference forward allocates (its output field included)
     flops_training_step: int        # forward + backward (torch.utils.flop_counter: convs, matmuls, attention)
     flops_inference: int
@@ -149,6 +150,7 @@ def trace_memory(architecture: Mapping[str, Any], shape: Sequence[int], batch_si
     return MemoryEstimate(shape=shape, batch_size=int(batch_size), device=device, parameters=int(parameters),
                           parameter_bytes=int(parameter_bytes), optimizer_bytes=int(optimizer_bytes),
                           batch_bytes=int(batch_bytes), step_bytes=int(step.peak),
+                          step_tensor_bytes=int(step.tensor_peak),
                           inference_bytes=int(inference.peak), flops_training_step=int(train_flops),
                           flops_inference=int(inference_flops), peak_op=step.peak_op)
 
@@ -159,7 +161,7 @@ def code_fingerprint() -> str:
     digest = hashlib.sha256(f"{torch.__version__}|{channel_block()}".encode())
     root = Path(nnreg.__file__).parent
     files = [p for pkg in _CODE_PACKAGES for p in sorted((root / pkg).glob("*.py"))]
-    files += sorted((root / "planning").glob("memory*.py"))
+    files += sorted((root / "planning").glob("memory*.py")) + [root / "planning" / "allocator.py"]
     for path in files:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())

@@ -24,6 +24,8 @@ from typing import Any, Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from nnreg.planning.allocator import GlibcMallocModel
+
 _aten = torch.ops.aten
 SCALAR_STANDIN = 0.25      # what ``.item()`` returns during a trace (PReLU's initial slope; any finite value works)
 CUDA_BLOCK = 512           # the CUDA caching allocator rounds every block up to a multiple of this
@@ -72,7 +74,9 @@ def hidden_workspace_bytes(func: Any, args: tuple, block: int) -> int:
 class LiveBytesTracker(TorchDispatchMode):
     """Live bytes of storages created inside the mode, their peak (plus hidden kernel workspaces) and where it was.
 
-    ``device``: ``"cpu"`` (oneDNN workspaces) or ``"cuda"`` (cuDNN workspace assumption, 512-byte rounding).
+    ``tensor_peak``: peak of live tensors + workspaces. ``peak``: the same as the allocator holds it — on CPU
+    through :class:`GlibcMallocModel` (RSS), on CUDA with the caching allocator's 512-byte rounding.
+    ``device``: ``"cpu"`` (oneDNN workspaces) or ``"cuda"`` (cuDNN workspace assumption).
     Storages that exist before the mode (parameters, optimizer state, the batch) are excluded via ``resident``.
     """
 
@@ -84,6 +88,8 @@ class LiveBytesTracker(TorchDispatchMode):
         self.peak = 0
         self.peak_op = ""
         self.ops = 0
+        self.tensor_peak = 0
+        self.malloc = GlibcMallocModel() if device == "cpu" else None
         self._sizes: dict[int, int] = {}
         self._resident = {id(t.untyped_storage()) for t in (resident or [])}
         self._keep_resident = [t.untyped_storage() for t in (resident or [])]   # ids stay unique while tracing
@@ -94,7 +100,10 @@ class LiveBytesTracker(TorchDispatchMode):
         return nbytes
 
     def _freed(self, key: int) -> None:
-        self.live -= self._sizes.pop(key, 0)
+        nbytes = self._sizes.pop(key, 0)
+        self.live -= nbytes
+        if self.malloc is not None:
+            self.malloc.free(key, nbytes)
 
     def _count(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
@@ -104,6 +113,8 @@ class LiveBytesTracker(TorchDispatchMode):
         nbytes = self._round(storage.nbytes())
         self._sizes[key] = nbytes
         self.live += nbytes
+        if self.malloc is not None:
+            self.malloc.allocate(key, nbytes)
         weakref.finalize(storage, self._freed, key)
 
     def _workspace(self, func: Any, args: tuple) -> int:
@@ -124,7 +135,9 @@ class LiveBytesTracker(TorchDispatchMode):
         for t in outputs:
             if isinstance(t, torch.Tensor):
                 self._count(t)
-        current = self.live + self._workspace(func, args)
+        workspace = self._workspace(func, args)
+        self.tensor_peak = max(self.tensor_peak, self.live + workspace)
+        current = (self.malloc.resident if self.malloc is not None else self.live) + workspace
         if current > self.peak:
             self.peak, self.peak_op = current, str(func)
         return out

@@ -12,7 +12,7 @@ from typing import Any
 from nnreg.planning.memory import estimate_memory, prediction_key
 from nnreg.planning.plans import ConfigurationPlan, Plans
 
-COLUMNS = (("configuration", 13), ("shape", 13), ("spacing", 12), ("lvl", 4), ("width", 6), ("K", 3),
+COLUMNS = (("configuration", 15), ("shape", 13), ("spacing", 12), ("lvl", 4), ("width", 6), ("K", 3),
            ("skip", 5), ("schemes", 16), ("batch", 6), ("params", 8), ("TFLOP/step", 11), ("train GB", 9),
            ("infer GB", 9), ("budget GB", 10))
 
