@@ -80,7 +80,7 @@ class DeepSupervisedRegistrationLoss:
         fixed_pyr = _pyramid(fixed, shapes)
         out = []
         for (disp, reg_field), w, m, f, shape in zip(levels, weights, moving_pyr, fixed_pyr, shapes):
-            warped = warp(m.to(disp.dtype), disp)
+            warped = warp(m.float(), disp.float())          # float32 even if the network ran under bf16
             out.append(LevelLoss(shape, w, local_ncc_loss(f, warped, self.ncc_window), gradient_l2(reg_field)))
         return out
 

@@ -41,7 +41,8 @@ class _Stop(Exception):
 
 def test_deterministic_resume_equals_uninterrupted(train_env: dict[str, Path],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    overrides = {**FAST, "epochs": 4, "deterministic": True, "seed": 7, "final_validation": False, "val_pairs": 0}
+    overrides = {**FAST, "epochs": 4, "deterministic": True, "seed": 7, "final_validation": False, "val_pairs": 0,
+                 "iterations_per_epoch": 1}
     run_training("901", "0", device="cpu", overrides=overrides)
     fold = fold_folder(train_env)
     uninterrupted = _weights(fold / "checkpoint_final.pth")
