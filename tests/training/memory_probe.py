@@ -41,8 +41,10 @@ def main(folder: Path) -> None:
     trainer = nnRegTrainer(workspace, hp, torch.device("cpu"), DistributedContext())
     trainer.on_train_start()
     trainer.on_epoch_start()
-    trainer.train_step(trainer.loader.next_batch())
     batch = trainer.loader.next_batch()
+    # warm up (Adam state, lazy initialisation) at a small crop, so the heap is not pre-grown to the full size
+    size = [max(16, getattr(trainer.module, "divisor", 1))] * 3
+    trainer.train_step({k: v[:, :, :size[0], :size[1], :size[2]].contiguous() for k, v in batch.items()})
     gc.collect()
     baseline = _rss()
     with open("/proc/self/clear_refs", "w") as fh:
