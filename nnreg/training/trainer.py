@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import time
 from datetime import datetime
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from nnreg.evaluation import evaluate_pair
 from nnreg.losses import DeepSupervisedRegistrationLoss, local_ncc_loss
 from nnreg.planning.plans import Plans
+from nnreg.spatial import warp
 from nnreg.training.checkpoint import (capture_rng_state, clean_state_dict, load_checkpoint, restore_rng_state,
                                        save_checkpoint)
 from nnreg.training.data import PairDataset, PairLoader, PairSampler, default_num_workers
@@ -82,7 +84,10 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         """Seed, build network and optimizer; deterministic mode if asked."""
         seed_everything(self.hp.seed)
         if self.hp.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=False)
+            # CUDA: cuBLAS needs a fixed workspace; grid_sample's backward has no deterministic kernel (atomics),
+            # so CUDA runs warn instead of failing and are not bitwise reproducible (CPU runs are)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
         else:
@@ -158,8 +163,6 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
             output = self.network(moving, fixed)
         with torch.no_grad():
             loss, _ = self.loss(moving, fixed, output)
-            from nnreg.spatial import warp
-
             disp = output.displacement.float()
             ncc = -float(local_ncc_loss(fixed, warp(moving, disp), self.hp.ncc_window))
         field = disp[0].permute(1, 2, 3, 0).cpu().numpy()
