@@ -24,12 +24,14 @@ from typing import Any, Mapping, Sequence
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * _PAGE
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
+    """Peak resident set size (``VmHWM``) since start or the last :func:`reset_peak_rss`."""
     with open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith("VmHWM:"):
@@ -37,7 +39,8 @@ def _peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _reset_peak_rss() -> None:
+def reset_peak_rss() -> None:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0)."""
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
 
@@ -69,14 +72,14 @@ def _measure(request: Mapping[str, Any]) -> dict[str, Any]:
         baseline = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        baseline = _rss_bytes()
-        _reset_peak_rss()
+        baseline = rss_bytes()
+        reset_peak_rss()
     _training_step(model, optimizer, loss_fn, moving, fixed, device)
     if device == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = _peak_rss_bytes()
+        peak = peak_rss_bytes()
     return {"baseline_bytes": baseline, "peak_bytes": peak, "measured_bytes": peak - baseline}
 
 

@@ -14,6 +14,9 @@ forward ``max(src, dst)``, backward-data ``diff_dst + diff_src``, backward-weigh
 padded — was derived from oneDNN's primitives and checked per op against the process's peak RSS (see
 documentation/planner.md). For CUDA the model assumes a cuDNN workspace as large as the largest operand
 (not validated on this machine: no GPU).
+
+On CPUs the allocations (tensors and workspaces, in order) also drive :class:`GlibcMallocModel`, so the peak is
+the peak *resident* memory glibc's malloc would hold, not only the peak of live tensors.
 """
 from __future__ import annotations
 
@@ -103,7 +106,7 @@ class LiveBytesTracker(TorchDispatchMode):
         nbytes = self._sizes.pop(key, 0)
         self.live -= nbytes
         if self.malloc is not None:
-            self.malloc.free(key, nbytes)
+            self.malloc.free(key)
 
     def _count(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
@@ -137,7 +140,12 @@ class LiveBytesTracker(TorchDispatchMode):
                 self._count(t)
         workspace = self._workspace(func, args)
         self.tensor_peak = max(self.tensor_peak, self.live + workspace)
-        current = (self.malloc.resident if self.malloc is not None else self.live) + workspace
+        if self.malloc is not None:   # the workspace is malloc'ed after the outputs and freed before returning
+            self.malloc.allocate(-1, workspace)
+            current = self.malloc.resident
+            self.malloc.free(-1)
+        else:
+            current = self.live + workspace
         if current > self.peak:
             self.peak, self.peak_op = current, str(func)
         return out
