@@ -174,7 +174,7 @@ class MemoryDrivenPlanner:
         per_pair = max(1, two.training_peak_bytes - one.training_peak_bytes)
         batch = int(max(1, min(cap, 1 + (usable - one.training_peak_bytes) // per_pair)))
         while batch > 1:
-            e = one if batch == 1 else two if batch == 2 else self.estimate(arch, shape, batch, device)
+            e = two if batch == 2 else self.estimate(arch, shape, batch, device)
             if e.training_peak_bytes <= usable:
                 return batch, e
             batch -= 1

@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import nnreg
 from nnreg.losses import DeepSupervisedRegistrationLoss
 from nnreg.networks import build_network
-from nnreg.planning.memory_trace import LiveBytesTracker, channel_block, run_traced
+from nnreg.planning.memory_trace import channel_block, run_traced
 from nnreg.spatial.grid import clear_grid_cache
 from nnreg.utilities.files import read_json, write_json
 

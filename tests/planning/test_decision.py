@@ -30,7 +30,8 @@ def analytic(arch: dict, shape: list[int], batch: int, device: str) -> MemoryEst
     params = int(width * width * (k3 + 28) * 6)
     flops = int(voxels * width * width * (k3 + 28) * 20 * batch)
     return MemoryEstimate(shape=tuple(shape), batch_size=batch, device=device, parameters=params,
-                          parameter_bytes=4 * params, optimizer_bytes=8 * params, batch_bytes=8 * batch * math.prod(shape),
+                          parameter_bytes=4 * params, optimizer_bytes=8 * params,
+                          batch_bytes=8 * batch * math.prod(shape),
                           step_bytes=step, step_tensor_bytes=step, inference_bytes=step // 4,
                           flops_training_step=flops, flops_inference=flops // 3, peak_op="analytic")
 
