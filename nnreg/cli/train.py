@@ -1,6 +1,7 @@
 """``nnreg_train DATASET FOLD``: train one fold of a planned configuration (a thin wrapper of ``run_training``)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -68,4 +69,9 @@ def main(dataset: str, fold: str, configuration: str, plans: str, trainer: str, 
     folder = run_training(dataset, fold, configuration=configuration, plans=plans, trainer=trainer, device=device,
                           continue_training=continue_training, validation_only=validation_only, num_gpus=num_gpus,
                           overrides=overrides, preprocessed=preprocessed, results=results)
-    click.echo(f"done: {folder}")
+    if os.environ.get("RANK", "0") == "0":       # under torchrun every rank returns here; one line is enough
+        click.echo(f"done: {folder}")
+
+
+if __name__ == "__main__":
+    main()
