@@ -83,20 +83,27 @@ def _pair(work: Path) -> tuple[Path, Path, str]:
     return paths[0], paths[1], "synthetic"
 
 
-def _plans(work: Path) -> Any:
-    """The default plans of a 160x224x192, 1 mm dataset (OpenBrains160's own when present)."""
-    from nnreg.planning.planner import PlannerSettings, plan_experiment
+def _plans(work: Path, device: str, planner: str) -> Any:
+    """The plans of a 160x224x192, 1 mm dataset (OpenBrains160's own when present), made as
+    ``nnreg_plan_and_preprocess --device DEVICE`` makes them (``planner="memory"``, the CLI's memory-driven decision)
+    or with the fixed shape-derived defaults (``planner="fixed"``)."""
+    from nnreg.planning.budget import memory_budget_gb
+    from nnreg.planning.decision import memory_driven_decision
+    from nnreg.planning.planner import PlannerSettings, fixed_default_decision, plan_experiment
 
+    decide = memory_driven_decision if planner == "memory" else fixed_default_decision
+    settings = PlannerSettings(device=device, memory_target_gb=memory_budget_gb(device, None, None))
     if (SHARED / "dataset.json").is_file():
         from nnreg.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 
         _, plans = plan_and_preprocess(PlanAndPreprocessOptions(dataset=str(SHARED), preprocessed=str(work / "pre"),
-                                                                num_processes=0, no_preprocessing=True))
+                                                                num_processes=0, no_preprocessing=True,
+                                                                planner=settings), decide)
         return plans
     fingerprint = {"dataset_name": "Dataset999_Synthetic160", "median_spacing": [1.0, 1.0, 1.0],
                    "median_shape": [160, 224, 192], "union_foreground_bbox": [[0, 160], [0, 224], [0, 192]],
                    "same_grid": True, "intensity": {"min": 0.0, "max": 255.0, "percentiles": {"99.5": 250.0}}}
-    return plan_experiment(fingerprint, PlannerSettings())
+    return plan_experiment(fingerprint, settings, decide)
 
 
 def _model_folder(work: Path, plans: Any, configuration: str, architecture: dict[str, Any] | None, tag: str) -> Path:
@@ -185,6 +192,10 @@ def main() -> None:
     parser.add_argument("--no-channels-last", action="store_true", help="Skip the channels_last_3d cases.")
     parser.add_argument("--no-jemalloc", action="store_true", help="Skip the jemalloc cases.")
     parser.add_argument("--only", nargs="*", default=None, help="Run only these case names.")
+    parser.add_argument("--plans-device", choices=["cuda", "cpu"], default="cuda",
+                        help="Plan as nnreg_plan_and_preprocess --device does (default cuda, the CLI default).")
+    parser.add_argument("--planner", choices=["memory", "fixed"], default="memory",
+                        help="memory = the CLI's memory-driven decision; fixed = shape-derived defaults.")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--fixed", help=argparse.SUPPRESS)
@@ -199,7 +210,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nnreg-bench-") as tmp:
         work = Path(tmp)
         fixed, moving, source = _pair(work)
-        plans = _plans(work)
+        plans = _plans(work, args.plans_device, args.planner)
         cases = _cases(work, plans, not args.no_channels_last, not args.no_jemalloc)
         if args.only:
             cases = [c for c in cases if c["name"] in args.only]
@@ -216,6 +227,8 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "input": source, "pair": [fixed.name, moving.name], "cpu_cores": len(os.sched_getaffinity(0)),
+            "plans_device": args.plans_device, "planner": args.planner,
+            "architectures": {n: c.architecture for n, c in plans.configurations.items()},
             "machine": platform.processor() or platform.machine(), "load_average_before": load_before,
             "load_average_after": load_after, "jemalloc": str(JEMALLOC) if JEMALLOC.is_file() else None,
             "malloc_conf": JEMALLOC_CONF, "rows": rows, "table": table}, indent=2))
