@@ -53,10 +53,14 @@ def resolve_device(requested: str | None) -> torch.device:
 
 
 def _checkpoint_to_continue(workspace: TrainingWorkspace) -> Path:
-    for name in CONTINUE_ORDER:
-        path = workspace.fold_folder / name
-        if path.is_file():
-            return path
+    """The newer of checkpoint_final/latest (a run extended with ``--epochs`` and stopped again has a newer
+    latest than its old final), else checkpoint_best."""
+    present = [workspace.fold_folder / n for n in CONTINUE_ORDER[:2] if (workspace.fold_folder / n).is_file()]
+    if present:
+        return max(present, key=lambda p: p.stat().st_mtime_ns)
+    best = workspace.fold_folder / CONTINUE_ORDER[2]
+    if best.is_file():
+        return best
     raise ConfigurationError("no checkpoint to continue from (start without --c)", workspace.fold_folder)
 
 

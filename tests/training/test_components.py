@@ -183,3 +183,21 @@ def test_a_broken_preprocessed_file_shows_the_worker_traceback(train_env: dict[s
         loader.next_batch()
     text = str(info.value)
     assert cases[1] in text and "data-loader worker 0" in text and "Traceback" in text
+
+
+def test_continue_picks_the_newer_of_final_and_latest(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from nnreg.training.run import _checkpoint_to_continue
+
+    workspace = SimpleNamespace(fold_folder=tmp_path)
+    with pytest.raises(ConfigurationError, match="no checkpoint to continue"):
+        _checkpoint_to_continue(workspace)
+    (tmp_path / "checkpoint_best.pth").write_bytes(b"b")
+    assert _checkpoint_to_continue(workspace).name == "checkpoint_best.pth"
+    for name, when in (("checkpoint_final.pth", 1_000), ("checkpoint_latest.pth", 2_000)):
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (when, when))
+    assert _checkpoint_to_continue(workspace).name == "checkpoint_latest.pth"   # extended run stopped again
+    os.utime(tmp_path / "checkpoint_final.pth", (3_000, 3_000))
+    assert _checkpoint_to_continue(workspace).name == "checkpoint_final.pth"    # finished run
