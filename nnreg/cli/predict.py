@@ -49,7 +49,8 @@ def _workers(value: int | None, num_pairs: int) -> int:
               help="Output folder for disp_<fix>_<mov>.nii.gz files.")
 @click.option("-d", "--dataset", default=None, help="Dataset id or name of the trained model (with -c/-p/-tr).")
 @click.option("-c", "--configuration", default=None,
-              help="Configuration (default: 3d_halfres on CPU when trained, else 3d_fullres; with -m: the folder's).")
+              help="Configuration (default 3d_fullres; on CPU 3d_halfres if trained and the plans were made for a "
+                   "GPU; with -m: the folder's).")
 @click.option("-p", "--plans", default="nnRegPlans", show_default=True, help="Plans identifier.")
 @click.option("-tr", "--trainer", default="nnRegTrainer", show_default=True, help="Trainer class name.")
 @click.option("-m", "--model", default=None, type=click.Path(), help="Model folder (instead of -d/-c/-p/-tr).")

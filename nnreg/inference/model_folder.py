@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TRAINER = "nnRegTrainer"
 DEFAULT_PLANS = "nnRegPlans"
 DEFAULT_CONFIGURATION = "3d_fullres"
-DEFAULT_CPU_CONFIGURATION = "3d_halfres"   # ~1/8 of the voxels: the configuration that beats VoxelMorph's CPU time
+DEFAULT_CPU_CONFIGURATION = "3d_halfres"   # on CPU, for models planned for a GPU (see default_configuration)
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 
@@ -35,11 +35,26 @@ def model_folder_name(trainer: str, plans: str, configuration: str) -> str:
     return f"{trainer}__{plans}__{configuration}"
 
 
+def _planned_for_cpu(folder: Path) -> bool:
+    """Whether a model folder's plans were made with ``nnreg_plan_and_preprocess --device cpu``."""
+    try:
+        return Plans.load(folder / "plans.json").planner.get("device") == "cpu"
+    except ConfigurationError:
+        return False
+
+
 def default_configuration(dataset_folder: Path, trainer: str, plans: str, device: str) -> str:
-    """The configuration used when none is named: on CPU ``3d_halfres`` if it was trained, else ``3d_fullres``."""
-    if device == "cpu" and (dataset_folder / model_folder_name(trainer, plans, DEFAULT_CPU_CONFIGURATION)).is_dir():
-        return DEFAULT_CPU_CONFIGURATION
-    return DEFAULT_CONFIGURATION
+    """The configuration used when none is named.
+
+    ``3d_fullres``, except on CPU when its plans were made for a GPU and ``3d_halfres`` was trained too: GPU plans
+    at full resolution cost several times VoxelMorph's CPU time, their half-resolution model much less (see
+    documentation/prediction.md). Plans made for the CPU are already cheap at full resolution.
+    """
+    full = dataset_folder / model_folder_name(trainer, plans, DEFAULT_CONFIGURATION)
+    half = dataset_folder / model_folder_name(trainer, plans, DEFAULT_CPU_CONFIGURATION)
+    if device != "cpu" or not half.is_dir() or (full.is_dir() and _planned_for_cpu(full)):
+        return DEFAULT_CONFIGURATION
+    return DEFAULT_CPU_CONFIGURATION
 
 
 def find_model_folder(dataset: str, results: Path, trainer: str = DEFAULT_TRAINER, plans: str = DEFAULT_PLANS,

@@ -186,3 +186,12 @@ def test_default_configuration_on_cpu_is_halfres_when_trained(setup: dict[str, P
     assert default_configuration(dataset_folder, "nnRegTrainer", "nnRegPlans", "cpu") == "3d_halfres"
     assert default_configuration(dataset_folder, "nnRegTrainer", "nnRegPlans", "cuda") == "3d_fullres"
     assert default_configuration(tmp_path, "nnRegTrainer", "nnRegPlans", "cpu") == "3d_fullres"
+    # plans made for the CPU are cheap at full resolution: no switch
+    cpu_dataset = tmp_path / "cpu_planned"
+    for name in ("3d_fullres", "3d_halfres"):
+        folder = cpu_dataset / f"nnRegTrainer__nnRegPlans__{name}"
+        folder.mkdir(parents=True)
+        plans = json.loads((setup["full"] / "plans.json").read_text())
+        plans["planner"]["device"] = "cpu"
+        (folder / "plans.json").write_text(json.dumps(plans))
+    assert default_configuration(cpu_dataset, "nnRegTrainer", "nnRegPlans", "cpu") == "3d_fullres"
