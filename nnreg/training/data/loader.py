@@ -12,6 +12,8 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import signal
+import threading
 from typing import Any, Iterator
 
 import torch
@@ -62,7 +64,7 @@ class PairLoader:
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next batch on the training device; raises :class:`DataLoaderWorkerError` if loading failed."""
         if self._iterator is None:
-            self._iterator = iter(self._loader)
+            self._iterator = self._start()
         try:
             batch = next(self._iterator)
         except StopIteration:
@@ -70,17 +72,31 @@ class PairLoader:
         except SampleLoadingError as exc:
             self.close()
             raise DataLoaderWorkerError(f"a training sample could not be loaded: {exc}") from exc
-        except RuntimeError as exc:
-            if "DataLoader worker" not in str(exc):
+        except (RuntimeError, ConnectionError, EOFError, OSError) as exc:
+            # RuntimeError: torch noticed the dead worker; the others: a batch the worker had queued could not be
+            # fetched any more because its process (which shares the memory) is gone
+            if self.num_workers == 0 or (isinstance(exc, RuntimeError) and "DataLoader worker" not in str(exc)):
                 raise
             self.close()
             raise DataLoaderWorkerError(
-                f"{exc}. The worker died without a Python exception (killed, out of memory or a crash; a crash's "
-                f"stack is printed above by faulthandler). Re-run with --num-workers 0 to load in this process "
-                f"and see the error directly.") from exc
+                f"a data-loader worker died ({type(exc).__name__}: {exc}) without a Python exception (killed, out "
+                f"of memory or a crash; a crash's stack is printed above by faulthandler). Re-run with "
+                f"--num-workers 0 to load in this process and see the error directly.") from exc
         self.position += self.batch_size
         non_blocking = self.device.type == "cuda"
         return {k: batch[k].to(self.device, non_blocking=non_blocking) for k in ("fixed", "moving")}
+
+    def _start(self) -> Iterator[dict[str, Any]]:
+        """Start the workers. torch installs a SIGCHLD handler that raises a worker's death *asynchronously*,
+        anywhere in the training step; the previous handler is put back, so a dead worker is reported inside
+        :meth:`next_batch` instead (torch's own liveness check while waiting for data, every few seconds)."""
+        restore = self.num_workers > 0 and hasattr(signal, "SIGCHLD") and \
+            threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGCHLD) if restore else None
+        iterator = iter(self._loader)
+        if restore:
+            signal.signal(signal.SIGCHLD, previous if previous is not None else signal.SIG_DFL)
+        return iterator
 
     def close(self) -> None:
         """Stop the worker processes."""
