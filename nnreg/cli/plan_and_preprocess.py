@@ -32,26 +32,30 @@ logger = logging.getLogger("nnreg")
               help="RAM budget in GB for --device cpu (default: half of this machine's or container's RAM).")
 @click.option("--cpu-seconds-per-pair", type=click.FloatRange(min=0.1), default=None,
               help="--device cpu: target seconds of one training step per pair (default 5).")
+@click.option("--cpu-inference-seconds", type=click.FloatRange(min=0.1), default=None,
+              help="Target seconds to register one pair on 2 CPU cores with 3d_halfres, the CPU deployment "
+                   "configuration, on any device (default 15).")
 @raw_option
 @preprocessed_option
 @verbose_option
 @user_errors_as_one_line
 def main(datasets: tuple[str, ...], plans_name: str, configurations: tuple[str, ...], num_processes: int,
          clean: bool, overwrite_plans: bool, no_pp: bool, device: str, gpu_memory_target: float | None,
-         memory_target: float | None, cpu_seconds_per_pair: float | None, raw: str | None,
+         memory_target: float | None, cpu_seconds_per_pair: float | None, cpu_inference_seconds: float | None,
+         raw: str | None,
          preprocessed: str | None, verbose: bool) -> None:
     """Verify, fingerprint, plan and preprocess Learn2Reg/LUMIR datasets."""
     from nnreg.planning.budget import memory_budget_gb
-    from nnreg.planning.decision import memory_driven_decision
 
     budget = memory_budget_gb(device, gpu_memory_target, memory_target)
-    extra = {"cpu_seconds_per_pair": cpu_seconds_per_pair} if cpu_seconds_per_pair else {}
+    extra = {key: value for key, value in (("cpu_seconds_per_pair", cpu_seconds_per_pair),
+                                           ("cpu_inference_seconds", cpu_inference_seconds)) if value}
     for spec in datasets:
         options = PlanAndPreprocessOptions(
             dataset=spec, raw=raw, preprocessed=preprocessed, configurations=configurations,
             num_processes=num_processes, clean=clean, overwrite_plans=overwrite_plans, no_preprocessing=no_pp,
             planner=PlannerSettings(plans_name=plans_name, device=device, memory_target_gb=budget, extra=extra),
         )
-        out, plans = plan_and_preprocess(options, memory_driven_decision)
+        out, plans = plan_and_preprocess(options)
         click.echo(plans_table(plans))
         click.echo(f"done: {out}")

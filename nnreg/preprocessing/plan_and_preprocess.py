@@ -17,7 +17,8 @@ from nnreg.dataset.learn2reg import Learn2RegDataset, load_dataset
 from nnreg.dataset.locate import find_raw_dataset
 from nnreg.fingerprint import extract_fingerprint
 from nnreg.paths import preprocessed_folder
-from nnreg.planning.planner import DecisionFunction, PlannerSettings, fixed_default_decision, plan_experiment
+from nnreg.planning.decision import memory_driven_decision
+from nnreg.planning.planner import DecisionFunction, PlannerSettings, plan_experiment
 from nnreg.planning.plans import Plans
 from nnreg.preprocessing.preprocessor import preprocess_dataset
 from nnreg.preprocessing.splits import make_splits, user_splits
@@ -88,7 +89,7 @@ def _splits(dataset: Learn2RegDataset, out: Path) -> list[dict[str, Any]]:
 
 
 def plan_and_preprocess(options: PlanAndPreprocessOptions,
-                        decide: DecisionFunction = fixed_default_decision) -> tuple[Path, Plans]:
+                        decide: DecisionFunction = memory_driven_decision) -> tuple[Path, Plans]:
     """Run the whole stage for one dataset; returns (its preprocessed folder, its plans)."""
     root = find_raw_dataset(options.dataset, options.raw)
     dataset = load_dataset(root)

@@ -33,7 +33,7 @@ def analytic(arch: dict, shape: list[int], batch: int, device: str) -> MemoryEst
                           parameter_bytes=4 * params, optimizer_bytes=8 * params,
                           batch_bytes=8 * batch * math.prod(shape),
                           step_bytes=step, step_tensor_bytes=step, inference_bytes=step // 4,
-                          flops_training_step=flops, flops_inference=flops // 3, peak_op="analytic")
+                          flops_training_step=flops, flops_inference=flops // (3 * batch), peak_op="analytic")
 
 
 def _plan(budget: float, box: list[int] = LUMIR_BOX, device: str = "cuda", **extra: float) -> Decision:
@@ -98,6 +98,23 @@ def test_cpu_plans_respect_the_time_target_and_use_batch_one() -> None:
     hopeless = _plan(12, [80, 112, 96], "cpu", cpu_seconds_per_pair=1e-6, cpu_threads=2)
     assert "time target" in hopeless.notes["time_target"]
     assert hopeless.architecture["kwargs"]["base_channels"] == WIDTH_LADDER[0]
+
+
+def test_cpu_deployment_configuration_meets_the_inference_target_on_any_device() -> None:
+    from nnreg.planning.planner import CPU_DEPLOYMENT, settings_for
+
+    gpu = PlannerSettings(device="cuda", memory_target_gb=80, extra={"cpu_inference_seconds": 10})
+    full = MemoryDrivenPlanner(analytic)(LUMIR_BOX, settings_for("3d_fullres", gpu))
+    half_box = [b // 2 for b in LUMIR_BOX]
+    half = MemoryDrivenPlanner(analytic)(half_box, settings_for(CPU_DEPLOYMENT, gpu))
+    unconstrained = MemoryDrivenPlanner(analytic)(half_box, settings_for("3d_fullres", gpu))
+    assert "cpu_inference_target_seconds" not in full.notes
+    assert half.notes["cpu_inference_target_seconds"] == 10
+    assert half.notes["cpu_seconds_per_pair_inference_2_cores"] <= 10
+    assert unconstrained.notes["cpu_seconds_per_pair_inference_2_cores"] > 10   # the target is what bit
+    assert _rank(half) > _rank(unconstrained)
+    default = settings_for(CPU_DEPLOYMENT, PlannerSettings(device="cuda"))
+    assert default.extra["cpu_inference_seconds"] == 15.0
 
 
 def test_real_model_large_budget_takes_the_richest_network() -> None:
