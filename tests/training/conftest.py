@@ -11,6 +11,7 @@ from tests.synthetic import make_learn2reg_dataset
 
 TINY_ARCHITECTURE = {"n_levels": 3, "base_channels": 4, "flow_channels": 8, "flow_mid_channels": 4,
                      "integration_steps": 3}
+TINY_BATCH = 2   # > 1, so batching is exercised; fixed, whatever the planner would choose
 FAST = {"iterations_per_epoch": 2, "val_pairs": 2, "num_workers": 0, "checkpoint_every": 1, "ncc_window": 5}
 
 
@@ -29,6 +30,7 @@ def tiny_preprocessed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     plans = json.loads(plans_path.read_text())
     for config in plans["configurations"].values():
         config["architecture"]["kwargs"].update(TINY_ARCHITECTURE)
+        config["batch_size"] = TINY_BATCH
     plans_path.write_text(json.dumps(plans, indent=2))
     return {"raw": raw, "preprocessed": preprocessed}
 

@@ -9,7 +9,7 @@ import torch
 
 from nnreg.training import run_training
 from nnreg.training.trainer import nnRegTrainer
-from tests.training.conftest import FAST, fold_folder
+from tests.training.conftest import FAST, TINY_BATCH, fold_folder
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -32,7 +32,7 @@ def test_ddp_two_gloo_processes_keep_identical_weights_and_only_rank0_writes(
     rank0, rank1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank1["writes"] == []
     assert any(p.endswith(".pth") for p in rank0["writes"]) and any("training_log_" in p for p in rank0["writes"])
-    assert rank0["position"] == rank1["position"] == 3
+    assert rank0["position"] == rank1["position"] == 3 * TINY_BATCH        # samples drawn per rank
 
 
 class _Stop(Exception):
