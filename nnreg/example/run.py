@@ -37,6 +37,7 @@ class ExampleOptions:
     epochs: int = 12
     iterations_per_epoch: int = 40
     configuration: str = "3d_halfres"
+    cpu_seconds_per_pair: float = 1.0   # the planner's CPU time target: a small network for a 10-minute example
     seed: int = 0
 
 
@@ -82,7 +83,8 @@ def run_example(options: ExampleOptions) -> dict:
     if not (raw / "dataset.json").is_file():
         logger.info("building the example dataset in %s (MNI152 template subjects)", raw)
         build_example_dataset(raw, n_train=options.n_train, n_val=options.n_val, seed=options.seed)
-    _run("nnreg_plan_and_preprocess", ["-d", "999", "-c", options.configuration, "--device", "cpu"], env)
+    _run("nnreg_plan_and_preprocess", ["-d", "999", "-c", options.configuration, "--device", "cpu",
+                                       "--cpu-seconds-per-pair", str(options.cpu_seconds_per_pair)], env)
     _run("nnreg_train", ["999", "all", "-c", options.configuration, "--device", "cpu",
                          "--epochs", str(options.epochs), "--iterations-per-epoch", str(options.iterations_per_epoch),
                          "--seed", str(options.seed)], env)

@@ -34,6 +34,12 @@ class PairDataset(torch.utils.data.Dataset):
         self._cache: dict[str, Any] = {}
         self._pid = -1
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for spawned workers without open array handles or the augmenter (rebuilt on first use)."""
+        state = dict(self.__dict__)
+        state.update(_cache={}, _pid=-1, _augmenter=None)
+        return state
+
     def __len__(self) -> int:  # indices are unbounded; the loader's sampler decides which are drawn
         return 2 ** 62
 

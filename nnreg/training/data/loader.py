@@ -55,7 +55,10 @@ class PairLoader:
         self.num_workers = int(num_workers)
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
-            kwargs.update(worker_init_fn=_worker_init, prefetch_factor=2)
+            # spawn, not fork: the trainer has already decompressed blosc2 arrays (validation) with blosc2's
+            # thread pool, and a forked child inherits its locks and hangs in its first decompression
+            kwargs.update(worker_init_fn=_worker_init, prefetch_factor=2, multiprocessing_context="spawn",
+                          persistent_workers=False)
         self._loader = torch.utils.data.DataLoader(
             dataset, batch_size=self.batch_size, sampler=range(start, start + num_samples), shuffle=False,
             num_workers=self.num_workers, pin_memory=device.type == "cuda", drop_last=True, **kwargs)
