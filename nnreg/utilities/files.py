@@ -28,6 +28,9 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     stem, dot, suffixes = name.partition(".")
     fd, tmp = tempfile.mkstemp(prefix=f"{stem}{TMP_MARKER}", suffix=f"{dot}{suffixes}", dir=target.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; outputs get the permissions of a normally created file
     tmp_path = Path(tmp)
     try:
         yield tmp_path
