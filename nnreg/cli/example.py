@@ -12,7 +12,7 @@ from nnreg.cli.common import user_errors_as_one_line, verbose_option
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("nnreg_example"),
               show_default=True, help="Folder for the example's data, model, predictions and metrics.")
-@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True, help="Training epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True, help="Training epochs.")
 @click.option("--iterations-per-epoch", type=click.IntRange(min=1), default=40, show_default=True,
               help="Training steps per epoch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic subjects and training.")

@@ -33,7 +33,7 @@ def _crop_box(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def build_example_dataset(root: Path, n_train: int = 12, n_val: int = 4, seed: int = 0,
-                          magnitude: float = 4.0) -> Path:
+                          magnitude: float = 6.0) -> Path:
     """Create ``root`` (e.g. ``.../Dataset999_MNIExample``) and return it; existing files are replaced."""
     t1, gm, wm, mask = load_template(int(SPACING_MM))
     labels = tissue_labels(gm, wm, mask)

@@ -34,7 +34,7 @@ class ExampleOptions:
     output: Path
     n_train: int = 12
     n_val: int = 4
-    epochs: int = 12
+    epochs: int = 15
     iterations_per_epoch: int = 40
     configuration: str = "3d_halfres"
     cpu_seconds_per_pair: float = 1.0   # the planner's CPU time target: a small network for a 10-minute example
