@@ -1,4 +1,4 @@
-"""``nnreg_example``: the whole pipeline on a small dataset made from the MNI152 template (about 10 minutes
+"""``nnreg_example``: the whole pipeline on a small dataset made from the MNI152 template (about 6 minutes
 on 2 CPU cores; nothing is downloaded)."""
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ SUMMARY_METRICS = (("DSC", "Dice", "higher"), ("HD95", "HD95", "lower"), ("TRE_l
 
 @dataclass
 class ExampleOptions:
-    """Sizes of the example run; the defaults take about 10 minutes on 2 CPU cores."""
+    """Sizes of the example run; the defaults take about 6 minutes on 2 idle CPU cores."""
 
     output: Path
     n_train: int = 12
