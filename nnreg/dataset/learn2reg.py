@@ -68,11 +68,9 @@ class Learn2RegDataset:
     training: list[ImageEntry]
     validation: list[Pair]
     tensor_shape: tuple[int, ...] | None
+    json_path: Path
     modalities: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def json_path(self) -> Path:
-        return self.root / "dataset.json"
 
     def pairs(self, key: str = "validation") -> list[Pair]:
         """Explicit ``{fixed, moving}`` pairs stored under ``key`` (``validation`` by default)."""
@@ -112,14 +110,25 @@ def _parse_pairs(root: Path, raw: dict[str, Any], key: str, json_path: Path) -> 
     return pairs
 
 
+def dataset_json_path(root: Path) -> Path | None:
+    """``root/dataset.json``, or else the one ``<NAME>_dataset.json`` Learn2Reg downloads ship
+    (``LUMIR_dataset.json``); None when there is neither (or several candidates)."""
+    if (root / "dataset.json").is_file():
+        return root / "dataset.json"
+    named = sorted(root.glob("*_dataset.json"))
+    return named[0] if len(named) == 1 else None
+
+
 def load_dataset(root: str | Path) -> Learn2RegDataset:
-    """Parse ``root/dataset.json``; raise :class:`DatasetError` naming the file and the problem."""
+    """Parse the dataset's JSON (see :func:`dataset_json_path`); raise :class:`DatasetError` naming the file
+    and the problem."""
     root = Path(root).absolute()   # keep a symlinked DatasetXXX_Name as the name
-    json_path = root / "dataset.json"
     if not root.is_dir():
         raise DatasetError("dataset folder does not exist", root)
-    if not json_path.is_file():
-        raise DatasetError("missing dataset.json (a Learn2Reg dataset needs one)", json_path)
+    json_path = dataset_json_path(root)
+    if json_path is None:
+        raise DatasetError("missing dataset.json (a Learn2Reg dataset needs one, or a single "
+                           "<NAME>_dataset.json as Learn2Reg downloads name it)", root / "dataset.json")
     try:
         raw = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -151,5 +160,6 @@ def load_dataset(root: str | Path) -> Learn2RegDataset:
         training=training,
         validation=validation,
         tensor_shape=shape,
+        json_path=json_path,
         modalities=modalities,
     )

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnreg.dataset.image_io import read_image
-from nnreg.dataset.learn2reg import load_dataset
+from nnreg.dataset.learn2reg import dataset_json_path, load_dataset
 from nnreg.evaluation import evaluate_pair
 from nnreg.inference.predictor import nnRegPredictor
 from nnreg.preprocessing.storage import case_paths
@@ -70,7 +70,7 @@ def dataset_validation_pairs(data_folder: Path, any_case: str) -> list[tuple[Raw
     """The raw dataset.json's validation pairs (located from a case's source path); [] when unavailable."""
     source = Path(read_json(case_paths(data_folder, any_case)["meta"])["source"])
     root = source.parent.parent
-    if not (root / "dataset.json").is_file():
+    if dataset_json_path(root) is None:
         return []
     dataset = load_dataset(root)
 

@@ -29,6 +29,16 @@ def test_parses_training_pool_and_pairs(tiny_dataset: Path) -> None:
     assert ds.has_training_labels()
 
 
+def test_a_learn2reg_download_named_json_is_found(tiny_dataset: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_dataset, tmp_path / "LUMIR_L2R24")
+    (root / "dataset.json").rename(root / "LUMIR_dataset.json")
+    ds = load_dataset(root)
+    assert ds.json_path.name == "LUMIR_dataset.json" and len(ds.training) == 6
+    (root / "OTHER_dataset.json").write_text("{}")
+    with pytest.raises(DatasetError, match="missing dataset.json"):
+        load_dataset(root)
+
+
 def test_official_naming_rules() -> None:
     assert challenge_id_and_modality("imagesVal/LUMIRMRI_3455_0000.nii.gz") == ("3455", "0000")
     assert displacement_filename("a/LUMIRMRI_3455_0000.nii.gz", "a/LUMIRMRI_3454_0000.nii.gz") == "disp_3455_3454.nii.gz"
