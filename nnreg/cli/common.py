@@ -14,6 +14,44 @@ from nnreg.utilities.logging import configure_logging
 logger = logging.getLogger("nnreg")
 
 
+class SpaceSeparated(click.Option):
+    """A ``multiple=True`` option that also takes several values after one flag, as nnU-Net's argparse ``nargs='+'``.
+
+    ``-f 0 1 2``, ``-f 0 -f 1 -f 2`` and (where the command splits commas) ``-f 0,1,2`` give the same values: after
+    the flag's first value, the following arguments up to the next one starting with ``-`` are taken as further
+    values. Use it only on commands without positional arguments (they would be swallowed).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("multiple", True)
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        for table in (getattr(parser, "_long_opt", {}), getattr(parser, "_short_opt", {})):
+            for parser_option in table.values():
+                if parser_option.obj is self and not getattr(parser_option, "_nnreg_greedy", False):
+                    _make_greedy(parser_option)
+
+
+def _make_greedy(parser_option: Any) -> None:
+    """Wrap a click parser option's ``process`` so it also consumes the following non-option arguments."""
+    single = parser_option.process
+
+    def process(value: Any, state: Any) -> None:
+        single(value, state)
+        while state.rargs and not str(state.rargs[0]).startswith("-"):
+            single(state.rargs.pop(0), state)
+
+    parser_option.process = process
+    parser_option._nnreg_greedy = True
+
+
+def split_values(values: tuple[str, ...] | list[str]) -> list[str]:
+    """``("0", "1,2")`` -> ``["0", "1", "2"]``: space-separated, repeated and comma forms of a list option."""
+    return [v.strip() for value in values for v in str(value).split(",") if v.strip()]
+
+
 def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a command body; a :class:`NnregError` becomes ``nnreg: error: <file>: <problem>`` and exit code 2."""
 

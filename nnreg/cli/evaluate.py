@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from nnreg.cli.common import user_errors_as_one_line, verbose_option
+from nnreg.cli.common import SpaceSeparated, raw_option, user_errors_as_one_line, verbose_option
 
 logger = logging.getLogger("nnreg")
 
@@ -21,25 +21,30 @@ logger = logging.getLogger("nnreg")
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-i", "--input", "disp_dir", required=True, type=click.Path(path_type=Path),
               help="Folder with disp_<fix>_<mov>.nii.gz displacement fields (voxels, pull, (H,W,D,3)).")
-@click.option("-d", "--data", "root", required=True, type=click.Path(path_type=Path),
-              help="Ground-truth root: the dataset folder (images*/, labels*/, landmarks*/).")
-@click.option("-c", "--config", "configs", multiple=True, type=click.Path(path_type=Path),
-              help="Official evaluation config JSON; repeat to combine (metrics of a shared pair are merged). "
+@click.option("-d", "--data", "--dataset", "dataset", required=True,
+              help="Ground truth: dataset id (500) or name (in $nnReg_raw / --raw) or a dataset folder path "
+                   "(images*/, labels*/, landmarks*/).")
+@click.option("-c", "--config", "configs", cls=SpaceSeparated, type=click.Path(path_type=Path),
+              help="Official evaluation config JSON; several combine (-c A.json B.json; metrics of a shared pair are "
+                   "merged). "
                    "Without it: the dataset.json validation pairs and every metric the ground truth allows.")
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None,
               help="Write metrics.json (official structure) here.")
 @click.option("--baseline-zero", is_flag=True, help="Also evaluate a zero field; show before -> after (with -o, also written to <name>_zero_displacement.json).")
 @click.option("--mask", "ndv_mask", type=click.Choice(["moving", "fixed"]), default="moving", show_default=True,
               help="NDV mask: moving image > 0 (LUMIR 2024) or fixed image > 0 (LUMIR 2025).")
+@raw_option
 @verbose_option
 @user_errors_as_one_line
-def main(disp_dir: Path, root: Path, configs: tuple[Path, ...], output: Path | None, baseline_zero: bool,
-         ndv_mask: str, verbose: bool) -> None:
+def main(disp_dir: Path, dataset: str, configs: tuple[Path, ...], output: Path | None, baseline_zero: bool,
+         ndv_mask: str, raw: str | None, verbose: bool) -> None:
     """Evaluate displacement fields with the Learn2Reg/LUMIR metrics (Dice, HD95, TRE, NDV, SDlogJ)."""
+    from nnreg.dataset.locate import find_raw_dataset
     from nnreg.evaluation.config import load_config
     from nnreg.evaluation.report import format_table
     from nnreg.evaluation.runner import EvaluationResult, dataset_config, evaluate_folder, write_metrics
 
+    root = find_raw_dataset(dataset, raw)
     parsed = [load_config(path) for path in configs] if configs else [dataset_config(root)]
     result = evaluate_folder(disp_dir, root, parsed, ndv_mask=ndv_mask, baseline_zero=baseline_zero)
     click.echo(format_table(result))

@@ -5,7 +5,8 @@ import logging
 
 import click
 
-from nnreg.cli.common import preprocessed_option, raw_option, user_errors_as_one_line, verbose_option
+from nnreg.cli.common import SpaceSeparated, preprocessed_option, raw_option, user_errors_as_one_line, verbose_option
+from nnreg.planning.decision import CPU_TRADE_ORDERS
 from nnreg.planning.planner import PlannerSettings
 from nnreg.planning.report import plans_table
 from nnreg.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
@@ -14,24 +15,31 @@ logger = logging.getLogger("nnreg")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-d", "--dataset", "datasets", multiple=True, required=True,
-              help="Dataset id (500), name (Dataset500_OpenBrains80) or path to a dataset folder. Repeatable.")
+@click.option("-d", "--dataset", "datasets", cls=SpaceSeparated, required=True,
+              help="Dataset id (500), name (Dataset500_OpenBrains80) or path to a dataset folder; several: -d 500 501 (or -d 500 -d 501).")
 @click.option("-p", "--plans-name", default="nnRegPlans", show_default=True, help="Plans identifier.")
-@click.option("-c", "--configuration", "configurations", multiple=True,
+@click.option("-c", "--configuration", "configurations", cls=SpaceSeparated,
               help="Configurations to preprocess (default: all planned).")
 @click.option("-np", "--num-processes", default=2, show_default=True, type=click.IntRange(min=0),
               help="Worker processes; 0 runs everything in this process.")
 @click.option("--clean", is_flag=True, help="Redo everything: fingerprint, plans and preprocessed data.")
 @click.option("--overwrite-plans", is_flag=True, help="Re-plan even if this plans file exists (drops hand edits).")
 @click.option("--no-pp", "no_pp", is_flag=True, help="Only fingerprint and plan; do not preprocess.")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
-              help="Device the plans target (GPU memory or RAM budget).")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="Device the plans target (GPU memory or RAM budget). Default: cuda where a CUDA device is "
+                   "present, else cpu (and it says so).")
 @click.option("--gpu-memory-target", type=float, default=None,
               help="GPU memory budget in GB for --device cuda (default 24).")
 @click.option("--memory-target", type=float, default=None,
               help="RAM budget in GB for --device cpu (default: half of this machine's or container's RAM).")
 @click.option("--cpu-seconds-per-pair", type=click.FloatRange(min=0.1), default=None,
               help="--device cpu: target seconds of one training step per pair (default 5).")
+@click.option("--cpu-trade-order", type=click.Choice(list(CPU_TRADE_ORDERS)), default=None,
+              help="--device cpu: what is given up first for time: width-first (width down to 8, then training "
+                   "steps, then resolution; default) or resolution-first (half resolution before widths below 16).")
+@click.option("--cpu-max-slowdown", type=click.FloatRange(min=1.0), default=None,
+              help="--device cpu, width-first: keep a resolution while its width-8 step needs at most this many "
+                   "times --cpu-seconds-per-pair (fewer steps in the same time; default 8).")
 @click.option("--cpu-inference-seconds", type=click.FloatRange(min=0.1), default=None,
               help="Target seconds to register one pair on 2 CPU cores with 3d_halfres, the CPU deployment "
                    "configuration, on any device (default 15).")
@@ -40,15 +48,20 @@ logger = logging.getLogger("nnreg")
 @verbose_option
 @user_errors_as_one_line
 def main(datasets: tuple[str, ...], plans_name: str, configurations: tuple[str, ...], num_processes: int,
-         clean: bool, overwrite_plans: bool, no_pp: bool, device: str, gpu_memory_target: float | None,
-         memory_target: float | None, cpu_seconds_per_pair: float | None, cpu_inference_seconds: float | None,
-         raw: str | None,
+         clean: bool, overwrite_plans: bool, no_pp: bool, device: str | None, gpu_memory_target: float | None,
+         memory_target: float | None, cpu_seconds_per_pair: float | None, cpu_trade_order: str | None,
+         cpu_max_slowdown: float | None, cpu_inference_seconds: float | None, raw: str | None,
          preprocessed: str | None, verbose: bool) -> None:
     """Verify, fingerprint, plan and preprocess Learn2Reg/LUMIR datasets."""
-    from nnreg.planning.budget import memory_budget_gb
+    from nnreg.planning.budget import default_device, memory_budget_gb
 
+    detected = device is None
+    if detected:
+        device = default_device()
     budget = memory_budget_gb(device, gpu_memory_target, memory_target)
     extra = {key: value for key, value in (("cpu_seconds_per_pair", cpu_seconds_per_pair),
+                                           ("cpu_trade_order", cpu_trade_order),
+                                           ("cpu_max_slowdown", cpu_max_slowdown),
                                            ("cpu_inference_seconds", cpu_inference_seconds)) if value}
     for spec in datasets:
         options = PlanAndPreprocessOptions(
@@ -57,5 +70,8 @@ def main(datasets: tuple[str, ...], plans_name: str, configurations: tuple[str, 
             planner=PlannerSettings(plans_name=plans_name, device=device, memory_target_gb=budget, extra=extra),
         )
         out, plans = plan_and_preprocess(options)
+        if detected and device == "cpu":   # said after success, so a bad dataset still gives exactly one line
+            click.echo("no CUDA device found: planned for the CPU (as --device cpu; give --device cuda to plan "
+                       "for a GPU)")
         click.echo(plans_table(plans))
         click.echo(f"done: {out}")

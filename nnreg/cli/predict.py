@@ -6,15 +6,15 @@ from pathlib import Path
 
 import click
 
-from nnreg.cli.common import results_option, user_errors_as_one_line, verbose_option
+from nnreg.cli.common import SpaceSeparated, results_option, split_values, user_errors_as_one_line, verbose_option
 from nnreg.utilities.errors import NnregError
 
 logger = logging.getLogger("nnreg")
 
 
 def _folds(values: tuple[str, ...]) -> list[str] | None:
-    """``-f 0 -f 1`` or ``-f 0,1`` -> ["0", "1"]; nothing -> None (all folds present)."""
-    folds = [f.strip() for v in values for f in v.split(",") if f.strip()]
+    """``-f 0 1``, ``-f 0 -f 1`` or ``-f 0,1`` -> ["0", "1"]; nothing -> None (all folds present)."""
+    folds = split_values(values)
     for fold in folds:
         if not (fold.isdigit() or fold == "all"):
             raise NnregError(f"-f: a fold is a number or 'all', got {fold!r}")
@@ -33,6 +33,18 @@ def _model_folder(model: str | None, dataset: str | None, configuration: str | N
     if dataset is None:
         raise NnregError("which model? give -d DATASET (with -c/-p/-tr) or -m MODEL_FOLDER")
     return find_model_folder(dataset, results_folder(results), trainer, plans, configuration, device)
+
+
+def _device(requested: str | None) -> str:
+    """The requested device, else cuda when available (as nnreg_train), else cpu; logged."""
+    if requested is not None:
+        return requested
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logger.info("device %s (%s; choose with --device)", device,
+                "a CUDA GPU is available" if device == "cuda" else "no CUDA GPU is available")
+    return device
 
 
 def _workers(value: int | None, num_pairs: int) -> int:
@@ -54,9 +66,11 @@ def _workers(value: int | None, num_pairs: int) -> int:
 @click.option("-p", "--plans", default="nnRegPlans", show_default=True, help="Plans identifier.")
 @click.option("-tr", "--trainer", default="nnRegTrainer", show_default=True, help="Trainer class name.")
 @click.option("-m", "--model", default=None, type=click.Path(), help="Model folder (instead of -d/-c/-p/-tr).")
-@click.option("-f", "--folds", multiple=True, help="Folds to ensemble: -f 0 -f 1 or -f 0,1 (default: all present).")
+@click.option("-f", "--folds", cls=SpaceSeparated,
+              help="Folds to ensemble: -f 0 1 2 (or -f 0 -f 1, -f 0,1; default: all present).")
 @click.option("-chk", "--checkpoint", default="checkpoint_final.pth", show_default=True, help="Checkpoint file name.")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default=None,
+              help="Device (default: cuda if available, else cpu).")
 @click.option("--pairs-key", default="validation", show_default=True, help="dataset.json list of pairs to register.")
 @click.option("--fixed", default=None, type=click.Path(), help="One pair: the fixed image (with --moving).")
 @click.option("--moving", default=None, type=click.Path(), help="One pair: the moving image (with --fixed).")
@@ -65,33 +79,54 @@ def _workers(value: int | None, num_pairs: int) -> int:
               help="Folder with the moving images' label maps (same file names): write them warped.")
 @click.option("--itk", is_flag=True, help="Also write a physical-mm displacement field for ITK/ANTs/3D Slicer.")
 @click.option("--qc", is_flag=True, help="Also write a QC PNG per pair (images, deformation grid, Jacobian).")
-@click.option("--continue", "resume", is_flag=True, help="Skip pairs whose outputs all exist.")
+@click.option("--continue", "--continue_prediction", "resume", is_flag=True, help="Skip pairs whose outputs all exist.")
+@click.option("--inverse", is_flag=True,
+              help="Also write the inverse (moving <- fixed) field inverse/disp_<mov>_<fix>.nii.gz; logs its "
+                   "inverse-consistency error.")
+@click.option("--disable_progress_bar", "--disable-progress-bar", "disable_progress_bar", is_flag=True,
+              help="No progress bar (it is also off when the output is not a terminal).")
 @click.option("-npp", "num_readers", type=click.IntRange(min=0), default=None,
               help="Reader processes (0 = read in this process; default 1 for several pairs).")
 @click.option("-nps", "num_writers", type=click.IntRange(min=0), default=None,
               help="Writer processes (0 = write in this process; default 1 for several pairs).")
+@click.option("-num_parts", "--num-parts", "num_parts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the pairs into this many parts, one per process (with -part_id).")
+@click.option("-part_id", "--part-id", "part_id", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Which part this process predicts: 0 .. num_parts-1 (pairs part_id, part_id + num_parts, ...).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch CPU threads (default: all cores).")
 @click.option("--channels-last", is_flag=True, help="Run 3D convolutions channels-last (see prediction.md).")
+@click.option("--instance-optimization", "instance_optimization", type=click.IntRange(min=0), default=None,
+              help="Refine each pair's field with N test-time optimisation steps (0 = off; default: the plans' "
+                   "instance_optimization, see prediction.md).")
+@click.option("--deterministic", is_flag=True, help="Deterministic algorithms for the refinement.")
 @results_option
 @verbose_option
 @user_errors_as_one_line
 def main(input_path: str | None, output: str, dataset: str | None, configuration: str | None, plans: str,
-         trainer: str, model: str | None, folds: tuple[str, ...], checkpoint: str, device: str, pairs_key: str,
+         trainer: str, model: str | None, folds: tuple[str, ...], checkpoint: str, device: str | None, pairs_key: str,
+         inverse: bool, disable_progress_bar: bool,
          fixed: str | None, moving: str | None, save_warped: bool, warp_labels: str | None, itk: bool, qc: bool,
-         resume: bool, num_readers: int | None, num_writers: int | None, threads: int | None, channels_last: bool,
-         results: str | None, verbose: bool) -> None:
+         resume: bool, num_readers: int | None, num_writers: int | None, num_parts: int, part_id: int,
+         threads: int | None, channels_last: bool,
+         instance_optimization: int | None, deterministic: bool, results: str | None, verbose: bool) -> None:
     """Register image pairs with a trained nnreg model; fields in the Learn2Reg/LUMIR format."""
     from nnreg.inference import ExportOptions, collect_pairs, nnRegPredictor, predict_pairs
 
     pairs = collect_pairs(input_path, pairs_key, fixed, moving)
+    from nnreg.inference.pipeline import select_part
+
+    select_part(pairs, num_parts, part_id)   # a bad -part_id stops before the model is read
     labels = Path(warp_labels).expanduser() if warp_labels else None
     if labels is not None and not labels.is_dir():
         raise NnregError("--warp-labels folder does not exist", labels)
+    device = _device(device)
     folder = _model_folder(model, dataset, configuration, plans, trainer, results, device)
-    predictor = nnRegPredictor(device=device, num_threads=threads, channels_last=channels_last)
+    predictor = nnRegPredictor(device=device, num_threads=threads, channels_last=channels_last,
+                               instance_optimization=instance_optimization, deterministic=deterministic)
     predictor.initialize_from_trained_model_folder(folder, _folds(folds), checkpoint, configuration)
-    options = ExportOptions(save_warped=save_warped, labels_folder=labels, itk=itk, qc=qc)
+    options = ExportOptions(save_warped=save_warped, labels_folder=labels, itk=itk, qc=qc, inverse=inverse)
     summary = predict_pairs(predictor, pairs, output, options, resume=resume,
                             num_readers=_workers(num_readers, len(pairs)),
-                            num_writers=_workers(num_writers, len(pairs)))
+                            num_writers=_workers(num_writers, len(pairs)), progress=not disable_progress_bar,
+                            num_parts=num_parts, part_id=part_id)
     click.echo(f"done: {len(summary.written)} pair(s) written, {len(summary.skipped)} skipped -> {output}")

@@ -14,23 +14,24 @@ official values bit for bit.
 from __future__ import annotations
 
 import numpy as np
+from skimage.measure import regionprops
 
 
 def _centroids(volume: np.ndarray, landmark_values: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Mean index of each landmark value among the voxels flagged by ``candidates`` (NaN when absent)."""
+    """Mean index of each landmark value among the voxels flagged by ``candidates`` (NaN when absent).
+
+    ``skimage.measure.regionprops`` computes the centroids (the mean of integer coordinates, exact in float64) of a
+    label image numbering the landmark values 1..n.
+    """
     coords = np.nonzero(candidates)
     values = volume[coords]
-    idx = np.searchsorted(landmark_values, values)
-    idx_clipped = np.minimum(idx, len(landmark_values) - 1)
-    keep = landmark_values[idx_clipped] == values
-    idx = idx_clipped[keep]
-    n = len(landmark_values)
-    counts = np.bincount(idx, minlength=n).astype(np.float64)
-    out = np.empty((n, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for axis in range(3):
-            sums = np.bincount(idx, weights=coords[axis][keep].astype(np.float64), minlength=n)
-            out[:, axis] = sums / counts
+    idx = np.minimum(np.searchsorted(landmark_values, values), len(landmark_values) - 1)
+    keep = landmark_values[idx] == values
+    labels = np.zeros(volume.shape, dtype=np.int32)
+    labels[tuple(c[keep] for c in coords)] = idx[keep] + 1
+    out = np.full((len(landmark_values), 3), np.nan)
+    for region in regionprops(labels):
+        out[region.label - 1] = region.centroid
     return out
 
 

@@ -6,10 +6,17 @@ min, max). The foreground is the nonzero region, since Learn2Reg brain images ar
 zero background. Dataset level: median spacing and shape, the union foreground box, pooled intensity
 percentiles, and whether all images share one grid. Reading an image here is also where its contents are
 checked (3D, finite, not all zero).
+
+Memory is bounded whatever the number of images: each worker reads one image at a time and returns its summary
+plus a random sample of ``samples_per_image(n) = min(100,000, 2,000,000 // n)`` (at least 1) foreground values,
+so the parent holds at most :data:`POOLED_SAMPLES` = 2,000,000 float32 samples (8 MB) for the pooled percentiles,
+plus about 1 KB of summary per image (the ``cases`` entries that the fingerprint file keeps). The pooled mean and
+standard deviation are exact (from each image's voxel count, mean and standard deviation), not sampled.
 """
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,7 +30,13 @@ from nnreg.utilities.parallel import map_with_progress
 logger = logging.getLogger(__name__)
 
 PERCENTILES = (0.5, 50.0, 99.5)
-_SAMPLES_PER_IMAGE = 100_000
+POOLED_SAMPLES = 2_000_000      # foreground values kept in the parent for the pooled percentiles, in total
+MAX_SAMPLES_PER_IMAGE = 100_000
+
+
+def samples_per_image(num_images: int) -> int:
+    """Foreground values each image contributes to the pooled percentiles: the total stays <= POOLED_SAMPLES."""
+    return max(1, min(MAX_SAMPLES_PER_IMAGE, POOLED_SAMPLES // max(1, num_images)))
 
 
 def foreground_bbox(mask: np.ndarray) -> list[list[int]]:
@@ -36,8 +49,11 @@ def foreground_bbox(mask: np.ndarray) -> list[list[int]]:
     return box
 
 
-def fingerprint_image(path: str) -> dict[str, Any]:
-    """Fingerprint one image; raise :class:`DatasetError` naming it if it is NaN, infinite or all zero."""
+def fingerprint_image(path: str, num_samples: int = MAX_SAMPLES_PER_IMAGE) -> dict[str, Any]:
+    """Fingerprint one image; raise :class:`DatasetError` naming it if it is NaN, infinite or all zero.
+
+    ``_sample`` holds at most ``num_samples`` random foreground values, ``_count`` the number of foreground voxels
+    (both for the dataset-level summary, removed before the fingerprint is written)."""
     array, geometry = read_image(path)
     if not np.isfinite(array).all():
         raise DatasetError("image contains NaN or infinite values", path)
@@ -46,7 +62,7 @@ def fingerprint_image(path: str) -> dict[str, Any]:
         raise DatasetError("image is all zero", path)
     values = array[foreground]
     rng = np.random.default_rng(0)
-    sample = values if values.size <= _SAMPLES_PER_IMAGE else rng.choice(values, _SAMPLES_PER_IMAGE, replace=False)
+    sample = values if values.size <= num_samples else rng.choice(values, num_samples, replace=False)
     pct = np.percentile(values, PERCENTILES)
     direction = geometry.direction
     return {
@@ -59,24 +75,35 @@ def fingerprint_image(path: str) -> dict[str, Any]:
         "foreground_fraction": float(foreground.mean()),
         "intensity": {
             "percentiles": {str(p): float(v) for p, v in zip(PERCENTILES, pct)},
-            "mean": float(values.mean()),
-            "std": float(values.std()),
+            "mean": float(values.mean(dtype=np.float64)),
+            "std": float(values.std(dtype=np.float64)),
             "min": float(array.min()),
             "max": float(array.max()),
         },
         "_sample": sample.astype(np.float32),
+        "_count": int(values.size),
     }
+
+
+def _pooled_mean_std(counts: np.ndarray, means: np.ndarray, stds: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) standard deviation of all foreground voxels of all images, from per-image values."""
+    total = counts.sum()
+    mean = float((counts * means).sum() / total)
+    second = float((counts * (stds ** 2 + means ** 2)).sum() / total)
+    return mean, float(np.sqrt(max(second - mean ** 2, 0.0)))
 
 
 def extract_fingerprint(dataset: Learn2RegDataset, num_processes: int = 2) -> dict[str, Any]:
     """Fingerprint every training image of ``dataset`` and summarise at dataset level."""
     entries = dataset.training
-    results = map_with_progress(fingerprint_image, [str(e.path) for e in entries], num_processes,
-                                desc="fingerprint")
+    results = map_with_progress(partial(fingerprint_image, num_samples=samples_per_image(len(entries))),
+                                [str(e.path) for e in entries], num_processes, desc="fingerprint",
+                                label=lambda path: f"image {path}")
     cases: dict[str, Any] = {}
-    samples = []
+    samples, counts = [], []
     for entry, result in zip(entries, results):
         samples.append(result.pop("_sample"))
+        counts.append(result.pop("_count"))
         cases[entry.case_id] = result
     if dataset.tensor_shape is not None:
         for entry in entries:
@@ -90,6 +117,10 @@ def extract_fingerprint(dataset: Learn2RegDataset, num_processes: int = 2) -> di
     same_grid = bool((shapes == shapes[0]).all() and np.allclose(spacings, spacings[0]))
     boxes = np.array([c["foreground_bbox"] for c in cases.values()])
     pooled = np.concatenate(samples)
+    del samples
+    mean, std = _pooled_mean_std(np.array(counts, dtype=np.float64),
+                                 np.array([c["intensity"]["mean"] for c in cases.values()]),
+                                 np.array([c["intensity"]["std"] for c in cases.values()]))
     return {
         "dataset_name": dataset.name,
         "num_images": len(cases),
@@ -99,8 +130,8 @@ def extract_fingerprint(dataset: Learn2RegDataset, num_processes: int = 2) -> di
         "union_foreground_bbox": [[int(boxes[:, a, 0].min()), int(boxes[:, a, 1].max())] for a in range(3)],
         "intensity": {
             "percentiles": {str(p): float(v) for p, v in zip(PERCENTILES, np.percentile(pooled, PERCENTILES))},
-            "mean": float(pooled.mean()),
-            "std": float(pooled.std()),
+            "mean": mean,
+            "std": std,
             "min": float(min(c["intensity"]["min"] for c in cases.values())),
             "max": float(max(c["intensity"]["max"] for c in cases.values())),
         },

@@ -11,6 +11,8 @@ Conventions:
   ``sitkVectorFloat64`` before building the transform.
 - Warped image ``warped/warped_<...>.nii.gz``: trilinear, 0 outside, fixed image's header.
 - Warped labels ``warped_labels/warped_<...>.nii.gz``: nearest neighbour exactly as the official evaluator warps.
+- Inverse field ``inverse/disp_<mov>_<fix>.nii.gz`` (``--inverse``): the moving <- fixed pull field in the challenge
+  layout on the moving grid (= the fixed grid), moving image's header; see :mod:`nnreg.inference.inverse`.
 Every file is written atomically (temporary name, then rename).
 """
 from __future__ import annotations
@@ -43,6 +45,7 @@ class ExportOptions:
     labels_folder: Path | None = None
     itk: bool = False
     qc: bool = False
+    inverse: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class PairOutputs:
     warped: Path
     warped_labels: Path
     qc: Path
+    inverse: Path | None = None
 
     def required(self, options: ExportOptions) -> list[Path]:
         paths = [self.displacement]
@@ -65,6 +69,8 @@ class PairOutputs:
             paths.append(self.warped_labels)
         if options.qc:
             paths.append(self.qc)
+        if options.inverse and self.inverse is not None:
+            paths.append(self.inverse)
         return paths
 
     def finished(self, options: ExportOptions) -> bool:
@@ -77,7 +83,8 @@ def pair_outputs(out: Path, fixed: str | Path, moving: str | Path) -> PairOutput
     warped_name = "warped_" + name[len("disp_"):]
     return PairOutputs(displacement=out / name, itk=out / "itk" / name, warped=out / "warped" / warped_name,
                        warped_labels=out / "warped_labels" / warped_name,
-                       qc=out / "qc" / name.replace(".nii.gz", ".png"))
+                       qc=out / "qc" / name.replace(".nii.gz", ".png"),
+                       inverse=out / "inverse" / displacement_filename(moving, fixed))
 
 
 def write_image_fast(array: np.ndarray, geometry: Geometry, path: Path) -> None:
@@ -133,6 +140,7 @@ class ExportJob:
     fixed: np.ndarray | None = None
     moving_labels: Path | None = None
     moving_geometry: Geometry | None = None
+    inverse: np.ndarray | None = None
 
 
 def export_pair(job: ExportJob) -> str:
@@ -141,6 +149,8 @@ def export_pair(job: ExportJob) -> str:
     write_displacement(field, outputs.displacement, job.fixed_geometry)
     if options.itk:
         write_itk_displacement(field, job.fixed_geometry, outputs.itk)
+    if options.inverse and job.inverse is not None and outputs.inverse is not None:
+        write_displacement(job.inverse, outputs.inverse, job.moving_geometry or job.fixed_geometry)
     warped = None
     if (options.save_warped or options.qc) and job.moving_on_fixed is not None:
         warped = warp_image(job.moving_on_fixed, field)

@@ -3,14 +3,22 @@
 Layout (written by the trainer): ``<nnReg_results>/<DatasetName>/<Trainer>__<Plans>__<configuration>/`` with
 ``plans.json``, ``dataset.json``, ``dataset_fingerprint.json`` and ``fold_<X>/checkpoint_{final,best,latest}.pth``.
 A checkpoint is a ``torch.save`` dict ``{"format_version": 1, "network_weights": state_dict, "trainer_name",
-"init_args": {"dataset_name", "plans_name", "configuration", "fold", "hyperparameters"}, ...}``.
+"init_args": {"dataset_name", "plans_name", "configuration", "fold", "hyperparameters"}, "plans_configuration",
+"architecture", ...}``.
+
+Each fold is built from **its own checkpoint**: its ``architecture`` and the preprocessing keys of its
+``plans_configuration`` (spacing, resampling, crop, shape, normalisation) override the model folder's
+``plans.json``, which supplies everything else (and everything for checkpoints of older nnreg versions, which
+carry neither). Folds whose preprocessing differs cannot be averaged on one grid: :func:`read_trained_model`
+refuses them in one line that names the folds of each group.
 """
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +100,19 @@ def available_folds(folder: Path, checkpoint_name: str = DEFAULT_CHECKPOINT) -> 
 
 def select_folds(folder: Path, use_folds: list[str | int] | tuple[str | int, ...] | None,
                  checkpoint_name: str) -> list[str]:
-    """The folds to use: ``None`` = every fold present; a requested fold that is missing is named in the error."""
+    """The folds to use; a requested fold that is missing is named in the error.
+
+    ``None`` = every numbered fold present, without ``fold_all`` (nnU-Net's convention: it saw every image, so it is
+    ensembled only when asked for, ``-f all`` or ``-f 0 1 2 3 4 all``); ``fold_all`` alone when it is the only one."""
     present = available_folds(folder, checkpoint_name)
     if use_folds is None:
         if not present:
             raise ConfigurationError(f"no fold_*/{checkpoint_name} in the model folder (has training finished? "
                                      f"pick another checkpoint with -chk)", folder)
-        return present
+        numbered = [f for f in present if f != "all"]
+        if numbered and "all" in present:
+            logger.info("using folds %s; fold_all is left out (ask for it with -f ... all)", ", ".join(numbered))
+        return numbered or present
     wanted = [str(f) for f in use_folds]
     for fold in wanted:
         if fold not in present:
@@ -133,9 +147,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+PREPROCESSING_KEYS = ("spacing", "resampling_factor", "resampled_shape", "crop_start", "shape", "normalization")
+
+
 @dataclass
 class TrainedModel:
-    """A model folder read for inference: plans, the configuration used and one weight set per fold."""
+    """A model folder read for inference: plans, the configuration used and one weight set per fold.
+
+    ``configuration`` holds the preprocessing every fold shares; ``fold_architectures[k]`` is the network fold
+    ``k`` was trained with (from its checkpoint, else the plans)."""
 
     folder: Path
     plans: Plans
@@ -144,6 +164,41 @@ class TrainedModel:
     folds: list[str]
     fold_weights: list[dict[str, torch.Tensor]]
     trainer_name: str
+    fold_architectures: list[dict[str, Any]] | None = None
+
+
+def fold_configuration(folder_configuration: ConfigurationPlan, checkpoint: dict[str, Any]) -> ConfigurationPlan:
+    """The configuration a checkpoint was trained with: its own preprocessing and architecture where recorded,
+    the model folder's plans for the rest (and for checkpoints that record neither)."""
+    recorded = checkpoint.get("plans_configuration")
+    updates: dict[str, Any] = {}
+    if isinstance(recorded, dict):
+        known = {f.name for f in fields(ConfigurationPlan)}
+        updates.update({k: recorded[k] for k in PREPROCESSING_KEYS if k in recorded and k in known})
+        if "architecture" in recorded:
+            updates["architecture"] = recorded["architecture"]
+    if isinstance(checkpoint.get("architecture"), dict):
+        updates["architecture"] = checkpoint["architecture"]
+    return replace(folder_configuration, **updates) if updates else folder_configuration
+
+
+def _preprocessing_of(config: ConfigurationPlan) -> str:
+    return json.dumps({k: getattr(config, k) for k in PREPROCESSING_KEYS}, sort_keys=True)
+
+
+def check_same_preprocessing(folds: list[str], configs: list[ConfigurationPlan], folder: Path) -> None:
+    """One-line error naming the folds of each preprocessing when the folds were not trained on one grid."""
+    groups: dict[str, list[str]] = {}
+    for fold, config in zip(folds, configs):
+        groups.setdefault(_preprocessing_of(config), []).append(fold)
+    if len(groups) <= 1:
+        return
+    first, second = (json.loads(k) for k in list(groups)[:2])
+    differ = ", ".join(f"{k} {first[k]} vs {second[k]}" for k in PREPROCESSING_KEYS if first[k] != second[k])
+    listed = "; ".join(f"folds {', '.join(g)}" if len(g) > 1 else f"fold {g[0]}" for g in groups.values())
+    options = " or ".join(f"-f {','.join(g)}" for g in groups.values())
+    raise ConfigurationError(f"cannot ensemble folds trained with different preprocessing ({listed}; {differ}, "
+                             f"e.g. after re-planning): choose folds of one preprocessing with {options}", folder)
 
 
 def read_trained_model(folder: str | Path, use_folds: list[str | int] | tuple[str | int, ...] | None = None,
@@ -163,6 +218,7 @@ def read_trained_model(folder: str | Path, use_folds: list[str | int] | tuple[st
     requested = configuration or configuration_of_folder(folder)
     folds = select_folds(folder, use_folds, checkpoint_name)
     weights, trainer_name, trained_on = [], "", None
+    checkpoints_configs: list[dict[str, Any]] = []
     for fold in folds:
         path = folder / f"fold_{fold}" / checkpoint_name
         checkpoint = load_checkpoint(path)
@@ -176,10 +232,22 @@ def read_trained_model(folder: str | Path, use_folds: list[str | int] | tuple[st
         trained_on = conf or trained_on
         trainer_name = str(checkpoint.get("trainer_name", trainer_name))
         weights.append(checkpoint["network_weights"])
+        checkpoints_configs.append({k: checkpoint[k] for k in ("plans_configuration", "architecture")
+                                    if k in checkpoint})
         del checkpoint
     name = requested or trained_on
     if name is None:
         raise ConfigurationError("cannot tell which configuration this model was trained on (no "
                                  "init_args.configuration in its checkpoints); pass -c", folder)
+    base = plans.configuration(name)
+    configs = [fold_configuration(base, c) for c in checkpoints_configs]
+    check_same_preprocessing(folds, configs, folder)
+    if any(not c for c in checkpoints_configs):
+        logger.debug("fold(s) %s: checkpoint without its plans entry (older nnreg); using the folder's plans.json",
+                     ", ".join(f for f, c in zip(folds, checkpoints_configs) if not c))
+    if _preprocessing_of(configs[0]) != _preprocessing_of(base):
+        logger.warning("the model folder's plans.json was re-planned after fold(s) %s were trained: they run with "
+                       "the preprocessing recorded in their checkpoints", ", ".join(folds))
     logger.info("model %s: configuration %s, fold(s) %s, %s", folder.name, name, ", ".join(folds), checkpoint_name)
-    return TrainedModel(folder, plans, name, plans.configuration(name), folds, weights, trainer_name)
+    return TrainedModel(folder, plans, name, configs[0], folds, weights, trainer_name,
+                        [c.architecture for c in configs])

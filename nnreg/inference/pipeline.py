@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,11 +22,14 @@ from typing import Callable, Iterator
 from tqdm import tqdm
 
 from nnreg.inference.export import ExportJob, ExportOptions, PairOutputs, export_pair, pair_outputs
+from nnreg.inference.inverse import pair_inverse
 from nnreg.inference.pairs import PairSpec, labels_for
 from nnreg.inference.predictor import nnRegPredictor
 from nnreg.inference.preparation import PreparedPair, prepare_files
 from nnreg.utilities.errors import NnregError
 from nnreg.utilities.files import remove_stale_temporaries
+from nnreg.utilities.parallel import worker_died
+from nnreg.utilities.progress_bars import progress_bar_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class BackgroundWriter:
         self._pool = (ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn"))
                       if num_workers > 0 else None)
         self._pending: deque[Future] = deque()
+        self._names: dict[int, str] = {}   # id(future) -> the output it writes (named if its worker dies)
         self.done: list[str] = []
 
     def submit(self, job: ExportJob) -> None:
@@ -53,14 +58,27 @@ class BackgroundWriter:
             self.done.append(export_pair(job))
             return
         while len(self._pending) >= self.num_workers:
-            self.done.append(self._pending.popleft().result())
-        self._pending.append(self._pool.submit(export_pair, job))
+            self.done.append(self._next_result())
+        future = self._pool.submit(export_pair, job)
+        self._names[id(future)] = job.outputs.displacement.name
+        self._pending.append(future)
+
+    def _next_result(self) -> str:
+        """The oldest export's result; a dead writer process is one line naming the outputs in flight."""
+        future = self._pending[0]
+        try:
+            result = future.result()
+        except BrokenProcessPool:
+            raise worker_died("nnreg_predict writer", [self._names.get(id(f), "?") for f in self._pending]) from None
+        self._pending.popleft()
+        self._names.pop(id(future), None)
+        return result
 
     def close(self) -> None:
         """Wait for every export; re-raise the first failure."""
         try:
             while self._pending:
-                self.done.append(self._pending.popleft().result())
+                self.done.append(self._next_result())
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
@@ -74,17 +92,27 @@ def _read_ahead(pairs: list[PairSpec], prepare: Callable[[PairSpec], PreparedPai
             yield prepare(pair)
         return
     with ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn")) as pool:
-        window: deque[Future] = deque()
+        window: deque[tuple[Future, PairSpec]] = deque()
+
+        def oldest() -> PreparedPair:
+            try:
+                result = window[0][0].result()
+            except BrokenProcessPool:   # a reader was killed (e.g. out of memory): name the pairs in flight
+                raise worker_died("nnreg_predict reader", [f"{p.moving.name} -> {p.fixed.name}"
+                                                           for _, p in window]) from None
+            window.popleft()
+            return result
+
         queue = iter(pairs)
         try:
             for pair in queue:
-                window.append(pool.submit(prepare, pair))
+                window.append((pool.submit(prepare, pair), pair))
                 if len(window) > num_workers:
-                    yield window.popleft().result()
+                    yield oldest()
             while window:
-                yield window.popleft().result()
+                yield oldest()
         finally:
-            for future in window:
+            for future, _ in window:
                 future.cancel()
 
 
@@ -112,11 +140,23 @@ def plan_outputs(pairs: list[PairSpec], out: Path, options: ExportOptions,
     return todo, skipped
 
 
+def select_part(pairs: list[PairSpec], num_parts: int = 1, part_id: int = 0) -> list[PairSpec]:
+    """Pairs ``part_id, part_id + num_parts, ...`` (nnU-Net's ``-num_parts N -part_id K``): N processes, each with
+    its own K, together predict every pair exactly once."""
+    if num_parts < 1:
+        raise NnregError(f"-num_parts must be at least 1, got {num_parts}")
+    if not 0 <= part_id < num_parts:
+        raise NnregError(f"-part_id must be in 0..{num_parts - 1} for -num_parts {num_parts}, got {part_id}")
+    return pairs[part_id::num_parts]
+
+
 def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | Path,
                   options: ExportOptions | None = None, resume: bool = False, num_readers: int = 0,
-                  num_writers: int = 1, progress: bool = True) -> RunSummary:
-    """Register every pair and write its outputs below ``out``."""
+                  num_writers: int = 1, progress: bool = True, num_parts: int = 1, part_id: int = 0) -> RunSummary:
+    """Register every pair (of part ``part_id`` of ``num_parts``, see :func:`select_part`) and write its outputs
+    below ``out``. Several processes may write into one ``out``: each cleans up only temporaries of dead runs."""
     options = options or ExportOptions()
+    part = {id(p) for p in select_part(pairs, num_parts, part_id)}
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NnregError("output path exists and is not a folder", out)
@@ -124,7 +164,12 @@ def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | P
     stale = remove_stale_temporaries(out)
     if stale:
         logger.info("removed %d unfinished file(s) of an interrupted run in %s", stale, out)
-    todo, skipped = plan_outputs(pairs, out, options, resume)
+    todo, skipped = plan_outputs(pairs, out, options, resume)   # all pairs: name clashes are found in every part
+    if num_parts > 1:
+        names = {pair_outputs(out, p.fixed, p.moving).displacement.name for p in pairs if id(p) in part}
+        todo = [(p, o) for p, o in todo if id(p) in part]
+        skipped = [name for name in skipped if name in names]
+        logger.info("part %d of %d: %d of %d pairs", part_id, num_parts, len(names), len(pairs))
     if skipped:
         logger.info("--continue: %d of %d pairs already finished, skipped", len(skipped), len(pairs))
     existing = [o for _, o in todo if o.displacement.is_file()]
@@ -134,19 +179,27 @@ def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | P
     config = predictor.configuration
     if config is None:
         raise RuntimeError("initialise the predictor before predicting")
+    refinement = predictor.instance_optimization
+    if refinement.enabled:
+        logger.info("instance optimisation: up to %d steps per pair (%s)", refinement.steps, refinement.to_json())
+    predictor.keep_velocity_inverse = options.inverse
     writer = BackgroundWriter(num_writers)
     by_pair = {id(p): o for p, o in todo}
     specs = [p for p, _ in todo]
     try:
         prepared_pairs = _read_ahead(specs, partial(_prepare_spec, config=config), num_readers)
-        for pair, prepared in tqdm(zip(specs, prepared_pairs), total=len(specs), desc="predict",
-                                   disable=not progress or None, leave=False):
+        for pair, prepared in tqdm(zip(specs, prepared_pairs), total=len(specs),
+                                   desc="predict + refine" if refinement.enabled else "predict",
+                                   disable=progress_bar_disabled(not progress), leave=False):
             field = predictor.predict_prepared(prepared)
             need_images = options.save_warped or options.qc
             labels = labels_for(pair, options.labels_folder) if options.labels_folder is not None else None
+            inverse = pair_inverse(field, prepared, predictor.last_velocity_inverse, str(pair.moving))[0] \
+                if options.inverse else None
             writer.submit(ExportJob(by_pair[id(pair)], options, field, prepared.fixed_geometry,
                                     prepared.moving_on_fixed if need_images else None,
-                                    prepared.fixed if options.qc else None, labels, prepared.moving_geometry))
+                                    prepared.fixed if options.qc else None, labels, prepared.moving_geometry,
+                                    inverse))
             del field, prepared
     finally:
         writer.close()

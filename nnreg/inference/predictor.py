@@ -8,8 +8,8 @@ the cores this process may use.
 """
 from __future__ import annotations
 
+import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,20 +18,22 @@ import torch
 
 from nnreg.dataset.image_io import Geometry, read_image
 from nnreg.inference.ensemble import EnsembleReport, ensemble_displacements
+from nnreg.inference.instance_optimization import (InstanceOptimization, RefinementReport, correction_field,
+                                                   refine_field)
 from nnreg.inference.model_folder import DEFAULT_CHECKPOINT, read_trained_model
 from nnreg.inference.preparation import PreparedPair, prepare_arrays
 from nnreg.planning.plans import ConfigurationPlan
+from nnreg.spatial import compose
+from nnreg.utilities.cpus import usable_cpus
 from nnreg.utilities.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (affinity-aware, e.g. inside a container limited to 2 cores)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+    """CPU cores this process may run on: affinity and cgroup v1/v2 quotas (``docker --cpus``), see
+    :mod:`nnreg.utilities.cpus`."""
+    return usable_cpus()
 
 
 class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on purpose
@@ -42,7 +44,11 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
     """
 
     def __init__(self, device: str | torch.device = "cpu", num_threads: int | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False,
+                 instance_optimization: int | InstanceOptimization | None = None,
+                 deterministic: bool = False) -> None:
+        """``instance_optimization``: None = the setting recorded in the plans (off if none), an int = that many
+        refinement steps with the recorded (or default) settings, or full :class:`InstanceOptimization` settings."""
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigurationError("--device cuda requested but no CUDA device is available")
@@ -56,6 +62,13 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         self.folds: list[str] = []
         self.last_ensemble: EnsembleReport | None = None
         self._loaded_fold: int | None = None
+        self._fold_networks: list[torch.nn.Module] | None = None
+        # --inverse: also keep the folds' mean velocity inverse (network grid) of the last pair, see inference.inverse
+        self.keep_velocity_inverse = False
+        self.last_velocity_inverse: torch.Tensor | None = None
+        self.instance_optimization_request = instance_optimization
+        self.deterministic = deterministic
+        self.last_refinement: RefinementReport | None = None
 
     # -- set-up ----------------------------------------------------------------------------------------
     def initialize_from_trained_model_folder(self, folder: str | Path,
@@ -66,10 +79,19 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         from nnreg.networks import build_network
 
         model = read_trained_model(folder, use_folds, checkpoint_name, configuration)
-        network = build_network(model.configuration.architecture)
+        architectures = model.fold_architectures or [model.configuration.architecture] * len(model.folds)
+        built: dict[str, torch.nn.Module] = {}   # each fold's own architecture (from its checkpoint), built once
+        for architecture in architectures:
+            key = json.dumps(architecture, sort_keys=True)
+            if key not in built:
+                built[key] = build_network(architecture)
+        networks = [built[json.dumps(a, sort_keys=True)] for a in architectures]
         self.folds = model.folds
-        return self.manual_initialization(network, model.configuration, model.fold_weights,
-                                          configuration_name=model.configuration_name)
+        self.manual_initialization(networks[0], model.configuration, model.fold_weights,
+                                   configuration_name=model.configuration_name)
+        if len(built) > 1:
+            self._fold_networks = [self._placed(n) for n in networks]
+        return self
 
     def manual_initialization(self, network: torch.nn.Module, configuration: ConfigurationPlan,
                               fold_weights: list[dict[str, torch.Tensor]] | None = None,
@@ -78,9 +100,8 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         the network's current weights as the only fold."""
         self.configuration = configuration
         self.configuration_name = configuration_name
-        self.network = network.to(self.device).eval()
-        if self.channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last_3d)
+        self.network = self._placed(network)
+        self._fold_networks = None
         if fold_weights is None:
             fold_weights = [{k: v.detach().clone() for k, v in network.state_dict().items()}]
         self.fold_weights = list(fold_weights)
@@ -89,6 +110,11 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         self._loaded_fold = None
         return self
 
+    def _placed(self, network: torch.nn.Module) -> torch.nn.Module:
+        """``network`` on the device, in eval mode (channels-last if asked)."""
+        network = network.to(self.device).eval()
+        return network.to(memory_format=torch.channels_last_3d) if self.channels_last else network
+
     def _require_ready(self) -> tuple[torch.nn.Module, ConfigurationPlan]:
         if self.network is None or self.configuration is None:
             raise RuntimeError("call initialize_from_trained_model_folder() or manual_initialization() first")
@@ -96,6 +122,8 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
 
     def _load_fold(self, index: int) -> None:
         if self._loaded_fold != index:
+            if self._fold_networks is not None:   # folds trained with different architectures
+                self.network = self._fold_networks[index]
             network, _ = self._require_ready()
             try:
                 network.load_state_dict(self.fold_weights[index])
@@ -112,19 +140,55 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
 
     def predict_network_grid(self, fixed_network: np.ndarray, moving_network: np.ndarray) -> torch.Tensor:
         """The ensembled ``(1, 3, *shape)`` field on the network grid for preprocessed inputs."""
+        from nnreg.inference.inverse import velocity_inverse
+
         network, _ = self._require_ready()
         fields: list[torch.Tensor] = []
+        inverses: list[torch.Tensor | None] = []
         with torch.inference_mode():
             moving = self._to_input(moving_network)
             fixed = self._to_input(fixed_network)
             for index in range(len(self.fold_weights)):
                 self._load_fold(index)
+                network = self.network   # the fold's own network when the folds' architectures differ
                 output = network(moving, fixed)
                 fields.append(output.displacement.float().contiguous().cpu())
+                if self.keep_velocity_inverse:
+                    inverses.append(velocity_inverse(network, output))
                 del output
             del moving, fixed
             field, self.last_ensemble = ensemble_displacements(fields)
-        return field
+            self.last_velocity_inverse = None if not inverses or any(w is None for w in inverses) else \
+                torch.stack([w.cpu() for w in inverses]).mean(0)
+        return self._refine(fixed_network, moving_network, field)
+
+    @property
+    def instance_optimization(self) -> InstanceOptimization:
+        """The refinement settings in effect: the request, else the plans' ``instance_optimization`` (else off)."""
+        _, configuration = self._require_ready()
+        request = self.instance_optimization_request
+        if isinstance(request, InstanceOptimization):
+            return request
+        recorded = InstanceOptimization.from_json(getattr(configuration, "instance_optimization", None))
+        return recorded if request is None else recorded.with_steps(int(request))
+
+    def _refine(self, fixed_network: np.ndarray, moving_network: np.ndarray, field: torch.Tensor) -> torch.Tensor:
+        """Test-time instance optimisation of the (ensembled) network-grid field, when enabled."""
+        settings = self.instance_optimization
+        self.last_refinement = None
+        if not settings.enabled:
+            return field
+        fixed = torch.from_numpy(np.ascontiguousarray(fixed_network, dtype=np.float32))[None, None].to(self.device)
+        moving = torch.from_numpy(np.ascontiguousarray(moving_network, dtype=np.float32))[None, None].to(self.device)
+        refined, self.last_refinement = refine_field(fixed, moving, field.to(self.device), settings,
+                                                     self.deterministic)
+        if self.last_velocity_inverse is not None and self.last_refinement.velocity is not None:
+            # (u_net o c)^-1 = c^-1 o u_net^-1 with c^-1 = exp(-v)
+            with torch.no_grad():
+                inverse_correction = correction_field(-self.last_refinement.velocity,
+                                                      tuple(field.shape[2:]), settings.integration_steps)
+                self.last_velocity_inverse = compose(inverse_correction.cpu(), self.last_velocity_inverse)
+        return refined.cpu()
 
     def predict_prepared(self, pair: PreparedPair) -> np.ndarray:
         """The original-grid ``(H, W, D, 3)`` float32 field of a prepared pair."""
@@ -156,4 +220,5 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
     def describe(self) -> dict[str, Any]:
         """A short summary for logs and benchmark output."""
         return {"configuration": self.configuration_name, "folds": list(self.folds), "device": str(self.device),
-                "threads": torch.get_num_threads(), "channels_last": self.channels_last}
+                "threads": torch.get_num_threads(), "channels_last": self.channels_last,
+                "instance_optimization": self.instance_optimization.to_json() if self.configuration else None}

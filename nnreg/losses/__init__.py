@@ -1,5 +1,6 @@
 """Training losses: local NCC similarity, the gradient regulariser and deep-supervision weighting."""
 from nnreg.losses.deep_supervision import DeepSupervisedRegistrationLoss, LevelLoss, level_weights
+from nnreg.losses.inverse_consistency import inverse_consistency_loss, inverse_consistency_residuals
 from nnreg.losses.ncc import local_ncc, local_ncc_loss
 from nnreg.losses.regularization import gradient_l2
 
@@ -10,4 +11,6 @@ __all__ = [
     "level_weights",
     "LevelLoss",
     "DeepSupervisedRegistrationLoss",
+    "inverse_consistency_loss",
+    "inverse_consistency_residuals",
 ]

@@ -7,6 +7,7 @@ and ``model.divisor`` is the factor input shapes must be divisible by.
 from nnreg.networks.base import RegistrationNetwork
 from nnreg.networks.build import NETWORK_CLASSES, build_network, resolve_network_class
 from nnreg.networks.cascade import CascadeRegNet
+from nnreg.networks.co_attention import affordable_co_attention_levels
 from nnreg.networks.output import LevelOutput, RegistrationOutput
 from nnreg.networks.variants import (
     CPU_VARIANTS,
@@ -27,6 +28,7 @@ __all__ = [
     "RegistrationNetwork",
     "LevelOutput",
     "CascadeRegNet",
+    "affordable_co_attention_levels",
     "VoxelMorph",
     "default_architecture",
     "voxelmorph_architecture",

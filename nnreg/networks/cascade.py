@@ -5,11 +5,16 @@ estimated level, coarse to fine:
 
 1. upsample the coarser field ×2 (vectors ×2, cell-centred grids) → ``u_prev`` (zero at the coarsest level);
 2. warp the moving features by ``u_prev``;
-3. predict a velocity ``v`` from ``cat(f + m, f − m)`` (optionally bilateral-filtered, guided by the fixed image);
+3. predict a velocity ``v`` from ``cat(f + m, f − m)`` (``bilateral_on="velocity"``: bilateral-filtered here,
+   guided by the fixed image);
 4. ``phi_v = exp(v)`` by scaling and squaring (``integration_steps``; 0 = use ``v`` as a displacement);
 5. ``cascade="compose"``: ``u = v' + u_prev(x + v'(x))`` with ``v' = phi_v - id``, i.e. ``phi = phi_prev o phi_v``
    (the moving features were already pulled by ``phi_prev``, ``phi_v`` aligns that result to the fixed image);
-   a composition of diffeomorphisms stays diffeomorphic. ``cascade="add"``: ``u = u_prev + v'``, which can fold.
+   a composition of diffeomorphisms stays diffeomorphic. ``cascade="add"``: ``u = u_prev + v'``, which can fold;
+6. ``bilateral_on="field"`` (the paper's placement, "post-deformation field prediction"): the accumulated pull
+   field ``u`` of the filtered level(s) is bilateral-filtered, guided by the fixed image on that level's grid.
+   Filtering a field is a normalised local average of displacements (voxel units, pull convention kept); unlike
+   filtering the velocity it does not guarantee a diffeomorphism, so NDV is worth watching when it is on.
 
 ``skip_levels = s > 0`` is the CPU-friendly variant: the encoder and the cascade run on the inputs average-pooled
 by ``2**s`` (levels ``0 … s-1`` are not estimated) and the finest field is upsampled to the input grid.
@@ -33,6 +38,7 @@ from nnreg.utilities.errors import ConfigurationError
 
 CASCADES = ("compose", "add")
 BILATERAL_LEVELS = ("last", "all")
+BILATERAL_TARGETS = ("field", "velocity")
 
 
 class CascadeRegNet(RegistrationNetwork):
@@ -55,6 +61,8 @@ class CascadeRegNet(RegistrationNetwork):
         bilateral_levels: str = "last",
         bilateral_kernel_size: int = 5,
         skip_levels: int = 0,
+        bilateral_on: str = "field",
+        large_kernel_identity: bool = False,
     ) -> None:
         super().__init__()
         if n_levels < 1:
@@ -65,6 +73,10 @@ class CascadeRegNet(RegistrationNetwork):
             raise ConfigurationError(f"cascade must be one of {CASCADES}, got {cascade!r}")
         if bilateral_levels not in BILATERAL_LEVELS:
             raise ConfigurationError(f"bilateral_levels must be one of {BILATERAL_LEVELS}, got {bilateral_levels!r}")
+        if bilateral_on not in BILATERAL_TARGETS:
+            raise ConfigurationError(f"bilateral_on must be one of {BILATERAL_TARGETS}, got {bilateral_on!r}")
+        if large_kernel_identity and kernel_size == 3:
+            raise ConfigurationError("large_kernel_identity needs kernel_size >= 5 (it adds LK blocks with identity)")
         if kernel_size < 3 or kernel_size % 2 == 0:
             raise ConfigurationError(f"kernel_size must be odd and >= 3, got {kernel_size}")
         if integration_steps < 0:
@@ -72,8 +84,14 @@ class CascadeRegNet(RegistrationNetwork):
         flow_channels = flow_channels or 2 * base_channels
         estimated = list(range(skip_levels, n_levels))
         if co_attention:
-            co_levels = sorted({int(lv) for lv in (co_attention_levels or [n_levels - 1, n_levels - 2])})
-            co_levels = [lv for lv in co_levels if lv in estimated]
+            if co_attention_levels is None:  # default: the two coarsest levels that are estimated
+                co_levels = [lv for lv in (n_levels - 2, n_levels - 1) if lv in estimated]
+            else:
+                co_levels = sorted({int(lv) for lv in co_attention_levels})
+                outside = [lv for lv in co_levels if lv not in estimated]
+                if outside:
+                    raise ConfigurationError(f"co_attention_levels {outside} are not estimated levels "
+                                             f"({skip_levels}..{n_levels - 1})")
         else:
             co_levels = []
         self.config = {
@@ -90,10 +108,13 @@ class CascadeRegNet(RegistrationNetwork):
             "bilateral_levels": bilateral_levels,
             "bilateral_kernel_size": bilateral_kernel_size,
             "skip_levels": skip_levels,
+            "bilateral_on": bilateral_on,
+            "large_kernel_identity": large_kernel_identity,
         }
         self.n_levels, self.skip_levels, self.cascade = n_levels, skip_levels, cascade
         self.integration_steps = integration_steps
-        self.encoder = SharedEncoder(base_channels, kernel_size)
+        self.bilateral_on = bilateral_on
+        self.encoder = SharedEncoder(base_channels, kernel_size, large_kernel_identity=large_kernel_identity)
         self.heads = nn.ModuleDict(
             {str(lv): FlowHead(2 * base_channels, flow_channels, flow_mid_channels) for lv in estimated}
         )
@@ -143,7 +164,7 @@ class CascadeRegNet(RegistrationNetwork):
                 x = layer(x)
             v = x
             del x
-            if key in self.bilateral:
+            if key in self.bilateral and self.bilateral_on == "velocity":
                 v = self.bilateral[key](v, guides[level - self.skip_levels])
             phi = integrate_velocity(v, self.integration_steps)
             if u is None:
@@ -152,6 +173,8 @@ class CascadeRegNet(RegistrationNetwork):
                 u = compose(u, phi)
             else:
                 u = u + phi
+            if key in self.bilateral and self.bilateral_on == "field":
+                u = self.bilateral[key](u, guides[level - self.skip_levels])
             levels.append(LevelOutput(velocity=v, displacement=u, scale=2**level))
             del phi
         assert u is not None

@@ -10,9 +10,25 @@ so CA belongs at the coarse pyramid levels only (1/16 of 160×224×192 = 1680 po
 """
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+#: positions per level up to which CA is considered affordable: 1/16 and 1/8 of 160×224×192 have 1 680 and
+#: 13 440 (1.8e8 affinities per pair and direction); 1/4 has 107 520 (1.2e10), where the O(N²) attention would
+#: cost more than the rest of the network.
+AFFORDABLE_POSITIONS = 16384
+
+
+def affordable_co_attention_levels(shape: Sequence[int], n_levels: int, skip_levels: int = 0,
+                                   max_positions: int = AFFORDABLE_POSITIONS) -> list[int]:
+    """The estimated pyramid levels (0 = input resolution) of an input ``shape`` whose number of positions
+    ``prod(shape) / 8**level`` is at most ``max_positions``: the value for the plans key ``co_attention_levels``."""
+    voxels = math.prod(int(s) for s in shape)
+    return [lv for lv in range(skip_levels, n_levels) if voxels / 8**lv <= max_positions]
 
 
 class CoAttention(nn.Module):

@@ -3,6 +3,12 @@
 Three Conv → InstanceNorm → PReLU blocks of widths (sc, 2·sc, sc) at the input resolution, applied with the
 same weights to the moving and the fixed image; the pyramid is built by 2× average pooling (identical to
 trilinear ×0.5 with cell-centred grids, and cheaper).
+
+LK (``kernel_size`` K ≥ 5): by default every convolution *is* a large-kernel block (the paper: "we replace
+conventional convolutions ... with large kernel convolutions"); no block of (1 → sc, sc → 2sc, 2sc → sc) has equal
+input and output widths, so none gets LKU-Net's identity branch. ``large_kernel_identity=True`` uses LKU-Net's
+layout instead: each block is a 3³ conv that changes the width followed by a K³ + 3³ + 1³ + identity block at
+constant width (six blocks instead of three; the identity merges into the K³ kernel at inference).
 """
 from __future__ import annotations
 
@@ -16,12 +22,18 @@ from nnreg.networks.blocks import ConvNormAct
 class SharedEncoder(nn.Module):
     """Image (B, 1, ...) → features (B, sc, ...) at the same resolution."""
 
-    def __init__(self, base_channels: int = 32, kernel_size: int = 3, in_channels: int = 1) -> None:
+    def __init__(self, base_channels: int = 32, kernel_size: int = 3, in_channels: int = 1,
+                 large_kernel_identity: bool = False) -> None:
         super().__init__()
         widths = [in_channels, base_channels, 2 * base_channels, base_channels]
-        self.blocks = nn.ModuleList(
-            ConvNormAct(widths[i], widths[i + 1], kernel_size) for i in range(len(widths) - 1)
-        )
+        blocks: list[nn.Module] = []
+        for i in range(len(widths) - 1):
+            if large_kernel_identity and kernel_size > 3:
+                blocks += [ConvNormAct(widths[i], widths[i + 1], 3), ConvNormAct(widths[i + 1], widths[i + 1],
+                                                                                 kernel_size)]
+            else:
+                blocks.append(ConvNormAct(widths[i], widths[i + 1], kernel_size))
+        self.blocks = nn.ModuleList(blocks)
         self.out_channels = base_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

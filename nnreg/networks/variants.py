@@ -26,6 +26,8 @@ def default_architecture(n_levels: int = DEFAULT_LEVELS, **overrides: Any) -> di
         "bilateral_levels": "last",
         "bilateral_kernel_size": 5,
         "skip_levels": 0,
+        "bilateral_on": "field",
+        "large_kernel_identity": False,
     }
     unknown = set(overrides) - set(kwargs)
     if unknown:

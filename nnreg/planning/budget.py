@@ -35,6 +35,13 @@ def machine_ram_gb() -> float:
     return min(physical, limit) / 1e9 if limit else physical / 1e9
 
 
+def default_device() -> str:
+    """The device plans target when none is given: ``cuda`` only where a CUDA device is present."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def memory_budget_gb(device: str, gpu_memory_target: float | None, memory_target: float | None) -> float:
     """The budget in GB for ``device`` from the CLI flags (defaults documented in documentation/planner.md)."""
     if device == "cpu":

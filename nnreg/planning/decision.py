@@ -17,6 +17,12 @@ Rules (documentation/planner.md explains the reasoning):
    (``3d_halfres``) must register a pair in ≤ ``cpu_inference_seconds`` (default 15 s) on 2 cores, so a model
    trained on a GPU can still be run on a CPU in seconds. When nothing meets the targets, the smallest
    candidate that fits the memory is taken and the plan says so.
+   **CPU trade order** (``cpu_trade_order``, default :data:`DEFAULT_CPU_TRADE_ORDER`): ``width-first`` keeps the
+   output resolution of a configuration as long as it can: every tier goes down to width 8, and when even width 8
+   misses the time target the tier is kept anyway if its step needs at most ``cpu_max_slowdown`` (default
+   :data:`CPU_MAX_SLOWDOWN`) times the target — training steps are traded (fewer steps in the same wall time)
+   before resolution. ``resolution-first`` is the GPU order (width ≥ 16 before half resolution, no slowdown),
+   kept so the two orders can be compared at equal wall time (benchmarks/planner_ablation.py).
 5. A budget too small for the smallest network (last tier, width 8, 3³ kernels, batch 1) is a
    :class:`NnregError` naming the minimum budget it would need.
 
@@ -45,6 +51,9 @@ WIDTH_LADDER = (8, 12, 16, 24, 32, 36, 48, 64)
 MIN_WIDTH = 16                  # narrowest width before the next (coarser) tier is preferred
 KERNELS = (5, 3)                # LK when affordable, else plain 3³
 MAX_SKIP = 2                    # never estimate the field coarser than 1/4 of the input grid
+CPU_TRADE_ORDERS = ("width-first", "resolution-first")
+DEFAULT_CPU_TRADE_ORDER = "width-first"   # CPU: width (to 8), then training steps, then resolution
+CPU_MAX_SLOWDOWN = 8.0          # width-first: a tier is kept while its cheapest step is <= this x the time target
 MAX_BATCH = {"cuda": 4, "cpu": 1}
 USABLE_FRACTION = 0.9           # allocator reserve: CUDA caching-allocator fragmentation, glibc retention on CPU
 PROCESS_OVERHEAD_GB = {"cuda": 0.5, "cpu": 0.5}   # CUDA context / interpreter + libtorch, outside the tensors
@@ -79,15 +88,29 @@ def needed_budget_gb(estimate: MemoryEstimate, device: str) -> float:
     return estimate.training_peak_bytes / USABLE_FRACTION / 1e9 + PROCESS_OVERHEAD_GB.get(device, 0.5)
 
 
-def tiers(n_levels: int) -> list[list[Candidate]]:
-    """Candidates per resolution tier, richest first (see the module docstring, rule 2)."""
-    max_skip = min(MAX_SKIP, n_levels - 1)
+def tiers(n_levels: int, narrowest_everywhere: bool = False, max_skip: int = MAX_SKIP) -> list[list[Candidate]]:
+    """Candidates per resolution tier, richest first (see the module docstring, rule 2).
+
+    ``narrowest_everywhere`` (the CPU's width-first order) lets every tier go down to width 8, not only the last;
+    ``max_skip`` caps the skipped levels (``3d_fullres`` must stay finer than ``3d_halfres``).
+    """
+    max_skip = min(max_skip, MAX_SKIP, n_levels - 1)
     out = []
     for skip in range(max_skip + 1):
-        floor = WIDTH_LADDER[0] if skip == max_skip else MIN_WIDTH
+        floor = WIDTH_LADDER[0] if skip == max_skip or narrowest_everywhere else MIN_WIDTH
         widths = [w for w in reversed(WIDTH_LADDER) if w >= floor]
         out.append([Candidate(w, k, skip) for w in widths for k in KERNELS])
     return out
+
+
+def cpu_trade_order(settings: PlannerSettings) -> str:
+    """The CPU trade order of a planning run (``resolution-first`` is what every non-CPU device uses)."""
+    if settings.device != "cpu":
+        return "resolution-first"
+    order = str(settings.extra.get("cpu_trade_order") or DEFAULT_CPU_TRADE_ORDER)
+    if order not in CPU_TRADE_ORDERS:
+        raise NnregError(f"unknown CPU trade order {order!r} (choose {' or '.join(CPU_TRADE_ORDERS)})")
+    return order
 
 
 def architecture_for(candidate: Candidate, n_levels: int) -> dict[str, Any]:
@@ -123,48 +146,107 @@ class MemoryDrivenPlanner:
         threads = int(settings.extra.get("cpu_threads") or torch.get_num_threads())
         time_limit = float(settings.extra.get("cpu_seconds_per_pair", CPU_SECONDS_PER_PAIR))
         inference_limit = settings.extra.get("cpu_inference_seconds")
+        order = cpu_trade_order(settings)
+        width_first = order == "width-first"
+        slowdown = float(settings.extra.get("cpu_max_slowdown") or CPU_MAX_SLOWDOWN) if width_first else 1.0
+        max_skip = int(settings.extra.get("max_skip", MAX_SKIP))
+        candidate_tiers = tiers(n_levels, narrowest_everywhere=width_first, max_skip=max_skip)
+        smallest = candidate_tiers[-1][-1]
         tried: dict[Candidate, str] = {}
+        measured: dict[Candidate, tuple[bool, float, float]] = {}
 
-        def measure(c: Candidate) -> tuple[bool, bool]:
-            """(fits the memory, meets the CPU time target) of a candidate, logged in the notes."""
-            e = self.estimate(architecture_for(c, n_levels), shape, 1, device)
-            ok = e.training_peak_bytes <= usable
-            fast = device != "cpu" or cpu_seconds(e, threads) <= time_limit
-            if inference_limit is not None:
-                fast = fast and cpu_inference_seconds(e) <= inference_limit
-            tried[c] = (f"{c.describe()}: {e.training_peak_bytes / 1e9:.2f} GB"
-                        + (f", {cpu_seconds(e, threads):.1f} s/pair" if device == "cpu" else "")
-                        + (f", {cpu_inference_seconds(e):.1f} s CPU inference" if inference_limit else "")
-                        + ("" if ok and fast else " (too slow)" if ok else " (too large)"))
-            return ok, fast
+        def measure(c: Candidate) -> tuple[bool, float, float]:
+            """(fits the memory, CPU training s/pair, CPU inference s on 2 cores) of a candidate, noted once."""
+            if c not in measured:
+                e = self.estimate(architecture_for(c, n_levels), shape, 1, device)
+                measured[c] = (e.training_peak_bytes <= usable, cpu_seconds(e, threads), cpu_inference_seconds(e))
+                ok, train_s, infer_s = measured[c]
+                fast = device != "cpu" or train_s <= time_limit
+                fast = fast and (inference_limit is None or infer_s <= inference_limit)
+                tried[c] = (f"{c.describe()}: {e.training_peak_bytes / 1e9:.2f} GB"
+                            + (f", {train_s:.1f} s/pair" if device == "cpu" else "")
+                            + (f", {infer_s:.1f} s CPU inference" if inference_limit else "")
+                            + ("" if ok and fast else " (too slow)" if ok else " (too large)"))
+            return measured[c]
 
-        self._require_smallest_fits(n_levels, shape, usable, settings)
-        chosen = None
-        for tier in tiers(n_levels):
+        def meets(c: Candidate, train_factor: float = 1.0) -> bool:
+            ok, train_s, infer_s = measure(c)
+            return (ok and (device != "cpu" or train_s <= time_limit * train_factor)
+                    and (inference_limit is None or infer_s <= inference_limit))
+
+        self._require_smallest_fits(smallest, n_levels, shape, usable, settings)
+        chosen, why, given_up = None, "", []
+        for tier in candidate_tiers:
+            resolution = tier[0].describe().split(", ")[-1]
             first = _first_fitting(tier, lambda c: measure(c)[0])    # memory is monotone along the tier
-            if first is not None:
-                # time is not monotone (LK multiplies FLOPs by ~4), so scan on from the first that fits the memory
-                chosen = next((c for c in tier[tier.index(first):] if all(measure(c))), None)
+            if first is None:
+                given_up.append(f"{resolution} given up: even {tier[-1].describe()} exceeds the memory")
+                continue
+            # time is not monotone (LK multiplies FLOPs by ~4), so scan on from the first that fits the memory
+            start = tier.index(first)
+            chosen = next((c for c in tier[start:] if meets(c)), None)
             if chosen is not None:
+                why = self._why_met(chosen, tier, start, device, time_limit, inference_limit, measure)
                 break
+            cheapest = tier[-1]
+            if width_first and device == "cpu" and meets(cheapest, slowdown):
+                chosen = cheapest
+                why = (f"CPU width-first: kept {resolution} at width {cheapest.width}, whose step needs "
+                       f"{measure(cheapest)[1]:.1f} s per pair, above the {time_limit:g} s target: training steps "
+                       f"are traded ({measure(cheapest)[1] / time_limit:.1f}x fewer per minute, "
+                       + ("without limit" if math.isinf(slowdown) else f"within --cpu-max-slowdown {slowdown:g}")
+                       + ") before resolution")
+                break
+            cheapest_s = measure(cheapest)[1]
+            if device == "cpu" and cheapest_s > time_limit * slowdown:
+                limit = f"{slowdown:g} x {time_limit:g} s" if width_first else f"{time_limit:g} s"
+                given_up.append(f"{resolution} given up: even {cheapest.describe()} needs {cheapest_s:.1f} s per "
+                                f"training pair (> {limit})")
+            else:
+                given_up.append(f"{resolution} given up: no candidate meets the time targets")
         time_note = None
-        if chosen is None:   # the smallest fits the memory, so only the CPU time target failed
-            chosen = _smallest(n_levels)
+        if chosen is None:   # the smallest fits the memory, so only the time targets failed
+            chosen = smallest
             time_note = (f"no candidate meets the CPU time targets ({time_limit:g} s per training pair on {threads} "
                          f"threads{'' if device == 'cpu' else ', not applied on ' + device}; "
                          f"{inference_limit} s per registration on 2 cores); took the smallest network")
+            why = time_note
+        if given_up:
+            why = "; ".join(given_up) + "; so " + why
         batch, estimate = self._grow_batch(chosen, n_levels, shape, usable, device)
         notes = self._notes(architecture_for(chosen, n_levels), estimate, settings, usable, threads,
                             list(tried.values()), time_note)
+        notes["why"] = why
+        if device == "cpu":
+            notes["cpu_trade_order"] = order
         logger.info("planned %s at %s: %s, batch %d, %.2f GB predicted of %.2f GB usable", device, shape,
                     chosen.describe(), batch, estimate.training_peak_bytes / 1e9, usable / 1e9)
         return Decision(architecture=architecture_for(chosen, n_levels), batch_size=batch, divisor=divisor,
                         notes=notes)
 
-    def _require_smallest_fits(self, n_levels: int, shape: list[int], usable: float,
+    @staticmethod
+    def _why_met(chosen: Candidate, tier: list[Candidate], start: int, device: str, time_limit: float,
+                 inference_limit: float | None, measure: Callable[[Candidate], tuple[bool, float, float]]) -> str:
+        """Why ``chosen`` (the first of its tier to meet every target): what stopped the richer ones."""
+        index = tier.index(chosen)
+        if index == 0:
+            return f"{chosen.describe()}: the richest candidate; it fits the memory" + (
+                " and meets the time targets" if device == "cpu" or inference_limit is not None else "")
+        richer = tier[index - 1]
+        if index == start:
+            return f"{chosen.describe()}: the richest that fits the memory ({richer.describe()} is too large)"
+        _, train_s, infer_s = measure(richer)
+        costs = []
+        if device == "cpu" and train_s > time_limit:
+            costs.append(f"{train_s:.1f} s per training pair > {time_limit:g} s")
+        if inference_limit is not None and infer_s > inference_limit:
+            costs.append(f"{infer_s:.1f} s CPU inference on 2 cores > {inference_limit:g} s")
+        return (f"{chosen.describe()}: the richest that meets the time targets ({richer.describe()} needs "
+                f"{' and '.join(costs) or 'more time'})")
+
+    def _require_smallest_fits(self, smallest: Candidate, n_levels: int, shape: list[int], usable: float,
                                settings: PlannerSettings) -> None:
         """Rule 5, checked first: the one-line error with the budget the smallest network would need."""
-        smallest = _smallest(n_levels)
         e = self.estimate(architecture_for(smallest, n_levels), shape, 1, settings.device)
         if e.training_peak_bytes <= usable:
             return
@@ -218,11 +300,6 @@ class MemoryDrivenPlanner:
         if time_note:
             notes["time_target"] = time_note
         return notes
-
-
-def _smallest(n_levels: int) -> Candidate:
-    """The cheapest candidate: narrowest width, 3³ kernels, as many finest levels skipped as allowed."""
-    return tiers(n_levels)[-1][-1]
 
 
 def _first_fitting(ordered: list[Candidate], fits: Callable[[Candidate], bool]) -> Candidate | None:

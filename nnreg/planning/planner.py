@@ -4,6 +4,11 @@ The planner decides per configuration: target spacing (``3d_fullres`` = median s
 it), normalisation, the network box and then the architecture and batch size through a *decision function*
 ``decide(box_shape, settings) -> Decision``. The default decision uses fixed, shape-derived defaults; the
 memory-driven planner replaces only that function.
+
+``3d_fullres`` and ``3d_halfres`` are never the same network: when the decision gives ``3d_fullres`` the same
+width and kernel on the same output grid (spacing x 2**skip_levels) as ``3d_halfres`` — e.g. a CPU time target
+that made it skip its finest level — it is re-planned with its finer resolution kept and training steps traded
+for time without limit (``cpu_max_slowdown`` unlimited); only if memory forbids that do both stay, with a note.
 """
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from nnreg.planning.plans import ConfigurationPlan, Plans
+from nnreg.planning.plans import DEFAULT_INSTANCE_OPTIMIZATION, ConfigurationPlan, Plans
 from nnreg.planning.topology import cascade_depth, network_box
+from nnreg.utilities.errors import NnregError
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +95,7 @@ def plan_configuration(name: str, spacing_factor: float, fingerprint: dict[str, 
         batch_size=decision.batch_size,
         architecture=decision.architecture,
         notes=notes,
+        instance_optimization=dict(DEFAULT_INSTANCE_OPTIMIZATION),
     )
 
 
@@ -102,18 +109,57 @@ def settings_for(configuration: str, settings: PlannerSettings) -> PlannerSettin
     return replace(settings, extra=extra)
 
 
+def output_grid(cfg: ConfigurationPlan) -> tuple[Any, ...]:
+    """What makes two configurations the same network: the grid the field is estimated on (mm, after the
+    skipped levels), the network class, width and kernel size."""
+    kw = cfg.architecture.get("kwargs", {})
+    skip = int(kw.get("skip_levels", 0) or 0)
+    return (tuple(round(s * 2 ** skip, 6) for s in cfg.spacing), cfg.architecture.get("network_class"),
+            kw.get("base_channels"), kw.get("kernel_size"))
+
+
+def _keep_fullres_distinct(configs: dict[str, ConfigurationPlan], fingerprint: dict[str, Any],
+                           settings: PlannerSettings, decide: DecisionFunction) -> None:
+    """Re-plan ``3d_fullres`` finer when it came out as the same network as ``3d_halfres`` (module docstring)."""
+    full, half = configs.get("3d_fullres"), configs.get(CPU_DEPLOYMENT)
+    if full is None or half is None or output_grid(full) != output_grid(half):
+        return
+    skip = int(full.architecture.get("kwargs", {}).get("skip_levels", 0) or 0)
+    reason = (f"the first decision ({full.architecture['kwargs'].get('base_channels')} channels, skip {skip}) was "
+              f"the same network as {CPU_DEPLOYMENT}")
+    if skip == 0:
+        full.notes["same_network"] = reason + " and no finer resolution exists"
+        return
+    finer = settings_for("3d_fullres", settings)
+    finer = replace(finer, extra={**finer.extra, "max_skip": skip - 1, "cpu_max_slowdown": float("inf")})
+    try:
+        replanned = plan_configuration("3d_fullres", CONFIGURATIONS["3d_fullres"], fingerprint, finer,
+                                       settings.plans_name, decide)
+    except NnregError as exc:
+        full.notes["same_network"] = f"{reason}; a finer resolution does not fit ({exc})"
+        logger.warning("3d_fullres is the same network as %s: a finer one does not fit the memory", CPU_DEPLOYMENT)
+        return
+    replanned.notes["why"] = f"{reason}; re-planned keeping resolution: {replanned.notes.get('why', '')}"
+    configs["3d_fullres"] = replanned
+
+
 def plan_experiment(fingerprint: dict[str, Any], settings: PlannerSettings,
                     decide: DecisionFunction = fixed_default_decision) -> Plans:
     """Plans for every configuration of a dataset."""
     configs = {name: plan_configuration(name, f, fingerprint, settings_for(name, settings), settings.plans_name,
                                         decide)
                for name, f in CONFIGURATIONS.items()}
+    _keep_fullres_distinct(configs, fingerprint, settings, decide)
+    planner: dict[str, Any] = {"decision": getattr(decide, "__name__", str(decide)), "device": settings.device,
+                               "memory_target_gb": settings.memory_target_gb}
+    if settings.device == "cpu":
+        planner.update({k: v for k, v in settings.extra.items()
+                        if k in ("cpu_trade_order", "cpu_max_slowdown", "cpu_seconds_per_pair")})
     return Plans(
         dataset_name=fingerprint["dataset_name"],
         plans_name=settings.plans_name,
         original_median_spacing=fingerprint["median_spacing"],
         original_median_shape=fingerprint["median_shape"],
         configurations=configs,
-        planner={"decision": getattr(decide, "__name__", str(decide)), "device": settings.device,
-                 "memory_target_gb": settings.memory_target_gb},
+        planner=planner,
     )

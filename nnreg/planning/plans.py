@@ -16,6 +16,10 @@ from nnreg.utilities.errors import ConfigurationError
 from nnreg.utilities.files import read_json, write_json
 
 
+#: The refinement that new plans record (steps; the other keys take InstanceOptimization's defaults).
+DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 60, "fine_steps": 30}
+
+
 @dataclass
 class ConfigurationPlan:
     """Everything the trainer and predictor need to know about one configuration."""
@@ -31,6 +35,11 @@ class ConfigurationPlan:
     architecture: dict[str, Any]         # {"network_class": str, "kwargs": {...}}
     inherits_from: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    # test-time refinement read by the predictor (keys of nnreg.inference.instance_optimization.InstanceOptimization;
+    # None = not recorded = off); new plans record DEFAULT_INSTANCE_OPTIMIZATION
+    instance_optimization: dict[str, Any] | None = None
+    # symmetric, inverse-consistent training read by the trainer (nnreg.training.symmetric; None = off)
+    symmetric_training: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,7 +2,7 @@
 
 One row per configuration: input shape, spacing, cascade depth, channel width, kernel size, schemes, batch
 size, parameters, FLOPs of a training step, predicted peak memory of a training step and of inference, and
-the budget. Predictions come from the plan's notes; when the plan was edited by hand since (its architecture,
+the budget; under the rows, per configuration, why the planner chose it (the plan's ``notes["why"]``). Predictions come from the plan's notes; when the plan was edited by hand since (its architecture,
 shape or batch size no longer match what was predicted) they are recomputed for the edited plan.
 """
 from __future__ import annotations
@@ -64,7 +64,11 @@ def plans_table(plans: Plans, with_predictions: bool = True) -> str:
             f"{cfg.notes.get('budget_gb', budget) or '-'}",
         ]
         rows.append("".join(f"{str(v):<{width}}" for v, (_, width) in zip(values, COLUMNS)))
-        if cfg.notes.get("time_target"):
+        if cfg.notes.get("why"):
+            rows.append(f"  why ({name}): {cfg.notes['why']}")
+        if cfg.notes.get("same_network"):
+            rows.append(f"  note ({name}): {cfg.notes['same_network']}")
+        if cfg.notes.get("time_target") and cfg.notes["time_target"] not in cfg.notes.get("why", ""):
             rows.append(f"  note ({name}): {cfg.notes['time_target']}")
         if cfg.notes.get("grid"):
             rows.append(f"  note ({name}): {cfg.notes['grid']}")

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from scipy import ndimage
 
 
@@ -90,14 +91,10 @@ class GridMapping:
 
 
 def _crop_or_pad(array: np.ndarray, start: Any, shape: Any, mode: str) -> np.ndarray:
-    """``array[start : start + shape]`` per axis; indices outside are zero (``constant``) or edge values."""
-    src, dst, pads = [], [], []
-    for s, n, size in zip(start, shape, array.shape):
-        lo, hi = int(s), int(s) + int(n)
-        src.append(slice(max(lo, 0), min(hi, size)))
-        pads.append((max(0, -lo), max(0, hi - size)))
-        dst.append(None)
-    cut = array[tuple(src)]
-    if any(p != (0, 0) for p in pads):
-        cut = np.pad(cut, pads, mode=mode) if mode == "edge" else np.pad(cut, pads, mode="constant")
-    return np.ascontiguousarray(cut)
+    """``array[start : start + shape]`` per axis; indices outside are zero (``constant``) or edge values.
+
+    acvl-utils' ``crop_and_pad_nd`` (nnU-Net's helper; half-open boxes, ``np.pad`` for numpy arrays) does the work.
+    """
+    box = [[int(s), int(s) + int(n)] for s, n in zip(start, shape)]
+    return np.ascontiguousarray(crop_and_pad_nd(array, box, pad_value=0, pad_mode="edge" if mode == "edge"
+                                                else "constant"))

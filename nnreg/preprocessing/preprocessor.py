@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -104,5 +103,6 @@ def preprocess_dataset(dataset: Learn2RegDataset, config: ConfigurationPlan, out
         logger.info("%s: all %d cases already preprocessed", out_folder.name, len(dataset.training))
     else:
         map_with_progress(partial(_run_case, config=config, out_folder=str(out_folder), signature=signature),
-                          jobs, num_processes, desc=f"preprocess {out_folder.name}")
+                          jobs, num_processes, desc=f"preprocess {out_folder.name}",
+                          label=lambda job: f"case {job.case_id} ({job.image})")
     return [e.case_id for e in dataset.training]

@@ -19,6 +19,7 @@ Conventions (binding for the whole package):
 """
 from nnreg.spatial.fields import compose, integrate_velocity, resize_field, upsample_field
 from nnreg.spatial.grid import clear_grid_cache, identity_grid, sampling_grid
+from nnreg.spatial.inverse import InverseConsistency, cascade_inverse, inverse_consistency, invert_displacement
 from nnreg.spatial.jacobian import jacobian_determinant
 from nnreg.spatial.warp import warp
 
@@ -32,4 +33,8 @@ __all__ = [
     "identity_grid",
     "sampling_grid",
     "clear_grid_cache",
+    "invert_displacement",
+    "cascade_inverse",
+    "inverse_consistency",
+    "InverseConsistency",
 ]

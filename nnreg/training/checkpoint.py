@@ -5,7 +5,13 @@ Format (the predictor reads ``network_weights``, ``trainer_name`` and ``init_arg
     {"format_version": 1, "network_weights": state_dict (no DDP/compile prefixes), "optimizer_state",
      "grad_scaler_state" (or None), "current_epoch", "logging": {...}, "best_metric", "trainer_name",
      "init_args": {"dataset_name", "plans_name", "configuration", "fold", "hyperparameters"},
-     "rng_state": {"torch", "numpy", "python", "cuda", "sampler_position"}}
+     "rng_state": {"torch", "numpy", "python", "cuda", "sampler_position"},
+     "plans_configuration": the resolved plans entry of the configuration it was trained with,
+     "architecture": {"network_class", "kwargs"} of the network whose weights it holds}
+
+The last two make a checkpoint self-describing: after re-planning a model folder, the predictor still builds each
+fold's own network and preprocessing from its checkpoint (:func:`plans_entries`); checkpoints of older nnreg
+versions lack them and fall back to the model folder's ``plans.json``.
 
 Everything in it is a tensor, number, string, list, dict or None, so ``torch.load(weights_only=True)`` reads it.
 The file is written under a temporary name and renamed, so a process killed at any moment leaves the previous
@@ -13,6 +19,7 @@ checkpoint intact.
 """
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,12 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 key = key[len(prefix):]
         out[key] = value.detach().cpu()
     return out
+
+
+def plans_entries(configuration: Any) -> dict[str, Any]:
+    """``{"plans_configuration", "architecture"}`` of a :class:`ConfigurationPlan`, as JSON-able copies."""
+    entry = copy.deepcopy(configuration.to_json())
+    return {"plans_configuration": entry, "architecture": copy.deepcopy(entry["architecture"])}
 
 
 def capture_rng_state(sampler_position: int) -> dict[str, Any]:

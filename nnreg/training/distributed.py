@@ -71,7 +71,9 @@ def initialize(context: DistributedContext, device: torch.device) -> None:
         dist.init_process_group(backend_for(device), rank=context.rank, world_size=context.world_size)
     if device.type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+        from nnreg.utilities.cpus import usable_cpus
+
+        torch.set_num_threads(max(1, usable_cpus() // max(1, local)))
 
 
 def shutdown() -> None:

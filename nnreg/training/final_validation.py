@@ -127,7 +127,8 @@ def evaluate_pairs(predictor: nnRegPredictor, pairs: list[tuple[RawCase, RawCase
 def run_final_validation(model_folder: Path, fold: str, data_folder: Path, held_out: list[str], fold_note: str,
                          device: str, max_pairs: int, checkpoint_name: str = "checkpoint_final.pth") -> dict[str, Any]:
     """Validate ``fold`` of ``model_folder`` and write ``fold_<fold>/validation/summary.json``; returns it."""
-    predictor = nnRegPredictor(device=device).initialize_from_trained_model_folder(
+    # the network itself is validated: no test-time refinement (instance_optimization=0)
+    predictor = nnRegPredictor(device=device, instance_optimization=0).initialize_from_trained_model_folder(
         model_folder, use_folds=(fold,), checkpoint_name=checkpoint_name)
     cases = fold_cases(data_folder, held_out)
     by_name = {c.name: c for c in cases}
@@ -139,11 +140,35 @@ def run_final_validation(model_folder: Path, fold: str, data_folder: Path, held_
     if extra:
         logger.info("final validation: %d validation pair(s) of dataset.json (held out from training)", len(extra))
         summary["dataset_validation"] = evaluate_pairs(predictor, extra, "dataset.json validation")
+    for key in ("fold_pairs", "dataset_validation"):
+        if key in summary:
+            summary[key]["warnings"] = worse_than_zero_displacement(summary[key]["mean"])
     write_json(summary, model_folder / f"fold_{fold}" / "validation" / "summary.json")
     for key in ("fold_pairs", "dataset_validation"):
         if key in summary:
             logger.info("final validation (%s): %s", key, _describe(summary[key]["mean"]))
+            for warning in summary[key]["warnings"]:
+                logger.warning("final validation (%s): %s", key, warning)
     return summary
+
+
+# metric -> True when higher is better
+_DIRECTION = {"dice": True, "hd95": False, "tre": False}
+
+
+def worse_than_zero_displacement(mean: dict[str, float | None]) -> list[str]:
+    """One warning per accuracy metric whose mean is worse than the zero field's on the same pairs.
+
+    A registration that is worse than not registering at all has failed, whatever its training loss says."""
+    warnings = []
+    for key, higher_is_better in _DIRECTION.items():
+        value, zero = mean.get(key), mean.get(f"{key}_zero_displacement")
+        if value is None or zero is None:
+            continue
+        if (value < zero) if higher_is_better else (value > zero):
+            warnings.append(f"{key} {value:.4f} is worse than zero displacement ({zero:.4f}): the trained network "
+                            f"does not register these pairs")
+    return warnings
 
 
 def _describe(mean: dict[str, float | None]) -> str:

@@ -25,7 +25,8 @@ class TrainingHyperparameters:
     lambda_reg: float = 6.0
     ncc_window: int = 9
     deep_supervision: bool = True
-    augmentation: bool = True
+    augmentation: bool = True             # intensity augmentation of each image
+    spatial_augmentation: bool = False    # affine + elastic per image, flips / axis swaps per pair (augmentation.py); off until measured
     val_pairs: int = 8                    # pairs validated at the end of every epoch (preprocessed grid)
     final_validation: bool = True         # run the full-size final validation at the end of training
     final_val_max_pairs: int = 200        # cap on the ordered held-out pairs of the final validation (0 = all)
@@ -36,6 +37,8 @@ class TrainingHyperparameters:
     deterministic: bool = False
     compile: bool = False
     num_workers: int | None = None        # None: min(4, CPU cores // processes) ; 0: load in the main process
+    time_budget_minutes: float | None = None   # fit epochs x iterations to this wall time (nnreg.training.budget)
+    pretrained_weights: str | None = None      # fine-tune: start from these weights (nnreg.training.pretrained)
 
     def __post_init__(self) -> None:
         checks = [
@@ -48,6 +51,7 @@ class TrainingHyperparameters:
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (0.0 <= self.ema_alpha < 1.0, "ema_alpha must be in [0, 1)"),
             (self.num_workers is None or self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.time_budget_minutes is None or self.time_budget_minutes > 0, "time_budget_minutes must be > 0"),
         ]
         for ok, message in checks:
             if not ok:

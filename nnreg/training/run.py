@@ -19,6 +19,7 @@ from nnreg.training import distributed
 from nnreg.training.checkpoint import load_checkpoint
 from nnreg.training.find_trainer import find_trainer
 from nnreg.training.hyperparameters import TrainingHyperparameters
+from nnreg.training.presets import preset_overrides
 from nnreg.training.workspace import TrainingWorkspace
 from nnreg.utilities.errors import ConfigurationError, NnregError
 from nnreg.utilities.logging import configure_logging
@@ -67,7 +68,13 @@ def _checkpoint_to_continue(workspace: TrainingWorkspace) -> Path:
 def _hyperparameters(overrides: dict[str, Any], checkpoint: Path | None) -> TrainingHyperparameters:
     if checkpoint is None:
         return TrainingHyperparameters().with_overrides(overrides)
-    saved = TrainingHyperparameters.from_json(load_checkpoint(checkpoint)["init_args"].get("hyperparameters", {}))
+    state = load_checkpoint(checkpoint)
+    saved = TrainingHyperparameters.from_json(state["init_args"].get("hyperparameters", {}))
+    trained = int(state.get("current_epoch", 0))
+    epochs = overrides.get("epochs", saved.epochs)
+    if epochs < trained:
+        raise ConfigurationError(f"--epochs {epochs} is less than the {trained} epochs already trained; continue "
+                                 f"with --epochs {trained} or more (or train from scratch without --c)", checkpoint)
     for key, value in overrides.items():
         if getattr(saved, key) != value:
             logger.warning("continuing with %s = %s (the checkpoint was trained with %s)", key, value,
@@ -78,8 +85,12 @@ def _hyperparameters(overrides: dict[str, Any], checkpoint: Path | None) -> Trai
 def prepare_job(dataset: str, fold: str | int, configuration: str = "3d_fullres", plans: str = "nnRegPlans",
                 trainer: str = "nnRegTrainer", device: str | None = None, continue_training: bool = False,
                 validation_only: bool = False, overrides: dict[str, Any] | None = None,
-                preprocessed: str | Path | None = None, results: str | Path | None = None) -> TrainingJob:
-    """Check every input and return the job description (no process is started)."""
+                preprocessed: str | Path | None = None, results: str | Path | None = None,
+                preset: str | None = None, world_size: int = 1) -> TrainingJob:
+    """Check every input and return the job description (no process is started).
+
+    ``preset`` (``nnreg.training.presets``) sets a named schedule for ``world_size`` processes; explicit
+    ``overrides`` win over it."""
     pre_root = preprocessed_folder(preprocessed)
     try:
         name = resolve_dataset_name(dataset, pre_root)
@@ -101,7 +112,11 @@ def prepare_job(dataset: str, fold: str | int, configuration: str = "3d_fullres"
     elif (workspace.fold_folder / "checkpoint_latest.pth").is_file():
         logger.warning("%s already has checkpoints; training from scratch overwrites them (use --c to continue)",
                        workspace.fold_folder)
-    return TrainingJob(workspace, trainer, _hyperparameters(dict(overrides or {}), checkpoint), str(torch_device),
+    overrides = dict(overrides or {})
+    if preset is not None:
+        batch = workspace.plans.configuration(configuration).batch_size
+        overrides = {**preset_overrides(preset, len(workspace.train_cases), batch, world_size), **overrides}
+    return TrainingJob(workspace, trainer, _hyperparameters(overrides, checkpoint), str(torch_device),
                        checkpoint, validation_only)
 
 
@@ -130,14 +145,17 @@ def execute_job(job: TrainingJob) -> None:
 def run_training(dataset: str, fold: str | int, configuration: str = "3d_fullres", plans: str = "nnRegPlans",
                  trainer: str = "nnRegTrainer", device: str | None = None, continue_training: bool = False,
                  validation_only: bool = False, num_gpus: int = 1, overrides: dict[str, Any] | None = None,
-                 preprocessed: str | Path | None = None, results: str | Path | None = None) -> Path:
+                 preprocessed: str | Path | None = None, results: str | Path | None = None,
+                 preset: str | None = None) -> Path:
     """Train (or with ``validation_only`` only validate) one fold; returns the fold's results folder.
 
     ``num_gpus`` > 1 starts that many DDP processes (on the CPU: gloo processes sharing the cores); under
     ``torchrun`` the processes already exist and ``num_gpus`` is ignored.
     """
+    context = distributed.context_from_environment()
+    world_size = context.world_size if context is not None else num_gpus
     job = prepare_job(dataset, fold, configuration, plans, trainer, device, continue_training, validation_only,
-                      overrides, preprocessed, results)
+                      overrides, preprocessed, results, preset=preset, world_size=world_size)
     if num_gpus < 1:
         raise ConfigurationError("--num-gpus must be >= 1")
     if distributed.context_from_environment() is not None or num_gpus == 1 or validation_only:

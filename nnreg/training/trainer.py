@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,18 +26,22 @@ from nnreg.evaluation import evaluate_pair
 from nnreg.losses import DeepSupervisedRegistrationLoss, local_ncc_loss
 from nnreg.planning.plans import Plans
 from nnreg.spatial import warp
-from nnreg.training.checkpoint import (capture_rng_state, clean_state_dict, load_checkpoint, restore_rng_state,
-                                       save_checkpoint)
+from nnreg.training.budget import fit_trainer_schedule
+from nnreg.training.checkpoint import (capture_rng_state, clean_state_dict, load_checkpoint, plans_entries,
+                                       restore_rng_state, save_checkpoint)
 from nnreg.training.data import PairDataset, PairLoader, PairSampler, default_num_workers
 from nnreg.training.distributed import DistributedContext, all_gather_objects, barrier, mean_over_ranks
 from nnreg.training.final_validation import run_final_validation
+from nnreg.training.guard import DivergenceGuard
 from nnreg.training.hyperparameters import TrainingHyperparameters
 from nnreg.training.logger import TrainingLog
 from nnreg.training.progress import plot_progress
 from nnreg.training.schedule import poly_lr, set_lr
+from nnreg.training.symmetric import SymmetricTraining
 from nnreg.training.validation import ValidationSet, mean_metrics
 from nnreg.training.workspace import TrainingWorkspace
 from nnreg.utilities.files import write_json
+from nnreg.utilities.progress_bars import progress_bar_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         self.log = TrainingLog()
         self.loss = DeepSupervisedRegistrationLoss(self.hp.lambda_ncc, self.hp.lambda_reg, self.hp.ncc_window,
                                                    self.hp.deep_supervision)
+        self.symmetric = SymmetricTraining.from_plans(getattr(self.configuration, "symmetric_training", None))
         self.network: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.loader: PairLoader | None = None
@@ -64,6 +70,9 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         self._epoch_start = 0.0
         self._train_outputs: list[dict[str, float]] = []
         self._log_file: logging.Handler | None = None
+        self.guard = DivergenceGuard()
+        self.budget_clock = time.monotonic()      # --time-budget counts from here (nnreg.training.budget)
+        self._budget_fitted = False
 
     # -- construction ------------------------------------------------------------------------------------
     @staticmethod
@@ -118,16 +127,23 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             logging.getLogger("nnreg").addHandler(handler)
             self._log_file = handler
+        if self.hp.pretrained_weights and self.current_epoch == 0:   # not when continuing from a checkpoint
+            from nnreg.training.pretrained import load_pretrained_weights
+
+            load_pretrained_weights(self.module, self.hp.pretrained_weights)
         logger.info(self.workspace.describe_split())
         num_workers = self.hp.num_workers if self.hp.num_workers is not None else \
             default_num_workers(self.device, self.context.world_size)
         sampler = PairSampler(self.workspace.train_cases, self.hp.seed, self.context.rank)
-        dataset = PairDataset(self.workspace.data_folder, sampler, augment=self.hp.augmentation)
+        dataset = PairDataset(self.workspace.data_folder, sampler, augment=self.hp.augmentation,
+                              spatial=self.hp.spatial_augmentation)
         batch = self.configuration.batch_size
-        total = self.hp.epochs * self.hp.iterations_per_epoch * batch
-        self.loader = PairLoader(dataset, batch, self.sample_position, max(0, total - self.sample_position),
-                                 num_workers, self.device)
+        # open-ended from the resume position: the trainer decides when to stop, so a run continued with other
+        # --epochs / --iterations-per-epoch never runs out of samples
+        self.loader = PairLoader(dataset, batch, self.sample_position, None, num_workers, self.device)
         self.validation = ValidationSet(self.workspace.data_folder, self.workspace.val_cases, self.hp.val_pairs)
+        self.measure_zero_displacement()
+        self.guard.remember(self.current_epoch - 1, self.module, self.optimizer)
         if self.context.is_main:
             write_json(self.debug_info(num_workers), self.workspace.fold_folder / "debug.json")
         logger.info("training %s fold %s on %s: %d epochs x %d iterations, batch %d per process x %d process(es), "
@@ -136,23 +152,84 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
 
     def on_epoch_start(self) -> None:
         self.network.train()
-        lr = poly_lr(self.hp.lr, self.current_epoch, self.hp.epochs, self.hp.poly_exponent)
+        lr = poly_lr(self.hp.lr, self.current_epoch, self.hp.epochs, self.hp.poly_exponent) * self.guard.lr_multiplier
         set_lr(self.optimizer, lr)
         self.log.log("lr", lr, self.current_epoch)
         self._epoch_start = time.time()
         self._train_outputs = []
+        self.fit_time_budget()
+
+    def fit_time_budget(self) -> None:
+        """With ``hp.time_budget_minutes``: once per process, at its first epoch, choose epochs x iterations from
+        measured step and validation times (:func:`nnreg.training.budget.fit_trainer_schedule`; it may take the
+        first training steps of the epoch) and log the choice."""
+        if not self.hp.time_budget_minutes or self._budget_fitted:
+            return
+        self._budget_fitted = True
+        schedule = fit_trainer_schedule(self)
+        self.hp = replace(self.hp, epochs=schedule.epochs, iterations_per_epoch=schedule.iterations_per_epoch)
+        logger.info(schedule.describe())
+        if self.current_epoch > 0:      # continued: the decay follows the new number of epochs from this one on
+            lr = poly_lr(self.hp.lr, self.current_epoch, self.hp.epochs, self.hp.poly_exponent)
+            set_lr(self.optimizer, lr * self.guard.lr_multiplier)
+            self.log.log("lr", lr * self.guard.lr_multiplier, self.current_epoch)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One optimisation step on a batch of pairs; returns the loss terms for logging."""
+        """One optimisation step on a batch of pairs; returns the loss terms for logging.
+
+        The divergence guard sees the loss and the gradient norm before the step is applied: a non-finite or
+        spiking step is skipped (on every rank alike) and not logged into the epoch means."""
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            output = self.network(batch["moving"], batch["fixed"])
-        loss, parts = self.loss(batch["moving"], batch["fixed"], output)
+        if self.symmetric is not None:      # both directions + inverse consistency (plans: symmetric_training)
+            loss, parts = self.symmetric.step_loss(self.network, self.loss, batch["moving"], batch["fixed"],
+                                                   self._autocast)
+        else:
+            with self._autocast():
+                output = self.network(batch["moving"], batch["fixed"])
+            loss, parts = self.loss(batch["moving"], batch["fixed"], output)
         loss.backward()
-        if self.hp.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.hp.grad_clip_norm)
+        max_norm = self.hp.grad_clip_norm if self.hp.grad_clip_norm else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.network.parameters(), max_norm))
+        loss_value = float(loss.detach())
+        problem = self.guard.step_problem(loss_value, grad_norm)
+        if self.context.enabled:      # one collective decision, so the replicas never diverge
+            if mean_over_ranks(1.0 if problem else 0.0, self.context, self.device) > 0 and not problem:
+                problem = "a non-finite or spiking loss on another process"
+        verdict = self.guard.check_step(loss_value, grad_norm, problem)
+        if not verdict.apply:
+            self.optimizer.zero_grad(set_to_none=True)
+            if verdict.restore:
+                self.guard.restore(self.module, self.optimizer, f"{self.guard.consecutive_skips} steps in a row "
+                                   f"skipped ({verdict.reason})")
+                self._apply_lr()
+            return {"skipped": 1.0}
         self.optimizer.step()
-        return {"loss": float(loss.detach()), **parts}
+        return {"loss": loss_value, **parts}
+
+    def _apply_lr(self) -> None:
+        lr = poly_lr(self.hp.lr, self.current_epoch, self.hp.epochs, self.hp.poly_exponent) * self.guard.lr_multiplier
+        set_lr(self.optimizer, lr)
+
+    def measure_zero_displacement(self) -> None:
+        """NCC of the epoch-validation pairs without any registration: the floor the guard compares with."""
+        if self.guard.zero_displacement_ncc is not None or not self.validation.pairs:
+            return
+        values = []
+        for fixed_id, moving_id in self.validation.share(self.context.rank, self.context.world_size):
+            fixed_case, moving_case = self.validation.cases[fixed_id], self.validation.cases[moving_id]
+            fixed = torch.from_numpy(fixed_case.image)[None, None]
+            moving = torch.from_numpy(moving_case.image)[None, None]
+            row = {"ncc": -float(local_ncc_loss(fixed, moving, self.hp.ncc_window))}
+            if fixed_case.seg is not None and moving_case.seg is not None:
+                row.update(evaluate_pair(np.zeros((*fixed_case.image.shape, 3), np.float32), metrics=["dice"],
+                                         fixed_labels=fixed_case.seg, moving_labels=moving_case.seg))
+            values.append(row)
+        gathered = [r for rank_rows in all_gather_objects(values, self.context) for r in rank_rows]
+        zero = mean_metrics(gathered)
+        self.guard.zero_displacement_ncc = zero.get("ncc")
+        logger.info("zero-displacement validation: NCC %.4f%s (the divergence guard's floor is %.0f%% of that NCC)",
+                    zero.get("ncc") or 0.0, f", Dice {zero['dice']:.4f}" if zero.get("dice") is not None else "",
+                    100 * self.guard.settings.collapse_fraction)
 
     def validation_step(self, fixed_id: str, moving_id: str) -> dict[str, float]:
         """Metrics of one held-out pair on the preprocessed grid: loss, NCC, Dice (labels) and NDV %."""
@@ -182,7 +259,13 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
     def on_epoch_end(self, val: dict[str, float | None]) -> None:
         """Log the epoch, update curves and moving average, write checkpoints and progress.png."""
         epoch = self.current_epoch
-        train = mean_metrics(self._train_outputs)
+        train = mean_metrics([o for o in self._train_outputs if "loss" in o])
+        if self.guard.validation_collapsed(val.get("ncc")):
+            self.guard.restore(self.module, self.optimizer, f"validation NCC {val.get('ncc'):.4f} fell below "
+                               f"{self.guard.settings.collapse_fraction:.0%} of the zero-displacement NCC "
+                               f"{self.guard.zero_displacement_ncc:.4f} after epoch {epoch + 1}")
+        else:
+            self.guard.remember(epoch, self.module, self.optimizer)
         for key, name in (("loss", "train_loss"), ("ncc", "train_ncc"), ("reg", "train_reg")):
             self.log.log(name, mean_over_ranks(train.get(key) or 0.0, self.context, self.device), epoch)
         self.log.log("val_loss", val.get("loss"), epoch)
@@ -225,11 +308,12 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         while self.current_epoch < self.hp.epochs:
             self.on_epoch_start()
             bar = tqdm(range(self.hp.iterations_per_epoch), desc=f"epoch {self.current_epoch + 1}", leave=False,
-                       disable=not self.context.is_main, mininterval=2.0)
+                       disable=True if not self.context.is_main else progress_bar_disabled(), mininterval=2.0)
             for _ in bar:
                 self._train_outputs.append(self.train_step(self.loader.next_batch()))
                 self.sample_position = self.loader.position
-                bar.set_postfix(loss=f"{self._train_outputs[-1]['loss']:.4f}", refresh=False)
+                if "loss" in self._train_outputs[-1]:
+                    bar.set_postfix(loss=f"{self._train_outputs[-1]['loss']:.4f}", refresh=False)
             bar.close()
             self.on_epoch_end(self.run_validation())
         self.on_train_end()
@@ -256,6 +340,8 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
             "trainer_name": type(self).__name__,
             "init_args": self.workspace.init_args(self.hp.to_json()),
             "rng_state": capture_rng_state(self.sample_position),
+            "guard": self.guard.to_json(),
+            **plans_entries(self.configuration),   # the checkpoint describes its own network and preprocessing
         }
 
     def save_checkpoint(self, path: Path) -> None:
@@ -273,6 +359,7 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         self.log = TrainingLog.from_json(checkpoint["logging"])
         self.log.truncate(self.current_epoch)
         self.best_metric = checkpoint.get("best_metric")
+        self.guard.load_json(checkpoint.get("guard"))
         rng = checkpoint.get("rng_state") or {}
         if rng:
             restore_rng_state(rng)

@@ -3,6 +3,10 @@
 Results: ``<nnReg_results>/<Dataset>/<Trainer>__<Plans>__<configuration>/`` with copies of ``plans.json``,
 ``dataset.json`` and ``dataset_fingerprint.json`` (the folder alone suffices for inference) and ``fold_<X>/``.
 Fold ``all`` trains on every image and validates on a few of them (not held out; the log says so).
+
+The model folder's ``plans.json`` is what its other folds were trained with: a training start never replaces it
+with different plans (e.g. after ``nnreg_plan_and_preprocess --overwrite-plans`` under the same plans name) while
+another fold has checkpoints; it stops with one line naming those folds and how to proceed.
 """
 from __future__ import annotations
 
@@ -20,6 +24,13 @@ FOLD_ALL_VALIDATION_IMAGES = 4
 
 def model_folder_name(trainer: str, plans: str, configuration: str) -> str:
     return f"{trainer}__{plans}__{configuration}"
+
+
+def _comparable(config: Any) -> dict[str, Any]:
+    """A configuration entry without its free-form ``notes`` (what training and inference depend on)."""
+    entry = dict(config.to_json())
+    entry.pop("notes", None)
+    return entry
 
 
 @dataclass
@@ -64,8 +75,10 @@ class TrainingWorkspace:
             raise ConfigurationError(f"case {missing[0]} of the split is not preprocessed ({hint})", data_folder)
         if len(train) < 2:
             raise ConfigurationError(f"fold {fold} has {len(train)} training image(s); pairs need at least 2")
-        return cls(dataset_name, preprocessed_dataset, results_dataset, plans, configuration, fold, trainer_name,
-                   train, val)
+        workspace = cls(dataset_name, preprocessed_dataset, results_dataset, plans, configuration, fold,
+                        trainer_name, train, val)
+        workspace.check_model_folder_plans()
+        return workspace
 
     @property
     def data_folder(self) -> Path:
@@ -79,8 +92,46 @@ class TrainingWorkspace:
     def fold_folder(self) -> Path:
         return self.model_folder / f"fold_{self.fold}"
 
+    def other_trained_folds(self) -> list[str]:
+        """Folds of the model folder other than this one that have a checkpoint, numeric first."""
+        folds = []
+        for sub in self.model_folder.glob("fold_*") if self.model_folder.is_dir() else []:
+            name = sub.name[len("fold_"):]
+            if name != self.fold and sub.is_dir() and any(sub.glob("checkpoint_*.pth")):
+                folds.append(name)
+        return sorted(folds, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
+
+    def check_model_folder_plans(self) -> None:
+        """One-line error if the model folder's plans.json differs (for this configuration) from the plans being
+        trained with while other folds were trained with it: replacing it would orphan those folds."""
+        existing = self.model_folder / "plans.json"
+        if not existing.is_file():
+            return
+        new = _comparable(self.plans.configuration(self.configuration))
+        try:
+            old = _comparable(Plans.load(existing).configuration(self.configuration))
+        except ConfigurationError:
+            old = None
+        if old == new:
+            return
+        folds = self.other_trained_folds()
+        if not folds:
+            return
+        keys = sorted(k for k in new if old is None or old.get(k) != new[k])
+        named = ", ".join(folds)
+        moved = " ".join(f"fold_{f}" for f in folds)
+        raise ConfigurationError(
+            f"fold(s) {named} of this model folder were trained with other {self.plans.plans_name} plans for "
+            f"{self.configuration} than {self.plans.plans_name}.json now holds (re-planned? differing: "
+            f"{', '.join(keys) or 'unreadable plans.json'}); training fold {self.fold} would replace the plans they "
+            f"need. Plan under a new name and train with it (nnreg_plan_and_preprocess -d {self.dataset_name} -p "
+            f"NEWNAME, then nnreg_train {self.dataset_name} {self.fold} -p NEWNAME), or move {moved} out of this "
+            f"folder to retrain every fold with the new plans", existing)
+
     def prepare_output(self) -> None:
-        """Create the fold folder and copy plans, dataset.json and fingerprint into the model folder."""
+        """Create the fold folder and copy plans, dataset.json and fingerprint into the model folder (the plans
+        only where :meth:`check_model_folder_plans` allows)."""
+        self.check_model_folder_plans()
         self.fold_folder.mkdir(parents=True, exist_ok=True)
         copies = {"plans.json": self.preprocessed_dataset / f"{self.plans.plans_name}.json",
                   "dataset.json": self.preprocessed_dataset / "dataset.json",

@@ -24,6 +24,9 @@ COMMANDS = {
     "nnreg_predict": "nnreg.cli.predict",
     "nnreg_evaluate": "nnreg.cli.evaluate",
     "nnreg_example": "nnreg.cli.example",
+    "nnreg_apply": "nnreg.cli.apply",
+    "nnreg_export_model_to_zip": "nnreg.cli.export_model",
+    "nnreg_install_pretrained_model_from_zip": "nnreg.cli.install_model",
 }
 _FENCE = re.compile(r"```(?:bash|sh|shell|console)\n(.*?)```", re.S)
 _SIMPLE_TYPES = (click.types.IntParamType, click.types.FloatParamType, click.Choice, click.types.BoolParamType)

@@ -6,6 +6,7 @@ tests can push a known field through the whole predictor and export path and com
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from click.testing import CliRunner, Result
 
 from nnreg.networks import RegistrationOutput, build_network
 from nnreg.planning.plans import Plans
@@ -88,3 +90,20 @@ def smooth_field(shape: tuple[int, int, int], amplitude: float = 2.0, seed: int 
         comps.append(amplitude * np.sin(np.pi * grids[0] + phase[0]) * np.cos(np.pi * grids[1] + phase[1])
                      * np.sin(np.pi * grids[2] + phase[2]))
     return np.stack(comps, axis=-1).astype(np.float32)
+
+
+def invoke_cli(command: object, *args: object) -> Result:
+    """Run a click command as a user would (without nnreg's console handler, so stderr holds only the error)."""
+    logger = logging.getLogger("nnreg")
+    for handler in [h for h in logger.handlers if getattr(h, "_nnreg_console", False)]:
+        logger.removeHandler(handler)
+    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result: Result, *fragments: str) -> None:
+    """The command failed with exit code 2 and one ``nnreg: error:`` line holding every fragment."""
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("nnreg: error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in line, line

@@ -25,7 +25,7 @@ def _run(*args: str):
 
 def test_table_budgets_and_hand_edits(raw_tiny: Path, nnreg_env: dict[str, Path]) -> None:
     out = nnreg_env["preprocessed"] / "Dataset901_Tiny"
-    result = _run("--gpu-memory-target", "80")
+    result = _run("--device", "cuda", "--gpu-memory-target", "80")
     assert result.exit_code == 0, result.output
     for column in ("shape", "width", "batch", "params", "TFLOP/step", "train GB", "infer GB", "budget GB"):
         assert column in result.output
@@ -37,7 +37,7 @@ def test_table_budgets_and_hand_edits(raw_tiny: Path, nnreg_env: dict[str, Path]
 
     # a smaller budget under another plans identifier gives a poorer plan and leaves the first file alone
     before = (out / "nnRegPlans.json").read_text()
-    result = _run("--gpu-memory-target", "0.7", "-p", "Small")
+    result = _run("--device", "cuda", "--gpu-memory-target", "0.7", "-p", "Small")
     assert result.exit_code == 0, result.output
     small = Plans.load(out / "Small.json").configuration("3d_fullres")
     assert (small.architecture["kwargs"]["base_channels"], small.batch_size) < (64, 4)
@@ -48,7 +48,7 @@ def test_table_budgets_and_hand_edits(raw_tiny: Path, nnreg_env: dict[str, Path]
     data["configurations"]["3d_fullres"]["architecture"]["kwargs"]["base_channels"] = 8
     data["configurations"]["3d_fullres"]["batch_size"] = 1
     (out / "nnRegPlans.json").write_text(json.dumps(data))
-    result = _run("--gpu-memory-target", "80")
+    result = _run("--device", "cuda", "--gpu-memory-target", "80")
     assert result.exit_code == 0, result.output
     edited = Plans.load(out / "nnRegPlans.json").configuration("3d_fullres")
     assert edited.architecture["kwargs"]["base_channels"] == 8 and edited.batch_size == 1
@@ -61,3 +61,17 @@ def test_too_small_budget_is_one_line(raw_tiny: Path, nnreg_env: dict[str, Path]
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "too small" in lines[0] and "--memory-target" in lines[0], result.output
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_default_device_is_cuda_only_where_cuda_is_present(raw_tiny: Path, nnreg_env: dict[str, Path],
+                                                           monkeypatch: pytest.MonkeyPatch, cuda: bool) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    result = _run("--memory-target", "4", "--gpu-memory-target", "4")
+    assert result.exit_code == 0, result.output
+    plans = Plans.load(nnreg_env["preprocessed"] / "Dataset901_Tiny" / "nnRegPlans.json")
+    assert plans.planner["device"] == ("cuda" if cuda else "cpu")
+    assert ("planned for the CPU" in result.output) is not cuda
+    assert "why (3d_fullres)" in result.output

@@ -44,7 +44,8 @@ def _plan(budget: float, box: list[int] = LUMIR_BOX, device: str = "cuda", **ext
 def _rank(decision: Decision) -> tuple[int, int]:
     """Position of the chosen candidate in the preference order (lower = richer) and minus the batch size."""
     kw = decision.architecture["kwargs"]
-    order = [(c.width, c.kernel, c.skip) for tier in tiers(kw["n_levels"]) for c in tier]
+    width_first = decision.notes.get("cpu_trade_order") == "width-first"
+    order = [(c.width, c.kernel, c.skip) for tier in tiers(kw["n_levels"], width_first) for c in tier]
     return order.index((kw["base_channels"], kw["kernel_size"], kw["skip_levels"])), -decision.batch_size
 
 
@@ -95,9 +96,81 @@ def test_cpu_plans_respect_the_time_target_and_use_batch_one() -> None:
     assert loose.batch_size == tight.batch_size == 1
     assert _rank(tight) > _rank(loose)
     assert tight.notes["cpu_seconds_per_pair_training"] <= 2
+    assert tight.architecture["kwargs"]["skip_levels"] == 0            # width was traded, not resolution
     hopeless = _plan(12, [80, 112, 96], "cpu", cpu_seconds_per_pair=1e-6, cpu_threads=2)
     assert "time target" in hopeless.notes["time_target"]
     assert hopeless.architecture["kwargs"]["base_channels"] == WIDTH_LADDER[0]
+
+
+def _seconds(width: int, skip: int, box: list[int] = [80, 112, 96]) -> float:
+    """The analytic estimator's CPU seconds per training pair on 2 threads for width ``width`` (3³ kernels)."""
+    from nnreg.planning.decision import Candidate, cpu_seconds
+    from nnreg.planning.topology import cascade_depth
+
+    n = cascade_depth(box)
+    divisor = 2 ** (n - 1)
+    shape = [math.ceil(b / divisor) * divisor for b in box]
+    return cpu_seconds(analytic(architecture_for(Candidate(width, 3, skip), n), shape, 1, "cpu"), 2)
+
+
+def test_cpu_width_first_goes_down_to_width_8_before_resolution() -> None:
+    """Between the width-8 and width-16 step times, width-first keeps full resolution; resolution-first does not."""
+    target = (_seconds(8, 0) + _seconds(12, 0)) / 2
+    width_first = _plan(12, [80, 112, 96], "cpu", cpu_seconds_per_pair=target, cpu_threads=2)
+    kw = width_first.architecture["kwargs"]
+    assert (kw["base_channels"], kw["skip_levels"]) == (8, 0)
+    assert width_first.notes["cpu_trade_order"] == "width-first" and "richest" in width_first.notes["why"]
+    legacy = _plan(12, [80, 112, 96], "cpu", cpu_seconds_per_pair=target, cpu_threads=2,
+                   cpu_trade_order="resolution-first")
+    assert legacy.architecture["kwargs"]["skip_levels"] >= 1
+    assert legacy.architecture["kwargs"]["base_channels"] >= 16
+    assert "full res given up" in legacy.notes["why"]
+
+
+def test_cpu_width_first_trades_training_steps_before_resolution() -> None:
+    """Width 8 at full resolution slower than the target but within the slowdown: kept, with the reason noted;
+    beyond the slowdown the finest level is skipped."""
+    slow = _seconds(8, 0)
+    kept = _plan(12, [80, 112, 96], "cpu", cpu_seconds_per_pair=slow / 3, cpu_threads=2, cpu_max_slowdown=4)
+    kw = kept.architecture["kwargs"]
+    assert (kw["base_channels"], kw["skip_levels"]) == (8, 0)
+    assert "training steps are traded" in kept.notes["why"] and "3.0x fewer" in kept.notes["why"]
+    coarser = _plan(12, [80, 112, 96], "cpu", cpu_seconds_per_pair=slow / 3, cpu_threads=2, cpu_max_slowdown=2)
+    assert coarser.architecture["kwargs"]["skip_levels"] == 1
+    assert "full res given up" in coarser.notes["why"] and "2 x" in coarser.notes["why"]
+    with pytest.raises(NnregError, match="trade order"):
+        _plan(12, [80, 112, 96], "cpu", cpu_trade_order="sideways")
+
+
+def _fingerprint(shape: list[int], spacing: float = 1.0) -> dict:
+    return {"dataset_name": "Dataset9_Shape", "median_spacing": [spacing] * 3, "median_shape": shape,
+            "union_foreground_bbox": [[0, n] for n in shape], "same_grid": True,
+            "intensity": {"percentiles": {"0.5": 1.0, "50.0": 90.0, "99.5": 255.0}, "min": 0.0, "max": 255.0}}
+
+
+@pytest.mark.parametrize("order", ["width-first", "resolution-first"])
+def test_fullres_and_halfres_are_never_the_same_network(order: str) -> None:
+    """A CPU target that would make 3d_fullres skip its finest level onto 3d_halfres's grid with the same width:
+    3d_fullres is re-planned keeping its finer output grid, and the plan says why."""
+    from nnreg.planning.planner import output_grid, plan_experiment
+    from nnreg.planning.report import plans_table
+
+    box = [160, 224, 192]
+    half_target = _seconds(8, 0, [80, 112, 96]) * 1.01           # 3d_halfres affords width 8 at 2 mm, no more
+    settings = PlannerSettings(device="cpu", memory_target_gb=64,
+                               extra={"cpu_seconds_per_pair": half_target, "cpu_threads": 2, "cpu_max_slowdown": 1.0,
+                                      "cpu_trade_order": order})
+    planner = MemoryDrivenPlanner(analytic)
+    first = planner(box, settings)                               # what 3d_fullres alone would get
+    assert first.architecture["kwargs"]["skip_levels"] >= 1
+    plans = plan_experiment(_fingerprint(box), settings, planner)
+    full, half = plans.configuration("3d_fullres"), plans.configuration("3d_halfres")
+    assert output_grid(full) != output_grid(half)
+    assert full.architecture["kwargs"]["skip_levels"] < first.architecture["kwargs"]["skip_levels"]
+    assert "same network" in full.notes["why"]
+    assert plans.planner["cpu_trade_order"] == order
+    table = plans_table(plans, with_predictions=False)
+    assert "why (3d_fullres)" in table and "why (3d_halfres)" in table
 
 
 def test_cpu_deployment_configuration_meets_the_inference_target_on_any_device() -> None:

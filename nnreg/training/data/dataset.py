@@ -2,12 +2,16 @@
 
 A map-style dataset whose item ``k`` is training pair ``k`` of the :class:`PairSampler`: the loader asks for
 consecutive indices, any worker can compute any of them, and the output for ``k`` never changes.
-Each worker process opens the arrays itself (handles are not shared across processes).
+Each worker process opens the arrays itself (handles are not shared across processes) and keeps at most
+``max_open`` of them open (least recently used closed first): every open blosc2 array holds a file descriptor,
+and a LUMIR fold has ~2,700 training images, far above the common limit of 1,024 descriptors per process. Open
+descriptors therefore stay bounded whatever the number of images, workers and epochs.
 """
 from __future__ import annotations
 
 import os
 import traceback
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +19,12 @@ import numpy as np
 import torch
 
 from nnreg.preprocessing.storage import load_case
-from nnreg.training.data.augmentation import IntensityAugmenter
+from nnreg.training.data.augmentation import IntensityAugmenter, SpatialAugmenter
 from nnreg.training.data.pairs import PairSampler
+
+
+MAX_OPEN_ARRAYS = 16   # per process; a pair needs 2, re-opening a closed array costs one JSON read and open()
+SPATIAL_SEED_OFFSET = 1_000_003   # spatial draws use their own seeds, not the intensity transforms' ones
 
 
 class SampleLoadingError(RuntimeError):
@@ -26,27 +34,40 @@ class SampleLoadingError(RuntimeError):
 class PairDataset(torch.utils.data.Dataset):
     """``dataset[k]`` = ``{"fixed", "moving": (1, H, W, D) float32 tensors, "index": k}``."""
 
-    def __init__(self, folder: str | Path, sampler: PairSampler, augment: bool = True) -> None:
+    def __init__(self, folder: str | Path, sampler: PairSampler, augment: bool = True,
+                 max_open: int = MAX_OPEN_ARRAYS, spatial: bool = False) -> None:
         self.folder = Path(folder)
         self.sampler = sampler
         self.augment = augment
+        self.spatial = spatial            # spatial augmentation (augmentation.SpatialAugmenter) before intensity
+        self._spatial_augmenter: SpatialAugmenter | None = None
+        self.max_open = max(1, int(max_open))
         self._augmenter: IntensityAugmenter | None = None
-        self._cache: dict[str, Any] = {}
+        self._cache: OrderedDict[str, Any] = OrderedDict()
         self._pid = -1
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled for spawned workers without open array handles or the augmenter (rebuilt on first use)."""
         state = dict(self.__dict__)
-        state.update(_cache={}, _pid=-1, _augmenter=None)
+        state.update(_cache=OrderedDict(), _pid=-1, _augmenter=None, _spatial_augmenter=None)
         return state
+
+    @property
+    def num_open(self) -> int:
+        """Arrays this process holds open now (at most ``max_open``)."""
+        return len(self._cache) if self._pid == os.getpid() else 0
 
     def __len__(self) -> int:  # indices are unbounded; the loader's sampler decides which are drawn
         return 2 ** 62
 
     def _image(self, case_id: str) -> np.ndarray:
         if self._pid != os.getpid():      # a fresh worker: never reuse handles opened by another process
-            self._cache, self._pid = {}, os.getpid()
-        if case_id not in self._cache:
+            self._cache, self._pid = OrderedDict(), os.getpid()
+        if case_id in self._cache:
+            self._cache.move_to_end(case_id)
+        else:
+            while len(self._cache) >= self.max_open:
+                self._cache.popitem(last=False)   # dropping the last reference closes its file descriptor
             self._cache[case_id] = load_case(self.folder, case_id)[0]
         return np.asarray(self._cache[case_id][...], dtype=np.float32)
 
@@ -55,6 +76,10 @@ class PairDataset(torch.utils.data.Dataset):
         try:
             fixed = self._image(pair.fixed)
             moving = self._image(pair.moving)
+            if self.spatial:
+                if self._spatial_augmenter is None:
+                    self._spatial_augmenter = SpatialAugmenter()
+                fixed, moving = self._spatial_augmenter(fixed, moving, pair.augmentation_seed + SPATIAL_SEED_OFFSET)
             if self.augment:
                 if self._augmenter is None:
                     self._augmenter = IntensityAugmenter()

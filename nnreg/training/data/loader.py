@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import faulthandler
 import logging
-import os
 import signal
 import threading
 from typing import Any, Iterator
@@ -19,9 +18,12 @@ from typing import Any, Iterator
 import torch
 
 from nnreg.training.data.dataset import PairDataset, SampleLoadingError
+from nnreg.utilities.cpus import usable_cpus
 from nnreg.utilities.errors import NnregError
 
 logger = logging.getLogger(__name__)
+
+_OPEN_ENDED = 2 ** 62      # samples of an open-ended loader (``num_samples=None``): the trainer decides when to stop
 
 
 class DataLoaderWorkerError(NnregError):
@@ -31,8 +33,10 @@ class DataLoaderWorkerError(NnregError):
 
 
 def default_num_workers(device: torch.device, world_size: int = 1) -> int:
-    """Workers per training process: loading is light next to a 3D registration step, so few are needed."""
-    cores = os.cpu_count() or 1
+    """Workers per training process: loading is light next to a 3D registration step, so few are needed.
+
+    Sized by the cores this process may use (affinity and cgroup quota, :func:`nnreg.utilities.cpus.usable_cpus`)."""
+    cores = usable_cpus()
     if device.type == "cuda":
         return max(1, min(6, cores // max(1, world_size) - 1))
     return 1 if cores >= 2 else 0
@@ -46,7 +50,7 @@ def _worker_init(_: int) -> None:
 class PairLoader:
     """Batches ``{"fixed", "moving": (B, 1, H, W, D)}`` on ``device``, from sample ``start`` onwards."""
 
-    def __init__(self, dataset: PairDataset, batch_size: int, start: int, num_samples: int, num_workers: int,
+    def __init__(self, dataset: PairDataset, batch_size: int, start: int, num_samples: int | None, num_workers: int,
                  device: torch.device) -> None:
         self.dataset = dataset
         self.batch_size = int(batch_size)
@@ -59,8 +63,9 @@ class PairLoader:
             # thread pool, and a forked child inherits its locks and hangs in its first decompression
             kwargs.update(worker_init_fn=_worker_init, prefetch_factor=2, multiprocessing_context="spawn",
                           persistent_workers=False)
+        stop = start + (num_samples if num_samples is not None else _OPEN_ENDED)
         self._loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, sampler=range(start, start + num_samples), shuffle=False,
+            dataset, batch_size=self.batch_size, sampler=range(start, stop), shuffle=False,
             num_workers=self.num_workers, pin_memory=device.type == "cuda", drop_last=True, **kwargs)
         self._iterator: Iterator[dict[str, Any]] | None = None
 

@@ -1,0 +1,208 @@
+"""Test-time instance optimisation: refine one pair's network field by a diffeomorphic correction.
+
+Conventions (those of :mod:`nnreg.spatial`): tensors ``(B, C, H, W, D)`` in array-axis order, fields are voxel-unit
+**pull** fields on the fixed grid, ``warped(x) = moving(x + u(x))``; grids of different resolution share their
+extent with voxel centres at ``(i + 0.5) * spacing`` (:func:`nnreg.spatial.resize_field`).
+
+The refined field is ``u_net o c`` (:func:`nnreg.spatial.compose`): warping by it equals warping the moving image
+by the network's field ``u_net`` first and then by the correction ``c``, so the moving image warped by the network
+is computed once and only the correction is optimised. ``c = exp(v)`` is the scaling-and-squaring exponential of a
+stationary velocity ``v`` on a coarse grid (network grid / ``grid_factor``), resized to the grid where the
+similarity is evaluated and, at the end, to the network grid. The loss is the training loss of one level:
+``-LNCC(fixed, moving o phi_net o phi_c) + lambda_reg * ||grad v||^2`` (``v`` in its own voxel units), minimised by
+Adam from ``v = 0`` (so 0 steps return the network's field unchanged) in two stages that share ``v`` and the
+optimiser: ``steps`` on the network grid / ``image_factor`` (cheap: 1/8 of the voxels), then ``fine_steps`` on the
+network grid itself, each stopped early when its loss stops improving. Everything runs on the predictor's device; on the CPU the result is
+bitwise reproducible for a fixed thread count.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from nnreg.losses import gradient_l2, local_ncc_loss
+from nnreg.spatial import compose, integrate_velocity, resize_field, warp
+from nnreg.utilities.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstanceOptimization:
+    """Settings of the per-pair refinement (``steps = 0``: off). Stored in the plans as ``instance_optimization``."""
+
+    steps: int = 0                 # Adam steps at most on the coarse similarity grid (0 = no refinement at all)
+    lr: float = 0.2                # Adam learning rate, velocity in its own voxels
+    grid_factor: int = 4           # velocity grid = network grid / grid_factor (rounded up)
+    image_factor: int = 2          # coarse similarity grid = network grid / image_factor (1 = the network grid)
+    ncc_window: int = 5            # local NCC window on the coarse similarity grid (odd)
+    fine_steps: int = 30           # then at most this many steps on the network grid (when image_factor > 1)
+    fine_ncc_window: int = 9       # the NCC window of those steps (the training window)
+    lambda_reg: float = 1.0        # weight of ||grad v||^2
+    integration_steps: int = 5     # scaling-and-squaring steps
+    patience: int = 10             # a stage stops when its best loss has not improved by min_delta for this many steps
+    min_delta: float = 1e-4        # improvement (absolute loss units) that resets the patience
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 0, "steps must be >= 0"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.grid_factor >= 1 and self.image_factor >= 1, "grid_factor and image_factor must be >= 1"),
+            (self.ncc_window >= 1 and self.ncc_window % 2 == 1, "ncc_window must be an odd number >= 1"),
+            (self.fine_steps >= 0, "fine_steps must be >= 0"),
+            (self.fine_ncc_window >= 1 and self.fine_ncc_window % 2 == 1, "fine_ncc_window must be an odd number"),
+            (self.lambda_reg >= 0, "lambda_reg must be >= 0"),
+            (self.integration_steps >= 0, "integration_steps must be >= 0"),
+            (self.patience >= 1 and self.min_delta >= 0, "patience must be >= 1 and min_delta >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigurationError(f"invalid instance_optimization setting: {message}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.steps > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> "InstanceOptimization":
+        """Settings from a plans entry (unknown keys are an error, missing keys take the defaults)."""
+        if not d:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigurationError(f"unknown instance_optimization key(s): {', '.join(unknown)} "
+                                     f"(known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+    def with_steps(self, steps: int) -> "InstanceOptimization":
+        return replace(self, steps=int(steps))
+
+
+@dataclass(frozen=True)
+class RefinementReport:
+    """What one refinement did (for logs, benchmarks and tests)."""
+
+    steps_run: int
+    initial_loss: float
+    final_loss: float
+    initial_ncc: float
+    final_ncc: float
+    velocity: torch.Tensor | None = None   # the optimised coarse velocity (correction c = exp(v)), detached
+
+
+def _shrink(shape: tuple[int, ...], factor: int) -> tuple[int, int, int]:
+    return tuple(max(2, math.ceil(int(s) / factor)) for s in shape)  # type: ignore[return-value]
+
+
+def _downsample(image: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """Image on the coarser grid ``size`` (box average for integer factors, trilinear otherwise)."""
+    if tuple(image.shape[2:]) == size:
+        return image
+    if all(s % n == 0 for s, n in zip(image.shape[2:], size)):
+        return F.avg_pool3d(image, tuple(s // n for s, n in zip(image.shape[2:], size)))
+    return F.interpolate(image, size=size, mode="trilinear", align_corners=False)
+
+
+@contextmanager
+def _deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms while refining (CUDA's grid_sample backward has none: warn, as the trainer does)."""
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def correction_field(velocity: torch.Tensor, size: tuple[int, int, int], integration_steps: int) -> torch.Tensor:
+    """``exp(v) - id`` integrated on the velocity's grid, resized to ``size`` (voxel units of that grid)."""
+    return resize_field(integrate_velocity(velocity, integration_steps), size)
+
+
+class _Stage:
+    """The images of one optimisation stage on its similarity grid (the moving image already warped by the network)."""
+
+    def __init__(self, target: torch.Tensor, source: torch.Tensor, window: int, steps: int) -> None:
+        self.target, self.source, self.window, self.steps = target, source, window, steps
+        self.size: tuple[int, int, int] = tuple(int(s) for s in target.shape[2:])  # type: ignore[assignment]
+
+    def loss(self, velocity: torch.Tensor, settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, NCC loss) of the correction ``exp(velocity)`` on this stage's grid."""
+        correction = correction_field(velocity, self.size, settings.integration_steps)
+        ncc = local_ncc_loss(self.target, warp(self.source, correction), self.window)
+        return ncc + settings.lambda_reg * gradient_l2(velocity), ncc
+
+
+def _stages(fixed: torch.Tensor, warped_by_network: torch.Tensor, settings: InstanceOptimization) -> list[_Stage]:
+    shape = tuple(int(s) for s in fixed.shape[2:])
+    plan = [(settings.image_factor, settings.ncc_window, settings.steps)]
+    if settings.fine_steps > 0 and settings.image_factor > 1:
+        plan.append((1, settings.fine_ncc_window, settings.fine_steps))
+    stages = []
+    for factor, window, steps in plan:
+        size = _shrink(shape, factor)
+        stages.append(_Stage(_downsample(fixed, size).contiguous(), _downsample(warped_by_network, size).contiguous(),
+                             window, steps))
+    return stages
+
+
+def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.Tensor,
+                 settings: InstanceOptimization, deterministic: bool = False) -> tuple[torch.Tensor, RefinementReport]:
+    """Refine ``displacement`` (1, 3, H, W, D) for the pair ``fixed``/``moving`` (1, 1, H, W, D), network grid.
+
+    Returns ``u_net o exp(v)`` on the same grid (float32, detached) and a report whose losses are both measured on
+    the last stage's grid (initial = the network's field alone). ``steps == 0`` returns the input unchanged.
+    """
+    if fixed.shape != moving.shape or fixed.dim() != 5 or fixed.shape[:2] != (1, 1):
+        raise ValueError(f"expected two (1, 1, H, W, D) images, got {tuple(fixed.shape)} and {tuple(moving.shape)}")
+    if tuple(displacement.shape) != (1, 3, *fixed.shape[2:]):
+        raise ValueError(f"field {tuple(displacement.shape)} does not match the images {tuple(fixed.shape)}")
+    displacement = displacement.detach().float()
+    if not settings.enabled:
+        return displacement, RefinementReport(0, math.nan, math.nan, math.nan, math.nan)
+    shape = tuple(int(s) for s in fixed.shape[2:])
+    with torch.inference_mode(False), torch.enable_grad(), _deterministic(deterministic, fixed.device):
+        with torch.no_grad():
+            stages = _stages(fixed.detach().float().clone(),
+                             warp(moving.detach().float().clone(), displacement), settings)
+        velocity = torch.zeros((1, 3, *_shrink(shape, settings.grid_factor)), device=fixed.device,
+                               dtype=torch.float32, requires_grad=True)
+        with torch.no_grad():
+            initial_loss, initial_ncc = (float(t) for t in stages[-1].loss(velocity, settings))
+        optimizer = torch.optim.Adam([velocity], lr=settings.lr)
+        steps_run = 0
+        for stage in stages:
+            best, since_best = math.inf, 0
+            for _ in range(stage.steps):
+                optimizer.zero_grad(set_to_none=True)
+                loss, _ = stage.loss(velocity, settings)
+                loss.backward()
+                optimizer.step()
+                steps_run += 1
+                value = float(loss.detach())
+                if value < best - settings.min_delta:
+                    best, since_best = value, 0
+                else:
+                    since_best += 1
+                    if since_best >= settings.patience:
+                        break
+        velocity = velocity.detach()
+        with torch.no_grad():
+            final_loss, final_ncc = (float(t) for t in stages[-1].loss(velocity, settings))
+            refined = compose(displacement, correction_field(velocity, shape, settings.integration_steps))
+    report = RefinementReport(steps_run, initial_loss, final_loss, initial_ncc, final_ncc, velocity)
+    logger.debug("instance optimisation: %d steps, loss %.4f -> %.4f", steps_run, initial_loss, final_loss)
+    return refined, report

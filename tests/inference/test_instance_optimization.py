@@ -1,0 +1,208 @@
+"""Test-time instance optimisation on tiny volumes: it lowers the loss, keeps the pull convention (checked with
+scipy.ndimage.map_coordinates, independent of nnreg.spatial), stays diffeomorphic, is deterministic, composes with
+the network's field, and is wired into the predictor and the plans."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from nnreg.evaluation.jacobian import ndv
+from nnreg.inference import nnRegPredictor
+from nnreg.inference.instance_optimization import InstanceOptimization, refine_field
+from nnreg.planning.plans import DEFAULT_INSTANCE_OPTIMIZATION, ConfigurationPlan, Plans
+from nnreg.spatial import jacobian_determinant
+from nnreg.utilities.errors import ConfigurationError
+from tests.inference.helpers import OracleNet
+
+SHAPE = (20, 24, 18)
+SETTINGS = InstanceOptimization(steps=80, lr=0.2, grid_factor=2, image_factor=1, ncc_window=5, lambda_reg=0.1,
+                                patience=80)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny volumes gain nothing from more, and a busy machine loses a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _blobs(seed: int = 0) -> np.ndarray:
+    """A smooth textured image in [0, 1]: random noise low-passed, inside a margin of zeros."""
+    rng = np.random.default_rng(seed)
+    image = ndimage.gaussian_filter(rng.random(SHAPE), 1.5)
+    image = (image - image.min()) / (image.max() - image.min())
+    mask = np.zeros(SHAPE, bool)
+    mask[2:-2, 2:-2, 2:-2] = True
+    return np.where(mask, image, 0.0).astype(np.float32)
+
+
+def _pull_warp(image: np.ndarray, disp: np.ndarray) -> np.ndarray:
+    """``image(x + disp(x))`` by scipy, ``disp`` (H, W, D, 3) in voxels: the evaluator's convention."""
+    coords = np.mgrid[tuple(slice(0, s) for s in image.shape)].astype(np.float64) + disp.transpose(3, 0, 1, 2)
+    return ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
+
+
+def _smooth_field(amplitude: float, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    field = np.stack([ndimage.gaussian_filter(rng.standard_normal(SHAPE), 3.0) for _ in range(3)], axis=-1)
+    return (field / np.abs(field).max() * amplitude).astype(np.float32)
+
+
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image))[None, None]
+
+
+def _as_field(disp: torch.Tensor) -> np.ndarray:
+    return disp[0].permute(1, 2, 3, 0).numpy().astype(np.float64)
+
+
+def _refine(fixed: np.ndarray, moving: np.ndarray, start: np.ndarray | None = None,
+            settings: InstanceOptimization = SETTINGS, deterministic: bool = False):
+    start_t = torch.zeros((1, 3, *SHAPE)) if start is None else torch.from_numpy(start).permute(3, 0, 1, 2)[None]
+    return refine_field(_tensor(fixed), _tensor(moving), start_t.float(), settings, deterministic)
+
+
+def test_translation_is_recovered_with_the_pull_sign() -> None:
+    moving = _blobs()
+    shift = np.array([1.5, -1.0, 0.75])
+    fixed = _pull_warp(moving, np.broadcast_to(shift, (*SHAPE, 3))).astype(np.float32)  # fixed(x) = moving(x + t)
+    refined, report = _refine(fixed, moving)
+    field = _as_field(refined)
+    inner = (slice(5, -5),) * 3
+    np.testing.assert_allclose(np.median(field[inner].reshape(-1, 3), axis=0), shift, atol=0.3)
+    assert report.final_loss < report.initial_loss
+    # the refined field warps the moving image (by scipy) onto the fixed image better than no field does
+    error = np.abs(_pull_warp(moving, field) - fixed)[inner].mean()
+    assert error < 0.4 * np.abs(moving - fixed)[inner].mean()
+
+
+def test_smooth_deformation_lowers_the_loss_and_stays_diffeomorphic() -> None:
+    moving = _blobs(2)
+    truth = _smooth_field(2.5)
+    fixed = _pull_warp(moving, truth).astype(np.float32)
+    refined, report = _refine(fixed, moving)
+    field = _as_field(refined)
+    assert report.steps_run > 1 and report.final_loss < report.initial_loss - 0.05
+    assert report.final_ncc < report.initial_ncc
+    inner = (slice(4, -4),) * 3
+    assert np.abs(field - truth)[inner].mean() < 0.6 * np.abs(truth)[inner].mean()
+    assert ndv(field) == 0.0
+
+
+def test_large_deformation_has_no_folding() -> None:
+    moving = _blobs(3)
+    fixed = _pull_warp(moving, _smooth_field(4.0, seed=4)).astype(np.float32)
+    strong = InstanceOptimization(steps=80, lr=0.3, grid_factor=2, image_factor=1, ncc_window=3, lambda_reg=0.05,
+                                  patience=80)
+    refined, report = _refine(fixed, moving, settings=strong)
+    assert report.final_loss < report.initial_loss
+    assert float(jacobian_determinant(refined).min()) > 0
+    assert ndv(_as_field(refined)) == 0.0
+
+
+def test_refinement_composes_with_the_network_field() -> None:
+    moving = _blobs(5)
+    shift = np.array([2.0, 0.0, -1.0])
+    fixed = _pull_warp(moving, np.broadcast_to(shift, (*SHAPE, 3))).astype(np.float32)
+    start = np.broadcast_to(shift / 2, (*SHAPE, 3)).astype(np.float32).copy()
+    refined, _ = _refine(fixed, moving, start)
+    inner = (slice(5, -5),) * 3
+    np.testing.assert_allclose(np.median(_as_field(refined)[inner].reshape(-1, 3), axis=0), shift, atol=0.3)
+    # zero steps: the network's field unchanged
+    unchanged, report = _refine(fixed, moving, start, InstanceOptimization(steps=0))
+    assert report.steps_run == 0 and np.array_equal(_as_field(unchanged), start.astype(np.float64))
+
+
+def test_deterministic_runs_are_bitwise_equal() -> None:
+    moving = _blobs(6)
+    fixed = _pull_warp(moving, _smooth_field(2.0, seed=7)).astype(np.float32)
+    settings = InstanceOptimization(steps=15, image_factor=2, grid_factor=2, ncc_window=3, patience=15)
+    a, _ = _refine(fixed, moving, settings=settings, deterministic=True)
+    b, _ = _refine(fixed, moving, settings=settings, deterministic=True)
+    assert torch.equal(a, b)
+    assert not torch.are_deterministic_algorithms_enabled()   # restored afterwards
+
+
+def test_settings_are_validated_and_round_trip() -> None:
+    settings = InstanceOptimization(steps=7, lr=0.2)
+    assert InstanceOptimization.from_json(settings.to_json()) == settings
+    assert InstanceOptimization.from_json(None) == InstanceOptimization()
+    assert not InstanceOptimization().enabled
+    with pytest.raises(ConfigurationError, match="unknown instance_optimization key"):
+        InstanceOptimization.from_json({"steps": 3, "stepz": 4})
+    with pytest.raises(ConfigurationError, match="odd"):
+        InstanceOptimization(ncc_window=4)
+
+
+def _config(instance_optimization: dict | None) -> ConfigurationPlan:
+    return ConfigurationPlan(
+        data_identifier="t", spacing=[1.0] * 3, resampling_factor=[1.0] * 3, resampled_shape=list(SHAPE),
+        crop_start=[0, 0, 0], shape=list(SHAPE), normalization={"scheme": "fixed_range", "lower": 0, "upper": 1},
+        batch_size=1, architecture={}, instance_optimization=instance_optimization)
+
+
+def test_predictor_uses_the_plans_setting_and_the_request_overrides_it() -> None:
+    moving = _blobs(8)
+    shift = np.array([1.0, 1.0, 0.0])
+    fixed = _pull_warp(moving, np.broadcast_to(shift, (*SHAPE, 3))).astype(np.float32)
+    oracle = np.zeros((3, *SHAPE), np.float32)
+    recorded = {"steps": 60, "lr": 0.2, "grid_factor": 2, "image_factor": 1, "ncc_window": 5, "lambda_reg": 0.1}
+
+    def predict(config: ConfigurationPlan, request: int | None) -> tuple[nnRegPredictor, np.ndarray]:
+        predictor = nnRegPredictor(num_threads=1, instance_optimization=request)
+        predictor.manual_initialization(OracleNet(oracle), config)
+        return predictor, predictor.predict_pair(fixed, moving)
+
+    predictor, refined = predict(_config(recorded), None)
+    assert predictor.instance_optimization.steps == 60 and predictor.last_refinement is not None
+    inner = (slice(5, -5),) * 3
+    np.testing.assert_allclose(np.median(refined[inner].reshape(-1, 3), axis=0), shift, atol=0.35)
+    _, off = predict(_config(recorded), 0)
+    assert np.array_equal(off, np.zeros_like(off))
+    _, unrecorded = predict(_config(None), None)           # old plans: no refinement
+    assert np.array_equal(unrecorded, np.zeros_like(unrecorded))
+    predictor, _ = predict(_config(None), 5)               # the flag alone: the default settings
+    assert predictor.instance_optimization == InstanceOptimization(steps=5)
+
+
+def test_plans_record_the_default_and_read_old_files() -> None:
+    plans = Plans("D", "nnRegPlans", [1.0] * 3, list(SHAPE), {"3d_fullres": _config(dict(DEFAULT_INSTANCE_OPTIMIZATION))})
+    data = plans.to_json()
+    assert Plans.from_json(data).configurations["3d_fullres"].instance_optimization == DEFAULT_INSTANCE_OPTIMIZATION
+    del data["configurations"]["3d_fullres"]["instance_optimization"]
+    assert Plans.from_json(data).configurations["3d_fullres"].instance_optimization is None
+    assert InstanceOptimization.from_json(DEFAULT_INSTANCE_OPTIMIZATION).enabled
+
+
+def test_cli_flag_and_the_recorded_default(tmp_path) -> None:
+    import nibabel as nib
+    from click.testing import CliRunner
+
+    from nnreg.cli.predict import main
+    from nnreg.networks import default_architecture
+    from tests.inference.helpers import planned_dataset, write_model_folder
+
+    root, plans = planned_dataset(tmp_path, n_train=5, n_val=2)
+    assert plans.configurations["3d_fullres"].instance_optimization == DEFAULT_INSTANCE_OPTIMIZATION
+    model = write_model_folder(tmp_path / "results", plans, "3d_fullres", architecture=default_architecture(2, base_channels=8))
+    predictor = nnRegPredictor(num_threads=1).initialize_from_trained_model_folder(model)
+    assert predictor.instance_optimization == InstanceOptimization.from_json(DEFAULT_INSTANCE_OPTIMIZATION)
+    images = sorted((root / "imagesVal").glob("*.nii.gz"))
+
+    def predict(name: str, *extra: str) -> np.ndarray:
+        out = tmp_path / name
+        result = CliRunner().invoke(main, ["--fixed", str(images[0]), "--moving", str(images[1]), "-o", str(out),
+                                           "-m", str(model), "--threads", "1", *extra], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        (path,) = out.glob("disp_*.nii.gz")
+        return np.asarray(nib.load(str(path)).get_fdata())
+
+    network_only = predict("off", "--instance-optimization", "0")
+    refined = predict("a", "--instance-optimization", "8", "--deterministic")
+    again = predict("b", "--instance-optimization", "8", "--deterministic")
+    assert np.array_equal(refined, again) and not np.array_equal(refined, network_only)
+    assert ndv(refined) < 0.01
