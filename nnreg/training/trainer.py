@@ -152,9 +152,7 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
 
     def on_epoch_start(self) -> None:
         self.network.train()
-        lr = poly_lr(self.hp.lr, self.current_epoch, self.hp.epochs, self.hp.poly_exponent) * self.guard.lr_multiplier
-        set_lr(self.optimizer, lr)
-        self.log.log("lr", lr, self.current_epoch)
+        self._apply_lr(log=True)
         self._epoch_start = time.time()
         self._train_outputs = []
         self.fit_time_budget()
@@ -170,9 +168,7 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         self.hp = replace(self.hp, epochs=schedule.epochs, iterations_per_epoch=schedule.iterations_per_epoch)
         logger.info(schedule.describe())
         if self.current_epoch > 0:      # continued: the decay follows the new number of epochs from this one on
-            lr = poly_lr(self.hp.lr, self.current_epoch, self.hp.epochs, self.hp.poly_exponent)
-            set_lr(self.optimizer, lr * self.guard.lr_multiplier)
-            self.log.log("lr", lr * self.guard.lr_multiplier, self.current_epoch)
+            self._apply_lr(log=True)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimisation step on a batch of pairs; returns the loss terms for logging.
@@ -206,9 +202,12 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         self.optimizer.step()
         return {"loss": loss_value, **parts}
 
-    def _apply_lr(self) -> None:
+    def _apply_lr(self, log: bool = False) -> None:
+        """Set the learning rate of the current epoch: poly decay times the divergence guard's factor."""
         lr = poly_lr(self.hp.lr, self.current_epoch, self.hp.epochs, self.hp.poly_exponent) * self.guard.lr_multiplier
         set_lr(self.optimizer, lr)
+        if log:
+            self.log.log("lr", lr, self.current_epoch)
 
     def measure_zero_displacement(self) -> None:
         """NCC of the epoch-validation pairs without any registration: the floor the guard compares with."""

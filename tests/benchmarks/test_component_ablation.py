@@ -10,9 +10,9 @@ import pytest
 from nnreg.planning.plans import Plans
 from tests.benchmarks.conftest import load_benchmark
 from tests.synthetic import make_learn2reg_dataset
+from tests.training.conftest import shrink_plans
 
 ablation = load_benchmark("component_ablation")
-TINY = {"n_levels": 3, "base_channels": 4, "flow_channels": 8, "flow_mid_channels": 4, "integration_steps": 3}
 
 
 @pytest.fixture()
@@ -24,11 +24,7 @@ def tiny_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]
     plan_and_preprocess(PlanAndPreprocessOptions(dataset="902", raw=str(raw), preprocessed=str(pre),
                                                  configurations=("3d_fullres",), num_processes=0))
     plans_path = pre / "Dataset902_Abl" / "nnRegPlans.json"
-    plans = json.loads(plans_path.read_text())
-    for config in plans["configurations"].values():
-        config["architecture"]["kwargs"].update(TINY)
-        config["batch_size"] = 1
-    plans_path.write_text(json.dumps(plans, indent=2))
+    shrink_plans(plans_path, batch_size=1)
     for key, path in (("raw", raw), ("preprocessed", pre), ("results", results)):
         monkeypatch.setenv(f"nnReg_{key}", str(path))
     return {"raw": raw, "preprocessed": pre, "results": results, "plans": plans_path}

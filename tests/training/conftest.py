@@ -26,13 +26,17 @@ def tiny_preprocessed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     preprocessed = root / "preprocessed"
     plan_and_preprocess(PlanAndPreprocessOptions(dataset="901", raw=str(raw), preprocessed=str(preprocessed),
                                                  configurations=("3d_fullres",), num_processes=0))
-    plans_path = preprocessed / "Dataset901_Tiny" / "nnRegPlans.json"
+    shrink_plans(preprocessed / "Dataset901_Tiny" / "nnRegPlans.json", TINY_BATCH)
+    return {"raw": raw, "preprocessed": preprocessed}
+
+
+def shrink_plans(plans_path: Path, batch_size: int) -> None:
+    """Edit every configuration of a plans file to the tiny network and a fixed batch size."""
     plans = json.loads(plans_path.read_text())
     for config in plans["configurations"].values():
         config["architecture"]["kwargs"].update(TINY_ARCHITECTURE)
-        config["batch_size"] = TINY_BATCH
+        config["batch_size"] = batch_size
     plans_path.write_text(json.dumps(plans, indent=2))
-    return {"raw": raw, "preprocessed": preprocessed}
 
 
 @pytest.fixture()
