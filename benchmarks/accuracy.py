@@ -7,7 +7,8 @@ On a Learn2Reg dataset with labels it runs, as subprocesses of the documented co
 1. ``nnreg_plan_and_preprocess -d ID --device cpu`` and ``nnreg_train ID all --device cpu --time-budget M`` (training
    on the dataset's training images only; falls back to ``--epochs`` when this nnreg has no ``--time-budget``);
 2. ``nnreg_predict`` on the dataset's ``validation`` pairs without refinement (``--instance-optimization 0``,
-   method ``nnreg``) and with it (the plans' default or ``--instance-optimization N``, method ``nnreg_refined``);
+   method ``nnreg``) and with it (the plans' default, ``--instance-optimization N`` and
+   ``--instance-optimization-settings KEY=VALUE,...`` passed on; method ``nnreg_refined``);
 3. SimpleITK fast symmetric forces demons, 3 levels (shrink 4/2/1), on the same pairs (method ``demons``);
 4. ANTs SyN through ``antspyx`` when it is importable (method ``ants_syn``; the table says so when it is not);
 5. the zero field (method ``zero``), and ``nnreg_evaluate -c CONFIG`` (the dataset's official ``*_All_*`` config
@@ -227,14 +228,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluation config (default: the dataset's *_All_evaluation_config.json)")
     parser.add_argument("--instance-optimization", type=int, default=None,
                         help="refinement steps of the nnreg_refined row (default: the plans' setting)")
+    parser.add_argument("--instance-optimization-settings", default=None, metavar="KEY=VALUE,...",
+                        help="nnreg_predict --instance-optimization-settings of the nnreg_refined row")
     parser.add_argument("--skip-training", action="store_true",
-                        help="reuse the model already trained in OUTDIR/work (its train minutes are reported as given)")
+                        help="reuse the model already trained in OUTDIR/work (its measured train minutes are reported "
+                             "when that run recorded them, else --train-minutes)")
     parser.add_argument("--methods", default="nnreg,nnreg_refined,demons,ants_syn,zero",
                         help="comma-separated subset of nnreg, nnreg_refined, demons, ants_syn, zero")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    from nnreg.utilities.files import write_json
+    from nnreg.utilities.files import read_json, write_json
 
     dataset = args.dataset.expanduser().resolve()
     out = args.output.expanduser().resolve()
@@ -257,13 +261,17 @@ def main(argv: list[str] | None = None) -> int:
             run(["nnreg_train", str(dataset_id), "all", "--device", "cpu",
                  *train_arguments(args.train_minutes, env)], log, env)
             train_minutes = (time.perf_counter() - train_start) / 60
-        else:
-            train_minutes = args.train_minutes
+            write_json({"train_minutes": train_minutes}, work / "train_minutes.json")
+        else:   # the measured minutes of the run that trained the model (the given budget if not recorded)
+            recorded = work / "train_minutes.json"
+            train_minutes = read_json(recorded)["train_minutes"] if recorded.is_file() else args.train_minutes
         for method in ("nnreg", "nnreg_refined"):
             if method not in methods:
                 continue
             refinement = ["--instance-optimization", "0"] if method == "nnreg" else (
                 [] if args.instance_optimization is None else ["--instance-optimization", str(args.instance_optimization)])
+            if method == "nnreg_refined" and args.instance_optimization_settings:
+                refinement += ["--instance-optimization-settings", args.instance_optimization_settings]
             seconds = run(["nnreg_predict", "-i", str(dataset), "-o", str(out / method), "-d", str(dataset_id),
                            "--device", "cpu", *refinement], log, env)
             rows.append({"method": method, "seconds_per_pair": seconds / max(1, len(pairs)),
@@ -288,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     ordered = [{k: r.get(k) for k in ("method", "dice", "hd95", "tre", "ndv", "seconds_per_pair", "train_minutes")}
                for r in rows]
     notes.append(f"{len(pairs)} validation pairs of {dataset.name}; config {config.name if config else 'default'}.")
+    if args.instance_optimization_settings:
+        notes.append(f"nnreg_refined: --instance-optimization-settings {args.instance_optimization_settings}")
     print(format_table(ordered, notes))
     write_json({"dataset": str(dataset), "pairs": len(pairs), "notes": notes, "rows": ordered}, args.json)
     return 0

@@ -17,7 +17,8 @@ to the backbone = the configuration with kernel 3 and CA / BF off): ``CA`` co-at
 ``affordable_co_attention_levels`` lists, ``LK`` kernel 5 (the paper's replacement), ``LK-id`` kernel 5 in
 LKU-Net's layout with identity branches, ``BF`` bilateral filter on the predicted field (the paper's placement),
 ``BF-velocity`` on the finest velocity (nnreg's earlier placement), ``IC`` the backbone trained symmetrically
-with the inverse-consistency term (plans key ``symmetric_training``, ``nnreg.training.symmetric``). For every pair
+with the inverse-consistency term (plans key ``symmetric_training``, ``nnreg.training.symmetric``; ``lambda_ic`` 1,
+``IC-small`` the same with ``lambda_ic`` 0.1). For every pair
 whose reverse pair is also predicted (OpenBrains80 and LUMIR list both orders) the inverse-consistency error of the
 two predicted fields, ``|phi_ab o phi_ba - id|`` in voxels (mean and max), is reported too. Prints a table,
 writes ``--json``.
@@ -45,9 +46,10 @@ from nnreg.utilities.files import read_json, write_json
 logger = logging.getLogger("component_ablation")
 
 BACKBONE = {"kernel_size": 3, "co_attention": False, "bilateral_filter": False, "large_kernel_identity": False}
-VARIANTS = ("backbone", "CA", "LK", "LK-id", "BF", "BF-velocity", "IC")
+VARIANTS = ("backbone", "CA", "LK", "LK-id", "BF", "BF-velocity", "IC", "IC-small")
 #: configuration-level keys (beside the architecture) a variant sets
-CONFIGURATION_KEYS = {"IC": {"symmetric_training": {"lambda_ic": 1.0}}}
+CONFIGURATION_KEYS = {"IC": {"symmetric_training": {"lambda_ic": 1.0}},
+                      "IC-small": {"symmetric_training": {"lambda_ic": 0.1}}}
 DEFAULT_VARIANTS = ("backbone", "CA", "LK", "BF")
 COMMAND_MODULES = {"nnreg_train": "nnreg.cli.train", "nnreg_predict": "nnreg.cli.predict",
                    "nnreg_evaluate": "nnreg.cli.evaluate"}
@@ -68,7 +70,7 @@ def variant_kwargs(variant: str, kwargs: dict[str, Any], shape: Sequence[int]) -
         out.update(bilateral_filter=True, bilateral_on="field")
     elif variant == "BF-velocity":
         out.update(bilateral_filter=True, bilateral_on="velocity")
-    elif variant not in ("backbone", "IC"):
+    elif variant not in ("backbone", *CONFIGURATION_KEYS):
         raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
     return out
 

@@ -98,6 +98,10 @@ def _workers(value: int | None, num_pairs: int) -> int:
 @click.option("--instance-optimization", "instance_optimization", type=click.IntRange(min=0), default=None,
               help="Refine each pair's field with N test-time optimisation steps (0 = off; default: the plans' "
                    "instance_optimization, see prediction.md).")
+@click.option("--instance-optimization-settings", "instance_optimization_settings", default=None,
+              metavar="KEY=VALUE,...",
+              help="Override keys of the plans' instance_optimization for this run, e.g. "
+                   "'grid_factor=2,lambda_reg=0.5' (see prediction.md).")
 @click.option("--deterministic", is_flag=True, help="Deterministic algorithms for the refinement.")
 @results_option
 @verbose_option
@@ -108,10 +112,13 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
          fixed: str | None, moving: str | None, save_warped: bool, warp_labels: str | None, itk: bool, qc: bool,
          resume: bool, num_readers: int | None, num_writers: int | None, num_parts: int, part_id: int,
          threads: int | None, channels_last: bool,
-         instance_optimization: int | None, deterministic: bool, results: str | None, verbose: bool) -> None:
+         instance_optimization: int | None, instance_optimization_settings: str | None, deterministic: bool,
+         results: str | None, verbose: bool) -> None:
     """Register image pairs with a trained nnreg model; fields in the Learn2Reg/LUMIR format."""
     from nnreg.inference import ExportOptions, collect_pairs, nnRegPredictor, predict_pairs
+    from nnreg.inference.instance_optimization import parse_overrides
 
+    overrides = parse_overrides(instance_optimization_settings or "")
     pairs = collect_pairs(input_path, pairs_key, fixed, moving)
     from nnreg.inference.pipeline import select_part
 
@@ -122,7 +129,8 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
     device = _device(device)
     folder = _model_folder(model, dataset, configuration, plans, trainer, results, device)
     predictor = nnRegPredictor(device=device, num_threads=threads, channels_last=channels_last,
-                               instance_optimization=instance_optimization, deterministic=deterministic)
+                               instance_optimization=instance_optimization, deterministic=deterministic,
+                               instance_optimization_overrides=overrides)
     predictor.initialize_from_trained_model_folder(folder, _folds(folds), checkpoint, configuration)
     options = ExportOptions(save_warped=save_warped, labels_folder=labels, itk=itk, qc=qc, inverse=inverse)
     summary = predict_pairs(predictor, pairs, output, options, resume=resume,

@@ -38,8 +38,8 @@ class InstanceOptimization:
     """Settings of the per-pair refinement (``steps = 0``: off). Stored in the plans as ``instance_optimization``."""
 
     steps: int = 0                 # Adam steps at most on the coarse similarity grid (0 = no refinement at all)
-    lr: float = 0.2                # Adam learning rate, velocity in its own voxels
-    grid_factor: int = 4           # velocity grid = network grid / grid_factor (rounded up)
+    lr: float = 0.5                # Adam learning rate, velocity in its own voxels
+    grid_factor: int = 2           # velocity grid = network grid / grid_factor (rounded up)
     image_factor: int = 2          # coarse similarity grid = network grid / image_factor (1 = the network grid)
     ncc_window: int = 5            # local NCC window on the coarse similarity grid (odd)
     fine_steps: int = 30           # then at most this many steps on the network grid (when image_factor > 1)
@@ -86,6 +86,30 @@ class InstanceOptimization:
 
     def with_steps(self, steps: int) -> "InstanceOptimization":
         return replace(self, steps=int(steps))
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> "InstanceOptimization":
+        """These settings with ``overrides`` (keys of this class; unknown keys are an error)."""
+        if not overrides:
+            return self
+        return InstanceOptimization.from_json({**self.to_json(), **overrides})
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """``"grid_factor=2,lambda_reg=0.5"`` -> ``{"grid_factor": 2, "lambda_reg": 0.5}``, each value typed like the
+    setting it replaces (the ``--instance-optimization-settings`` syntax); one-line error for anything else."""
+    types = {f.name: type(f.default) for f in fields(InstanceOptimization)}
+    overrides: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or key not in types:
+            raise ConfigurationError(f"instance optimisation setting '{item}' is not KEY=VALUE with KEY one of "
+                                     f"{', '.join(types)}")
+        try:
+            overrides[key] = types[key](value)
+        except ValueError:
+            raise ConfigurationError(f"instance optimisation setting '{item}': {value!r} is not a valid "
+                                     f"{types[key].__name__}") from None
+    return overrides
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,11 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
     def __init__(self, device: str | torch.device = "cpu", num_threads: int | None = None,
                  channels_last: bool = False,
                  instance_optimization: int | InstanceOptimization | None = None,
-                 deterministic: bool = False) -> None:
+                 deterministic: bool = False,
+                 instance_optimization_overrides: dict[str, Any] | None = None) -> None:
         """``instance_optimization``: None = the setting recorded in the plans (off if none), an int = that many
-        refinement steps with the recorded (or default) settings, or full :class:`InstanceOptimization` settings."""
+        refinement steps with the recorded (or default) settings, or full :class:`InstanceOptimization` settings.
+        ``instance_optimization_overrides`` replaces single keys of the recorded settings (before an int's steps)."""
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigurationError("--device cuda requested but no CUDA device is available")
@@ -67,6 +69,8 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         self.keep_velocity_inverse = False
         self.last_velocity_inverse: torch.Tensor | None = None
         self.instance_optimization_request = instance_optimization
+        self.instance_optimization_overrides = dict(instance_optimization_overrides or {})
+        InstanceOptimization().with_overrides(self.instance_optimization_overrides)   # bad keys fail here, early
         self.deterministic = deterministic
         self.last_refinement: RefinementReport | None = None
 
@@ -170,6 +174,7 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         if isinstance(request, InstanceOptimization):
             return request
         recorded = InstanceOptimization.from_json(getattr(configuration, "instance_optimization", None))
+        recorded = recorded.with_overrides(self.instance_optimization_overrides)
         return recorded if request is None else recorded.with_steps(int(request))
 
     def _refine(self, fixed_network: np.ndarray, moving_network: np.ndarray, field: torch.Tensor) -> torch.Tensor:

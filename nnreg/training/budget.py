@@ -18,6 +18,11 @@ validated per epoch. The choice (:func:`fit_schedule`): the configured iteration
 :data:`MAX_VALIDATION_SHARE` of an epoch) so that there are ``MIN_EPOCHS`` epochs: enough for the poly decay and the
 moving average that picks ``checkpoint_best``.
 
+The first steps are slower than the rest (allocator and caches warming up) and the final validation is an
+estimate, so a fresh run refits its number of epochs after each epoch of the first half of the schedule
+(:func:`refit_epochs`): from the measured mean epoch time, the epochs that still fit the budget are added or
+dropped, iterations per epoch unchanged; in the second half the count stays, so the decay ends as planned.
+
 Continuing (``--c``) keeps the iterations per epoch and the time already trained (the logged epoch times):
 the epochs that still fit the budget (at least the one being started), at the measured time per epoch, are
 appended to those done, so a run killed and continued with the same budget finishes about as planned, and a
@@ -35,7 +40,8 @@ if TYPE_CHECKING:
 CALIBRATION_STEPS = 3           # timed training steps (after one warm-up step)
 MIN_EPOCHS = 10                 # fewer iterations per epoch rather than fewer epochs than this
 MAX_VALIDATION_SHARE = 0.1      # per-epoch validation at most this share of an epoch (when the budget allows)
-FINAL_PAIR_FACTOR = 4.0         # a final-validation pair (full size, predictor, Dice + HD95 twice) vs an epoch pair
+FINAL_PAIR_FACTOR = 1.0         # a final-validation pair (full size, predictor, Dice + HD95) vs an epoch pair
+#                                 (measured on OpenBrains80, 2 CPU cores: 0.5; 1.0 leaves room for larger grids)
 FINAL_OVERHEAD_SECONDS = 10.0   # final validation start-up: predictor, reading the raw images and labels
 
 
@@ -111,6 +117,38 @@ def extend_schedule(budget_seconds: float, spent_seconds: float, trained_epochs:
     step = max(0.0, (epoch_seconds - validation_seconds) / max(1, iterations))
     return Schedule(max(1, trained_epochs + more), iterations, budget_seconds, spent_seconds, step,
                     validation_seconds, final_seconds, first_epoch=trained_epochs)
+
+
+def refit_epochs(budget_seconds: float, elapsed_seconds: float, epochs_done: int, epochs: int,
+                 epoch_seconds: float, final_seconds: float) -> int:
+    """The total epochs of a fresh run after ``epochs_done`` of ``epochs`` (module docstring): unchanged in the
+    second half of the schedule, else ``epochs_done`` plus the epochs that fit the rest of the budget (at least 1)."""
+    if epochs_done <= 0 or 2 * epochs_done > epochs or epoch_seconds <= 0:
+        return epochs
+    left = budget_seconds - elapsed_seconds - final_seconds
+    return epochs_done + max(1, math.floor(left / epoch_seconds))
+
+
+def measure_progress(trainer: "nnRegTrainer", schedule: Schedule) -> tuple[float, float]:
+    """(seconds since the budget clock started, mean seconds of the epochs this process trained after its first,
+    which is slower: warm-up, calibration), averaged over DDP ranks so that every rank refits alike."""
+    import time
+
+    from nnreg.training.distributed import mean_over_ranks
+
+    times = [t for t in trainer.log.values.get("epoch_time", [])[schedule.first_epoch:] if t is not None]
+    times = times[1:] if len(times) > 1 else times    # the first epoch holds the warm-up and calibration
+    ctx, device = trainer.context, trainer.device
+    elapsed = mean_over_ranks(time.monotonic() - trainer.budget_clock, ctx, device)
+    return elapsed, mean_over_ranks(sum(times) / len(times) if times else 0.0, ctx, device)
+
+
+def refit_trainer_epochs(trainer: "nnRegTrainer", schedule: Schedule) -> tuple[int, float]:
+    """(:func:`refit_epochs` for ``trainer`` after its current epoch, the mean epoch seconds it used)."""
+    elapsed, epoch_seconds = measure_progress(trainer, schedule)
+    epochs = refit_epochs(schedule.budget_seconds, elapsed, trainer.current_epoch, trainer.hp.epochs, epoch_seconds,
+                          schedule.final_validation_seconds)
+    return epochs, epoch_seconds
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from nnreg.evaluation import evaluate_pair
 from nnreg.losses import DeepSupervisedRegistrationLoss, local_ncc_loss
 from nnreg.planning.plans import Plans
 from nnreg.spatial import warp
-from nnreg.training.budget import fit_trainer_schedule
+from nnreg.training import budget
+from nnreg.training.budget import Schedule, fit_trainer_schedule
 from nnreg.training.checkpoint import (capture_rng_state, clean_state_dict, load_checkpoint, plans_entries,
                                        restore_rng_state, save_checkpoint)
 from nnreg.training.data import PairDataset, PairLoader, PairSampler, default_num_workers
@@ -73,6 +74,7 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         self.guard = DivergenceGuard()
         self.budget_clock = time.monotonic()      # --time-budget counts from here (nnreg.training.budget)
         self._budget_fitted = False
+        self._budget_schedule: Schedule | None = None    # a fresh run's fitted schedule, refitted per epoch
 
     # -- construction ------------------------------------------------------------------------------------
     @staticmethod
@@ -166,9 +168,20 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         self._budget_fitted = True
         schedule = fit_trainer_schedule(self)
         self.hp = replace(self.hp, epochs=schedule.epochs, iterations_per_epoch=schedule.iterations_per_epoch)
+        self._budget_schedule = schedule if schedule.first_epoch == 0 else None
         logger.info(schedule.describe())
         if self.current_epoch > 0:      # continued: the decay follows the new number of epochs from this one on
             self._apply_lr(log=True)
+
+    def refit_time_budget(self) -> None:
+        """After an epoch of a fresh budgeted run: add or drop epochs to the measured speed (budget.refit_epochs)."""
+        if self._budget_schedule is None:
+            return
+        epochs, epoch_seconds = budget.refit_trainer_epochs(self, self._budget_schedule)
+        if epochs != self.hp.epochs:
+            logger.info("time budget: %d epochs instead of %d (measured %.1f s per epoch so far)", epochs,
+                        self.hp.epochs, epoch_seconds)
+            self.hp = replace(self.hp, epochs=epochs)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimisation step on a batch of pairs; returns the loss terms for logging.
@@ -275,6 +288,7 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         ema = self.log.update_ema(epoch, metric, self.hp.ema_alpha)
         self.log.log("epoch_time", time.time() - self._epoch_start, epoch)
         self.current_epoch = epoch + 1
+        self.refit_time_budget()
         logger.info(self.log.summary_line(epoch, self.hp.epochs))
         if not self.context.is_main:
             return

@@ -46,6 +46,7 @@ def test_variants_are_inheriting_plans_entries(tiny_env: dict[str, Path]) -> Non
     assert ca["co_attention_levels"] == [1, 2]       # 32x40x32: every level has <= 16384 positions except level 0
     assert plans.configuration(names["BF-velocity"]).architecture["kwargs"]["bilateral_on"] == "velocity"
     assert plans.configuration(names["IC"]).symmetric_training == {"lambda_ic": 1.0}
+    assert plans.configuration(names["IC-small"]).symmetric_training == {"lambda_ic": 0.1}
     assert plans.configuration(names["backbone"]).symmetric_training is None
 
 

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from nnreg.evaluation.jacobian import ndv
 from nnreg.inference import nnRegPredictor
-from nnreg.inference.instance_optimization import InstanceOptimization, refine_field
+from nnreg.inference.instance_optimization import InstanceOptimization, parse_overrides, refine_field
 from nnreg.planning.plans import DEFAULT_INSTANCE_OPTIMIZATION, ConfigurationPlan, Plans
 from nnreg.spatial import jacobian_determinant
 from nnreg.utilities.errors import ConfigurationError
@@ -206,3 +206,26 @@ def test_cli_flag_and_the_recorded_default(tmp_path) -> None:
     again = predict("b", "--instance-optimization", "8", "--deterministic")
     assert np.array_equal(refined, again) and not np.array_equal(refined, network_only)
     assert ndv(refined) < 0.01
+    coarse = predict("c", "--instance-optimization", "8", "--deterministic",
+                     "--instance-optimization-settings", "grid_factor=4, fine_steps=0")
+    assert not np.array_equal(coarse, refined) and ndv(coarse) < 0.01
+    bad = CliRunner().invoke(main, ["--fixed", str(images[0]), "--moving", str(images[1]), "-o", str(tmp_path / "x"),
+                                    "-m", str(model), "--instance-optimization-settings", "grid=2"])
+    assert bad.exit_code != 0 and "not KEY=VALUE" in bad.output and "Traceback" not in bad.output
+
+
+def test_overrides_are_typed_like_the_settings_and_replace_single_keys() -> None:
+    overrides = parse_overrides(" grid_factor=2, lambda_reg=0.5 ,")
+    assert overrides == {"grid_factor": 2, "lambda_reg": 0.5} and isinstance(overrides["grid_factor"], int)
+    assert parse_overrides("") == {}
+    settings = InstanceOptimization(steps=60).with_overrides(overrides)
+    assert (settings.steps, settings.grid_factor, settings.lambda_reg) == (60, 2, 0.5)
+    for text, message in (("window=3", "not KEY=VALUE"), ("grid_factor=2.5", "not a valid int"),
+                          ("ncc_window=4", "odd")):
+        with pytest.raises(ConfigurationError, match=message):
+            InstanceOptimization().with_overrides(parse_overrides(text))
+    recorded = {"steps": 60, "grid_factor": 4}
+    predictor = nnRegPredictor(num_threads=1, instance_optimization=7,
+                               instance_optimization_overrides={"grid_factor": 2})
+    predictor.manual_initialization(OracleNet(np.zeros((3, *SHAPE), np.float32)), _config(recorded))
+    assert predictor.instance_optimization == InstanceOptimization(steps=7, grid_factor=2)

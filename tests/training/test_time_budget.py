@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from nnreg.cli.train import main
 from nnreg.training import budget
-from nnreg.training.budget import MIN_EPOCHS, Timing, extend_schedule, fit_schedule
+from nnreg.training.budget import MIN_EPOCHS, Timing, extend_schedule, fit_schedule, refit_epochs
 from tests.training.conftest import fold_folder
 
 ARGS = ["--device", "cpu", "--val-pairs", "1", "--num-workers", "0", "--ncc-window", "5", "--no-final-validation"]
@@ -55,6 +55,40 @@ def test_continued_schedule_keeps_iterations_and_counts_the_time_trained() -> No
     assert spent.epochs == 6                                     # the epoch being started always runs
 
 
+def test_refit_follows_the_measured_speed_in_the_first_half_only() -> None:
+    # 10 epochs planned for 1800 s; after 2 epochs of 100 s (300 s elapsed, 100 s final): 14 more fit
+    assert refit_epochs(1800, 300, 2, 10, 100, 100) == 2 + 14
+    assert refit_epochs(1800, 300, 2, 10, 200, 100) == 2 + 7           # slower than planned: fewer epochs
+    assert refit_epochs(1800, 1900, 2, 10, 200, 100) == 3              # over budget: the next epoch still runs
+    assert refit_epochs(1800, 300, 6, 10, 10, 100) == 10               # second half: the decay ends as planned
+    assert refit_epochs(1800, 300, 0, 10, 10, 100) == 10 and refit_epochs(1800, 300, 2, 10, 0, 100) == 10
+
+
+def test_progress_leaves_out_the_first_epoch_once_there_are_more() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from nnreg.training.distributed import DistributedContext
+
+    trainer = SimpleNamespace(log=SimpleNamespace(values={"epoch_time": [90.0, 60.0, 62.0]}),
+                              context=DistributedContext(), device=torch.device("cpu"),
+                              budget_clock=time.monotonic() - 300.0)
+    schedule = fit_schedule(1800, 15, 1.0, 5, 30, 50)
+    elapsed, epoch = budget.measure_progress(trainer, schedule)
+    assert epoch == pytest.approx(61.0) and elapsed == pytest.approx(300.0, abs=5.0)
+    trainer.log.values["epoch_time"] = [90.0]
+    assert budget.measure_progress(trainer, schedule)[1] == pytest.approx(90.0)
+
+
+def test_a_faster_run_than_calibrated_gets_more_epochs(train_env: dict[str, Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # calibrated at 1 s per step (3 epochs of 2 steps in 0.3 min), but epochs take 2 s: after epoch 1
+    # (5 s elapsed) (18 - 5) // 2 = 6 more -> 7 epochs; after epoch 2 of 7 (7 s): 2 + 5 = 7 again; then fixed
+    final, log, _ = _budget_run(train_env, monkeypatch, epoch_seconds=2.0)
+    assert final["current_epoch"] == 7 and final["init_args"]["hyperparameters"]["epochs"] == 7
+    assert "time budget: 7 epochs instead of 3" in log and "epoch 7/7" in log
+
+
 def test_the_trainer_measures_real_steps_and_validation(train_env: dict[str, Path]) -> None:
     """The calibration steps are real training steps: logged, and the data position advances."""
     from nnreg.training.hyperparameters import TrainingHyperparameters
@@ -86,21 +120,30 @@ def _fake(timing: Timing):
     return measure, calls
 
 
-def test_cli_run_follows_the_fitted_schedule_and_logs_it(train_env: dict[str, Path],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    # 0.3 minutes, 3 s spent, 1 s per step, 2 s validation, at most 2 iterations: (18 - 3) // (2 + 2) = 3 epochs
+def _budget_run(train_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch, epoch_seconds: float):
+    """``nnreg_train --time-budget 0.3`` (18 s) calibrated at 3 s spent, 1 s per step, 2 s validation (3 epochs of
+    2 steps), whose epochs then take ``epoch_seconds``: (final checkpoint, training log, calibration calls)."""
     measure, calls = _fake(Timing(3.0, 1.0, 0.0, 2.0, 0.0))
     monkeypatch.setattr(budget, "measure_trainer", measure)
+    monkeypatch.setattr(budget, "measure_progress",
+                        lambda trainer, schedule: (3.0 + epoch_seconds * trainer.current_epoch, epoch_seconds))
     result = CliRunner().invoke(main, ["901", "0", "--time-budget", "0.3", "--iterations-per-epoch", "2", *ARGS])
     assert result.exit_code == 0, result.output
     fold = fold_folder(train_env)
-    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    return final, next(fold.glob("training_log_*.txt")).read_text(), calls
+
+
+def test_cli_run_follows_the_fitted_schedule_and_logs_it(train_env: dict[str, Path],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0.3 minutes, 3 s spent, 1 s per step, 2 s validation, at most 2 iterations: (18 - 3) // (2 + 2) = 3 epochs
+    # the refit after each epoch sees the same speed (4 s per epoch after the 3 s spent): nothing to change
+    checkpoint, log, calls = _budget_run(train_env, monkeypatch, epoch_seconds=4.0)
     hp = checkpoint["init_args"]["hyperparameters"]
     assert (hp["epochs"], hp["iterations_per_epoch"], hp["time_budget_minutes"]) == (3, 2, 0.3)
     assert checkpoint["current_epoch"] == 3 and len(checkpoint["logging"]["lr"]) == 3
     lr = checkpoint["logging"]["lr"]
     assert lr[-1] == pytest.approx(lr[0] * (1 - 2 / 3) ** 0.9)          # the decay fitted to 3 epochs
-    log = next(fold.glob("training_log_*.txt")).read_text()
     assert "time budget 0.3 min: 3 epochs x 2 iterations" in log and "epoch 3/3" in log
     assert calls == [0]
 

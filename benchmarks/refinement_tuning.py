@@ -1,0 +1,144 @@
+"""Tune the test-time refinement on training subjects: one trained model, several settings, the same pairs.
+
+    python benchmarks/refinement_tuning.py -m MODEL_FOLDER -f all --dataset RAW_DATASET_DIR --max-pairs 8 \
+        --json tuning.json --settings "" "grid_factor=2" "grid_factor=2,lambda_reg=0.5"
+
+Each ``--settings`` entry is a comma-separated list of ``key=value`` overrides of the model's recorded
+``instance_optimization`` (:class:`nnreg.inference.instance_optimization.InstanceOptimization`; the syntax of
+``nnreg_predict --instance-optimization-settings``; ``""`` = the recorded setting as it is); the row ``network`` is the network's field without refinement. The pairs are ordered
+pairs of **training** images with labels (``labelsTr``), never the held-out ``validation`` pairs: with a numeric
+``-f`` the images of that fold's validation split in ``splits_final.json`` (which that fold's network never saw),
+with ``-f all`` all training images (seen by the network, so the starting field is better than on new subjects).
+Pair ``k`` is ``(image[k mod n], image[(k + 1 + k // n) mod n])``, so every subject is fixed and moving once
+before any repeats. The network field of a pair is computed once and every setting refines that same field.
+
+Scores are the official metrics of :mod:`nnreg.evaluation` (Dice and HD95 over the labels of ``--eval-config``
+or every label of the fixed map, NDV in % of the moving image's foreground, ``ndv_mask="moving"``) and the
+refinement's wall seconds per pair (network excluded). Prints a table and writes the rows to ``--json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnreg.dataset.learn2reg import ImageEntry, load_dataset
+from nnreg.evaluation import evaluate_pair, load_config
+from nnreg.evaluation.ground_truth import load_volume
+from nnreg.inference import nnRegPredictor
+from nnreg.inference.instance_optimization import InstanceOptimization, parse_overrides, refine_field
+from nnreg.utilities.files import read_json, write_json
+
+logger = logging.getLogger("nnreg.benchmarks.refinement_tuning")
+
+
+def training_images(dataset: Path, fold: str, preprocessed_splits: Path | None) -> list[ImageEntry]:
+    """The training images to pair: a fold's validation split (numeric ``fold``) or all of them."""
+    images = list(load_dataset(dataset).training)
+    if fold == "all":
+        return images
+    if preprocessed_splits is None or not preprocessed_splits.is_file():
+        raise SystemExit("a numeric -f needs --splits (the dataset's splits_final.json)")
+    keep = set(read_json(preprocessed_splits)[int(fold)]["val"])
+    chosen = [e for e in images if e.case_id in keep]
+    if len(chosen) < 2:
+        raise SystemExit(f"fold {fold}'s validation split has fewer than two images")
+    return chosen
+
+
+def make_pairs(images: list[ImageEntry], max_pairs: int) -> list[tuple[ImageEntry, ImageEntry]]:
+    n = len(images)
+    pairs = []
+    for k in range(min(max_pairs, n * (n - 1))):
+        fixed, moving = k % n, (k % n + 1 + k // n) % n
+        pairs.append((images[fixed], images[moving]))
+    return pairs
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'setting':<44} {'Dice':>7} {'HD95':>6} {'NDV %':>8} {'refine s':>9} {'steps':>6}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['setting']:<44} {r['dice']:>7.4f} {r['hd95']:>6.2f} {r['ndv']:>8.4f} "
+                     f"{r['refine_seconds_per_pair']:>9.2f} {r['mean_steps']:>6.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-m", "--model-folder", type=Path, required=True, help="trained model folder")
+    parser.add_argument("-f", "--fold", default="all", help="fold of the model (numeric: pairs from its val split)")
+    parser.add_argument("--dataset", type=Path, required=True, help="raw Learn2Reg dataset folder with labelsTr")
+    parser.add_argument("--splits", type=Path, default=None, help="splits_final.json (for a numeric -f)")
+    parser.add_argument("--max-pairs", type=int, default=8, help="number of ordered training pairs")
+    parser.add_argument("--settings", nargs="+", default=[""], help="key=value,... overrides (\"\" = recorded)")
+    parser.add_argument("--eval-config", type=Path, default=None, help="take the Dice/HD95 labels from this config")
+    parser.add_argument("--json", type=Path, required=True, help="write the rows here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    predictor = nnRegPredictor(device="cpu", instance_optimization=0)
+    predictor.initialize_from_trained_model_folder(args.model_folder, use_folds=[args.fold])
+    recorded = InstanceOptimization.from_json(getattr(predictor.configuration, "instance_optimization", None))
+    settings = [(text or "recorded", recorded.with_overrides(parse_overrides(text))) for text in args.settings]
+    labels = None
+    if args.eval_config is not None:
+        dice_methods = [m for m in load_config(args.eval_config).methods if m.metric == "dice"]
+        labels = dice_methods[0].labels if dice_methods else None
+    pairs = make_pairs(training_images(args.dataset, args.fold, args.splits), args.max_pairs)
+    logger.info("%d training pairs, %d settings, model %s fold %s", len(pairs), len(settings),
+                args.model_folder, args.fold)
+
+    scores: dict[str, list[dict[str, float]]] = {"network": []}
+    for name, _ in settings:
+        scores[name] = []
+    for fixed_entry, moving_entry in pairs:
+        fixed_path, moving_path = fixed_entry.path, moving_entry.path
+        prepared = predictor.prepare(fixed_path, moving_path)
+        network_field = predictor.predict_network_grid(prepared.fixed_network, prepared.moving_network)
+        fixed_t = torch.from_numpy(np.ascontiguousarray(prepared.fixed_network, dtype=np.float32))[None, None]
+        moving_t = torch.from_numpy(np.ascontiguousarray(prepared.moving_network, dtype=np.float32))[None, None]
+        fixed_labels = load_volume(fixed_entry.labels_path(), "fixed labels", fixed_path)
+        moving_labels = load_volume(moving_entry.labels_path(), "moving labels", moving_path)
+        moving_image = load_volume(moving_path, "moving image")
+        candidates = [("network", None)] + settings
+        for name, setting in candidates:
+            start = time.perf_counter()
+            steps = 0
+            field = network_field
+            if setting is not None and setting.enabled:
+                field, report = refine_field(fixed_t, moving_t, network_field, setting)
+                steps = report.steps_run
+            seconds = time.perf_counter() - start
+            disp = prepared.mapping.field_to_original(field[0].numpy())
+            metrics = evaluate_pair(disp, fixed_labels, moving_labels, moving_image=moving_image, labels=labels,
+                                    metrics=("dice", "hd95", "ndv"))
+            metrics.update(seconds=seconds, steps=steps)
+            scores[name].append(metrics)
+            logger.info("%s <- %s  %-40s Dice %.4f NDV %.4f  %.1f s", fixed_path.name, moving_path.name, name,
+                        metrics["dice"], metrics["ndv"], seconds)
+
+    rows = []
+    for name, values in scores.items():
+        setting_json = None if name == "network" else dict(settings)[name].to_json()
+        rows.append({"setting": name, "settings": setting_json, "pairs": len(values),
+                     "dice": float(np.mean([v["dice"] for v in values])),
+                     "hd95": float(np.mean([v["hd95"] for v in values])),
+                     "ndv": float(np.mean([v["ndv"] for v in values])),
+                     "refine_seconds_per_pair": float(np.mean([v["seconds"] for v in values])),
+                     "mean_steps": float(np.mean([v["steps"] for v in values]))})
+    print(format_table(rows))
+    write_json({"model_folder": str(args.model_folder), "fold": args.fold,
+                           "pairs": [[str(f.path), str(m.path)] for f, m in pairs], "rows": rows}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
