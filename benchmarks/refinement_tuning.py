@@ -5,8 +5,8 @@
 
 Each ``--settings`` entry is a comma-separated list of ``key=value`` overrides of the model's recorded
 ``instance_optimization`` (:class:`nnreg.inference.instance_optimization.InstanceOptimization`; the syntax of
-``nnreg_predict --instance-optimization-settings``; ``""`` = the recorded setting as it is); the row ``network`` is the network's field without refinement. The pairs are ordered
-pairs of **training** images with labels (``labelsTr``), never the held-out ``validation`` pairs: with a numeric
+``nnreg_predict --instance-optimization-settings``; ``""`` = the recorded setting as it is); the row ``network``
+is the network's field without refinement. The pairs are ordered pairs of **training** images with labels (``labelsTr``), never the held-out ``validation`` pairs: with a numeric
 ``-f`` the images of that fold's validation split in ``splits_final.json`` (which that fold's network never saw),
 with ``-f all`` all training images (seen by the network, so the starting field is better than on new subjects).
 Pair ``k`` is ``(image[k mod n], image[(k + 1 + k // n) mod n])``, so every subject is fixed and moving once
@@ -19,7 +19,6 @@ refinement's wall seconds per pair (network excluded). Prints a table and writes
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -96,9 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%d training pairs, %d settings, model %s fold %s", len(pairs), len(settings),
                 args.model_folder, args.fold)
 
-    scores: dict[str, list[dict[str, float]]] = {"network": []}
-    for name, _ in settings:
-        scores[name] = []
+    candidates: list[tuple[str, InstanceOptimization | None]] = [("network", None), *settings]
+    scores: dict[str, list[dict[str, float]]] = {name: [] for name, _ in candidates}
     for fixed_entry, moving_entry in pairs:
         fixed_path, moving_path = fixed_entry.path, moving_entry.path
         prepared = predictor.prepare(fixed_path, moving_path)
@@ -108,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         fixed_labels = load_volume(fixed_entry.labels_path(), "fixed labels", fixed_path)
         moving_labels = load_volume(moving_entry.labels_path(), "moving labels", moving_path)
         moving_image = load_volume(moving_path, "moving image")
-        candidates = [("network", None)] + settings
         for name, setting in candidates:
             start = time.perf_counter()
             steps = 0
@@ -126,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                         metrics["dice"], metrics["ndv"], seconds)
 
     rows = []
-    for name, values in scores.items():
-        setting_json = None if name == "network" else dict(settings)[name].to_json()
-        rows.append({"setting": name, "settings": setting_json, "pairs": len(values),
+    for name, setting in candidates:
+        values = scores[name]
+        rows.append({"setting": name, "settings": None if setting is None else setting.to_json(), "pairs": len(values),
                      "dice": float(np.mean([v["dice"] for v in values])),
                      "hd95": float(np.mean([v["hd95"] for v in values])),
                      "ndv": float(np.mean([v["ndv"] for v in values])),
@@ -136,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                      "mean_steps": float(np.mean([v["steps"] for v in values]))})
     print(format_table(rows))
     write_json({"model_folder": str(args.model_folder), "fold": args.fold,
-                           "pairs": [[str(f.path), str(m.path)] for f, m in pairs], "rows": rows}, args.json)
+                "pairs": [[str(f.path), str(m.path)] for f, m in pairs], "rows": rows}, args.json)
     return 0
 
 

@@ -136,7 +136,7 @@ def measure_progress(trainer: "nnRegTrainer", schedule: Schedule) -> tuple[float
 
     from nnreg.training.distributed import mean_over_ranks
 
-    times = [t for t in trainer.log.values.get("epoch_time", [])[schedule.first_epoch:] if t is not None]
+    times = _logged_epoch_times(trainer, schedule.first_epoch)
     times = times[1:] if len(times) > 1 else times    # the first epoch holds the warm-up and calibration
     ctx, device = trainer.context, trainer.device
     elapsed = mean_over_ranks(time.monotonic() - trainer.budget_clock, ctx, device)
@@ -181,7 +181,7 @@ def measure_trainer(trainer: "nnRegTrainer") -> Timing:
     step = epoch_seconds = 0.0
     logged = 0.0
     if trainer.current_epoch > 0:
-        times = [t for t in trainer.log.values.get("epoch_time", []) if t is not None]
+        times = _logged_epoch_times(trainer)
         epoch_seconds = sum(times[-5:]) / len(times[-5:]) if times else 0.0
         logged = sum(times)
     else:
@@ -213,6 +213,11 @@ def fit_trainer_schedule(trainer: "nnRegTrainer") -> Schedule:
                                hp.iterations_per_epoch, timing.validation_seconds, timing.final_validation_seconds)
     return fit_schedule(budget, timing.spent_seconds, timing.step_seconds, timing.validation_seconds,
                         timing.final_validation_seconds, hp.iterations_per_epoch)
+
+
+def _logged_epoch_times(trainer: "nnRegTrainer", first_epoch: int = 0) -> list[float]:
+    """The logged wall seconds of the epochs from ``first_epoch`` on (epochs without a time left out)."""
+    return [t for t in trainer.log.values.get("epoch_time", [])[first_epoch:] if t is not None]
 
 
 def _time_validation_pair(trainer: "nnRegTrainer") -> float:

@@ -27,7 +27,6 @@ from nnreg.losses import DeepSupervisedRegistrationLoss, local_ncc_loss
 from nnreg.planning.plans import Plans
 from nnreg.spatial import warp
 from nnreg.training import budget
-from nnreg.training.budget import Schedule, fit_trainer_schedule
 from nnreg.training.checkpoint import (capture_rng_state, clean_state_dict, load_checkpoint, plans_entries,
                                        restore_rng_state, save_checkpoint)
 from nnreg.training.data import PairDataset, PairLoader, PairSampler, default_num_workers
@@ -74,7 +73,7 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         self.guard = DivergenceGuard()
         self.budget_clock = time.monotonic()      # --time-budget counts from here (nnreg.training.budget)
         self._budget_fitted = False
-        self._budget_schedule: Schedule | None = None    # a fresh run's fitted schedule, refitted per epoch
+        self._budget_schedule: budget.Schedule | None = None    # a fresh run's fitted schedule, refitted per epoch
 
     # -- construction ------------------------------------------------------------------------------------
     @staticmethod
@@ -166,7 +165,7 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         if not self.hp.time_budget_minutes or self._budget_fitted:
             return
         self._budget_fitted = True
-        schedule = fit_trainer_schedule(self)
+        schedule = budget.fit_trainer_schedule(self)
         self.hp = replace(self.hp, epochs=schedule.epochs, iterations_per_epoch=schedule.iterations_per_epoch)
         self._budget_schedule = schedule if schedule.first_epoch == 0 else None
         logger.info(schedule.describe())
