@@ -62,13 +62,16 @@ def test_tracing_leaves_no_fake_tensors_behind() -> None:
 
 def test_prediction_matches_a_measured_cpu_training_step() -> None:
     """Real step in a subprocess: with a fixed small mmap threshold RSS follows the tensors (the model's core);
-    with glibc's defaults the allocator model is compared (documentation/planner.md)."""
+    with glibc's defaults the allocator model is compared (documentation/planner.md). The allocator model is a
+    single-arena model, so that comparison runs the child on one thread: with two threads each worker's arena
+    retains its own freed chunks and repeated runs of this step scatter from +6 % to +35 % (the process reserve
+    covers that), while on one thread they stay within +10 %."""
     arch = _arch(base_channels=16)
     shape = [48, 64, 48]
     estimate = estimate_memory(arch, shape)
     exact = measure_training_step(arch, shape, env={"MALLOC_MMAP_THRESHOLD_": "65536"})["measured_bytes"]
     assert abs(exact / estimate.step_tensor_bytes - 1.0) <= TOLERANCE, (estimate, exact)
-    default = measure_training_step(arch, shape)["measured_bytes"]
+    default = measure_training_step(arch, shape, env={"OMP_NUM_THREADS": "1"})["measured_bytes"]
     assert abs(default / estimate.step_bytes - 1.0) <= TOLERANCE, (estimate, default)
 
 
