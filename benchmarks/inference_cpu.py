@@ -4,7 +4,9 @@ Runs each case in its own subprocess (fresh allocator, fresh caches) and reads t
 ``os.wait4`` (the kernel's rusage of the child, i.e. ``getrusage`` of children, one child at a time). Cases: the
 default plans' configurations (``3d_fullres``, ``3d_halfres`` as planned for a 160x224x192 dataset) next to the
 VoxelMorph baseline architecture on the fullres grid, each with glibc malloc and with jemalloc (LD_PRELOAD, decay
-off), and with/without channels_last_3d. Untrained (randomly initialised) weights: the cost does not depend on them.
+off), and with/without channels_last_3d. The nnreg cases refine as the plans record (``--instance-optimization``),
+timed apart from the network. Untrained (randomly initialised) weights: the network's cost does not depend on them;
+the refinement's steps can (its early stop), so the steps run are reported next to its time.
 
     python benchmarks/inference_cpu.py --json benchmarks/results/inference_cpu.json
 
@@ -42,12 +44,16 @@ def child(args: argparse.Namespace) -> None:
     from nnreg.inference.export import ExportJob, export_pair
 
     t0 = time.perf_counter()
-    predictor = nnRegPredictor(device="cpu", channels_last=args.channels_last)
+    steps = None if args.instance_optimization is None else int(args.instance_optimization)
+    predictor = nnRegPredictor(device="cpu", channels_last=args.channels_last, instance_optimization=steps)
     predictor.initialize_from_trained_model_folder(args.model)
     t1 = time.perf_counter()
     prepared = predictor.prepare(Path(args.fixed), Path(args.moving))
     t2 = time.perf_counter()
-    network_field = predictor.predict_network_grid(prepared.fixed_network, prepared.moving_network)
+    network_field = predictor.predict_network_grid(prepared.fixed_network, prepared.moving_network, refine=False)
+    t_net = time.perf_counter()
+    network_field = predictor.refine(prepared.fixed_network, prepared.moving_network, network_field)
+    report = predictor.last_refinement
     t3 = time.perf_counter()
     field = prepared.mapping.field_to_original(network_field[0].numpy())
     del network_field
@@ -55,7 +61,8 @@ def child(args: argparse.Namespace) -> None:
     outputs = pair_outputs(Path(args.out), args.fixed, args.moving)
     export_pair(ExportJob(outputs, ExportOptions(), field, prepared.fixed_geometry))
     t5 = time.perf_counter()
-    print(json.dumps({"load_model_s": t1 - t0, "read_preprocess_s": t2 - t1, "network_s": t3 - t2,
+    print(json.dumps({"load_model_s": t1 - t0, "read_preprocess_s": t2 - t1, "network_s": t_net - t2,
+                      "refine_s": t3 - t_net, "refine_steps": 0 if report is None else report.steps_run,
                       "to_original_s": t4 - t3, "write_s": t5 - t4, "files_to_field_s": t5 - t1,
                       "threads": torch.get_num_threads(), "network_shape": list(prepared.fixed_network.shape),
                       "field_shape": list(field.shape)}))
@@ -136,6 +143,8 @@ def _run_case(case: dict[str, Any], fixed: Path, moving: Path, work: Path) -> di
     out = work / "out" / case["name"]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--model", str(case["model"]),
            "--fixed", str(fixed), "--moving", str(moving), "--out", str(out)]
+    if case.get("instance_optimization") is not None:
+        cmd += ["--instance-optimization", str(case["instance_optimization"])]
     if case["channels_last"]:
         cmd.append("--channels-last")
     log = work / f"{case['name']}.log"
@@ -156,7 +165,8 @@ def _run_case(case: dict[str, Any], fixed: Path, moving: Path, work: Path) -> di
     return row
 
 
-def _cases(work: Path, plans: Any, channels_last: bool, jemalloc: bool) -> list[dict[str, Any]]:
+def _cases(work: Path, plans: Any, channels_last: bool, jemalloc: bool,
+           instance_optimization: int | None) -> list[dict[str, Any]]:
     models = {"VoxelMorph": _model_folder(work, plans, "3d_fullres", VOXELMORPH, "voxelmorph"),
               "3d_halfres": _model_folder(work, plans, "3d_halfres", None, "default"),
               "3d_fullres": _model_folder(work, plans, "3d_fullres", None, "default")}
@@ -168,13 +178,15 @@ def _cases(work: Path, plans: Any, channels_last: bool, jemalloc: bool) -> list[
             for use_cl in layouts:
                 label = name + (" +jemalloc" if use_jemalloc else "") + (" +channels_last" if use_cl else "")
                 cases.append({"name": label.replace(" ", "_").replace("+", ""), "label": label, "model": model,
-                              "configuration": name, "jemalloc": use_jemalloc, "channels_last": use_cl})
+                              "configuration": name, "jemalloc": use_jemalloc, "channels_last": use_cl,
+                              # the VoxelMorph baseline is the network alone, as its users run it
+                              "instance_optimization": 0 if name == "VoxelMorph" else instance_optimization})
     return cases
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'case':<36} {'files->field s':>14} {'network s':>10} {'process s':>10} {'process CPU s':>13} "
-            f"{'peak RSS GB':>12} {'net grid':>14}")
+    head = (f"{'case':<36} {'files->field s':>14} {'network s':>10} {'refine s':>9} {'steps':>6} {'process s':>10} "
+            f"{'process CPU s':>13} {'peak RSS GB':>12} {'net grid':>14}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
@@ -182,7 +194,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
             continue
         grid = "x".join(map(str, r["network_shape"]))
         lines.append(f"{r['label']:<36} {r['files_to_field_s']:>14.1f} {r['network_s']:>10.1f} "
-                     f"{r['process_wall_s']:>10.1f} {r['process_cpu_s']:>13.1f} {r['peak_rss_gb']:>12.2f} {grid:>14}")
+                     f"{r['refine_s']:>9.1f} {r['refine_steps']:>6d} {r['process_wall_s']:>10.1f} "
+                     f"{r['process_cpu_s']:>13.1f} {r['peak_rss_gb']:>12.2f} {grid:>14}")
     return "\n".join(lines)
 
 
@@ -196,6 +209,10 @@ def main() -> None:
                         help="Plan as nnreg_plan_and_preprocess --device does (default cuda, the CLI default).")
     parser.add_argument("--planner", choices=["memory", "fixed"], default="memory",
                         help="memory = the CLI's memory-driven decision; fixed = shape-derived defaults.")
+    parser.add_argument("--instance-optimization", type=int, default=None, metavar="STEPS",
+                        help="Refinement steps of the nnreg cases (default: the plans' recorded setting, as "
+                             "nnreg_predict does; 0 = network alone). Untrained weights give a near-zero start, "
+                             "so the early stop may end it sooner than a trained model's.")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--fixed", help=argparse.SUPPRESS)
@@ -211,7 +228,7 @@ def main() -> None:
         work = Path(tmp)
         fixed, moving, source = _pair(work)
         plans = _plans(work, args.plans_device, args.planner)
-        cases = _cases(work, plans, not args.no_channels_last, not args.no_jemalloc)
+        cases = _cases(work, plans, not args.no_channels_last, not args.no_jemalloc, args.instance_optimization)
         if args.only:
             cases = [c for c in cases if c["name"] in args.only]
         rows = []

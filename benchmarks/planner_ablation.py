@@ -12,6 +12,12 @@ Every candidate is a plan made by the documented CLI (no hand edit), trained for
     nnreg_predict -i RAW -o OUT/<candidate> -d ID -p PLANS -c CONFIG -f FOLD --device cpu --instance-optimization 0
     nnreg_evaluate -i OUT/<candidate> -d RAW -c EVAL_CONFIG -o OUT/<candidate>/metrics.json
 
+With ``--refined`` each candidate is also predicted with its plans' test-time refinement (``nnreg_predict`` without
+``--instance-optimization``, into ``OUT/<candidate>_refined``) and scored the same way (columns ``refined_*``):
+refinement works on the configuration's grid, so this is what a resolution trade costs after refinement.
+``--reuse-models`` skips planning and training for a candidate whose fold already has ``checkpoint_final.pth`` in
+``OUTPUT/work`` (an earlier run of the same command), so a column can be added without retraining.
+
 The **fold** score (Dice/HD95 of the fold's held-out *training* images, ``validation/summary.json``) is what a
 choice may be tuned on; the **held-out** score (the dataset's ``validation`` pairs through ``nnreg_evaluate`` with
 the official config) is reported next to it. Candidates (:data:`CANDIDATES`; the width a time target gives depends
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -116,15 +123,16 @@ def fold_scores(fold_folder: Path) -> dict[str, Any]:
             "fold_hd95": mean.get("hd95"), "fold_ndv": mean.get("ndv")}
 
 
-def held_out_scores(metrics: Path) -> dict[str, Any]:
-    """Official aggregate means of ``nnreg_evaluate``'s metrics.json, keyed by lower-case metric name."""
+def held_out_scores(metrics: Path, prefix: str = "held_out_") -> dict[str, Any]:
+    """Official aggregate means of ``nnreg_evaluate``'s metrics.json, keyed by ``prefix`` + lower-case metric name."""
     aggregates = json.loads(metrics.read_text())["aggregates"]
-    return {f"held_out_{name.lower().replace(' ', '_')}": values["mean"] for name, values in aggregates.items()}
+    return {f"{prefix}{name.lower().replace(' ', '_')}": values["mean"] for name, values in aggregates.items()}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """One row per candidate: what the plan is, the schedule the budget gave, fold and held-out scores."""
-    held = sorted({k for r in rows for k in r if k.startswith("held_out_")})
+    held = sorted({k for r in rows for k in r if k.startswith("held_out_")}) + \
+        sorted({k for r in rows for k in r if k.startswith("refined_")})
     header = ["candidate", "width", "K", "field mm", "epochs x it", "fold Dice", "fold HD95"] + \
         [k.replace("held_out_", "") for k in held]
 
@@ -153,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-config", type=Path, default=None,
                         help="Official evaluation config (default: the dataset's *_All_evaluation_config.json).")
     parser.add_argument("-np", "--num-processes", type=int, default=2, help="Preprocessing processes.")
+    parser.add_argument("--refined", action="store_true",
+                        help="Also predict and score with the plans' test-time refinement (OUT/<candidate>_refined).")
+    parser.add_argument("--reuse-models", action="store_true",
+                        help="Skip planning and training where the candidate's fold already has a final checkpoint.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -169,25 +181,35 @@ def main(argv: list[str] | None = None) -> int:
         d = str(dataset_id)
         logger.info("candidate %s: plans %s %s, %s", name, cand.plans, " ".join(cand.plan_flags) or "(defaults)",
                     cand.configuration)
-        run(["nnreg_plan_and_preprocess", "-d", d, "--device", "cpu", "-p", cand.plans, "-c", cand.configuration,
-             "-np", str(args.num_processes), *cand.plan_flags], log, env)
-        common = [d, args.fold, "-p", cand.plans, "-c", cand.configuration, "--device", "cpu"]
-        train_seconds = run(["nnreg_train", *common, "--time-budget", f"{args.minutes:g}", "--no-final-validation",
-                             *cand.train_flags], log, env)
-        run(["nnreg_train", *common, "--val"], log, env)
-        out = args.output / name
-        predict_seconds = run(["nnreg_predict", "-i", str(raw_dataset), "-o", str(out), "-d", d, "-p", cand.plans,
-                               "-c", cand.configuration, "-f", args.fold, "--device", "cpu",
-                               "--instance-optimization", "0", "--disable-progress-bar"], log, env)
-        evaluate = ["nnreg_evaluate", "-i", str(out), "-d", str(raw_dataset), "-o", str(out / "metrics.json")]
-        run(evaluate + (["-c", str(eval_config)] if eval_config else []), log, env)
         fold = (work / "results" / raw_dataset.name / f"nnRegTrainer__{cand.plans}__{cand.configuration}"
                 / f"fold_{args.fold}")
+        common = [d, args.fold, "-p", cand.plans, "-c", cand.configuration, "--device", "cpu"]
+        train_seconds = math.nan
+        if args.reuse_models and (fold / "checkpoint_final.pth").is_file():
+            logger.info("candidate %s: reusing the trained fold in %s", name, fold)
+        else:
+            run(["nnreg_plan_and_preprocess", "-d", d, "--device", "cpu", "-p", cand.plans, "-c", cand.configuration,
+                 "-np", str(args.num_processes), *cand.plan_flags], log, env)
+            train_seconds = run(["nnreg_train", *common, "--time-budget", f"{args.minutes:g}",
+                                 "--no-final-validation", *cand.train_flags], log, env)
+            run(["nnreg_train", *common, "--val"], log, env)
+        predict = ["nnreg_predict", "-i", str(raw_dataset), "-d", d, "-p", cand.plans, "-c", cand.configuration,
+                   "-f", args.fold, "--device", "cpu", "--disable-progress-bar"]
+        variants = [(args.output / name, ["--instance-optimization", "0"], "held_out_")]
+        if args.refined:
+            variants.append((args.output / f"{name}_refined", [], "refined_"))
+        scores: dict[str, Any] = {}
+        for out, flags, prefix in variants:
+            seconds = run([*predict, "-o", str(out), *flags], log, env)
+            evaluate = ["nnreg_evaluate", "-i", str(out), "-d", str(raw_dataset), "-o", str(out / "metrics.json")]
+            run(evaluate + (["-c", str(eval_config)] if eval_config else []), log, env)
+            scores.update(held_out_scores(out / "metrics.json", prefix), **{f"{prefix}predict_seconds":
+                                                                             round(seconds, 1)})
         row = {"candidate": name, "plans": cand.plans, "plan_flags": list(cand.plan_flags),
                "configuration": cand.configuration, "train_flags": list(cand.train_flags),
                **plan_summary(work / "preprocessed", cand.plans, cand.configuration), **fold_scores(fold),
-               **held_out_scores(out / "metrics.json"), "train_minutes_budget": args.minutes,
-               "train_wall_minutes": round(train_seconds / 60, 2), "predict_seconds": round(predict_seconds, 1)}
+               **scores, "train_minutes_budget": args.minutes,
+               "train_wall_minutes": None if math.isnan(train_seconds) else round(train_seconds / 60, 2)}
         rows.append(row)
         logger.info("candidate %s done: %s", name, {k: row[k] for k in ("width", "epochs", "fold_dice")})
     print(format_table(rows))  # noqa: T201 - a benchmark's table is its output

@@ -142,8 +142,10 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(self.device)
         return tensor.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else tensor
 
-    def predict_network_grid(self, fixed_network: np.ndarray, moving_network: np.ndarray) -> torch.Tensor:
-        """The ensembled ``(1, 3, *shape)`` field on the network grid for preprocessed inputs."""
+    def predict_network_grid(self, fixed_network: np.ndarray, moving_network: np.ndarray,
+                             refine: bool = True) -> torch.Tensor:
+        """The ensembled ``(1, 3, *shape)`` field on the network grid for preprocessed inputs, refined by
+        :meth:`refine` unless ``refine`` is False (benchmarks time the two parts separately)."""
         from nnreg.inference.inverse import velocity_inverse
 
         network, _ = self._require_ready()
@@ -164,7 +166,7 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
             field, self.last_ensemble = ensemble_displacements(fields)
             self.last_velocity_inverse = None if not inverses or any(w is None for w in inverses) else \
                 torch.stack([w.cpu() for w in inverses]).mean(0)
-        return self._refine(fixed_network, moving_network, field)
+        return self.refine(fixed_network, moving_network, field) if refine else field
 
     @property
     def instance_optimization(self) -> InstanceOptimization:
@@ -177,8 +179,9 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         recorded = recorded.with_overrides(self.instance_optimization_overrides)
         return recorded if request is None else recorded.with_steps(int(request))
 
-    def _refine(self, fixed_network: np.ndarray, moving_network: np.ndarray, field: torch.Tensor) -> torch.Tensor:
-        """Test-time instance optimisation of the (ensembled) network-grid field, when enabled."""
+    def refine(self, fixed_network: np.ndarray, moving_network: np.ndarray, field: torch.Tensor) -> torch.Tensor:
+        """Test-time instance optimisation of the (ensembled) network-grid field with the settings in effect
+        (:attr:`instance_optimization`; the field unchanged when they are off). Report in ``last_refinement``."""
         settings = self.instance_optimization
         self.last_refinement = None
         if not settings.enabled:
@@ -188,11 +191,12 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         refined, self.last_refinement = refine_field(fixed, moving, field.to(self.device), settings,
                                                      self.deterministic)
         if self.last_velocity_inverse is not None and self.last_refinement.velocity is not None:
-            # (u_net o c)^-1 = c^-1 o u_net^-1 with c^-1 = exp(-v)
+            # exp(v)^-1 = exp(-v); with a correction c = exp(v) of the network: (u_net o c)^-1 = c^-1 o u_net^-1
             with torch.no_grad():
                 inverse_correction = correction_field(-self.last_refinement.velocity,
-                                                      tuple(field.shape[2:]), settings.integration_steps)
-                self.last_velocity_inverse = compose(inverse_correction.cpu(), self.last_velocity_inverse)
+                                                      tuple(field.shape[2:]), settings.integration_steps).cpu()
+                self.last_velocity_inverse = inverse_correction if settings.velocity_start == "network" else \
+                    compose(inverse_correction, self.last_velocity_inverse)
         return refined.cpu()
 
     def predict_prepared(self, pair: PreparedPair) -> np.ndarray:

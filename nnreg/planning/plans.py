@@ -17,7 +17,7 @@ from nnreg.utilities.files import read_json, write_json
 
 
 #: The refinement that new plans record (steps; the other keys take InstanceOptimization's defaults).
-DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 60, "fine_steps": 30}
+DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 60, "fine_steps": 20}
 
 
 @dataclass

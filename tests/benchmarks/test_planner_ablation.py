@@ -31,3 +31,11 @@ def test_one_candidate_end_to_end(tmp_path: Path) -> None:
     assert 0 < row["held_out_dsc"] <= 1 and row["field_spacing_mm"] == [1.0, 1.0, 1.0]
     assert len(list((out / "w8-full").glob("disp_*.nii.gz"))) == 2
     assert (out / "work" / "raw" / f"Dataset{ablation.BENCH_ID}_Tiny").is_symlink()
+    # a refined column for the same model, without training again
+    trainings = (out / "commands.log").read_text().count("$ nnreg_train")
+    assert ablation.main(["--dataset", str(dataset), "--minutes", "0.02", "--output", str(out), "--json",
+                          str(rows_json), "--candidates", "w8-full", "-np", "0", "--refined", "--reuse-models"]) == 0
+    assert (out / "commands.log").read_text().count("$ nnreg_train") == trainings
+    (row,) = json.loads(rows_json.read_text())["rows"]
+    assert 0 < row["refined_dsc"] <= 1 and 0 < row["held_out_dsc"] <= 1 and row["train_wall_minutes"] is None
+    assert len(list((out / "w8-full_refined").glob("disp_*.nii.gz"))) == 2

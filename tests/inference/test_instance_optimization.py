@@ -3,6 +3,8 @@ scipy.ndimage.map_coordinates, independent of nnreg.spatial), stays diffeomorphi
 the network's field, and is wired into the predictor and the plans."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -104,12 +106,15 @@ def test_large_deformation_has_no_folding() -> None:
     assert ndv(_as_field(refined)) == 0.0
 
 
-def test_refinement_composes_with_the_network_field() -> None:
+@pytest.mark.parametrize("variant", [{}, {"velocity_start": "network"}])
+def test_refinement_composes_with_the_network_field(variant: dict) -> None:
     moving = _blobs(5)
     shift = np.array([2.0, 0.0, -1.0])
     fixed = _pull_warp(moving, np.broadcast_to(shift, (*SHAPE, 3))).astype(np.float32)
     start = np.broadcast_to(shift / 2, (*SHAPE, 3)).astype(np.float32).copy()
-    refined, _ = _refine(fixed, moving, start)
+    with torch.inference_mode():   # the predictor's network field is an inference tensor
+        start_t = torch.from_numpy(start).permute(3, 0, 1, 2)[None].float()
+    refined, _ = refine_field(_tensor(fixed), _tensor(moving), start_t, replace(SETTINGS, **variant))
     inner = (slice(5, -5),) * 3
     np.testing.assert_allclose(np.median(_as_field(refined)[inner].reshape(-1, 3), axis=0), shift, atol=0.3)
     # zero steps: the network's field unchanged
@@ -136,6 +141,9 @@ def test_settings_are_validated_and_round_trip() -> None:
         InstanceOptimization.from_json({"steps": 3, "stepz": 4})
     with pytest.raises(ConfigurationError, match="odd"):
         InstanceOptimization(ncc_window=4)
+    with pytest.raises(ConfigurationError, match="velocity_start"):
+        InstanceOptimization(velocity_start="identity")
+    assert parse_overrides("velocity_start=zero") == {"velocity_start": "zero"}
 
 
 def _config(instance_optimization: dict | None) -> ConfigurationPlan:
@@ -167,6 +175,29 @@ def test_predictor_uses_the_plans_setting_and_the_request_overrides_it() -> None
     assert np.array_equal(unrecorded, np.zeros_like(unrecorded))
     predictor, _ = predict(_config(None), 5)               # the flag alone: the default settings
     assert predictor.instance_optimization == InstanceOptimization(steps=5)
+
+
+@pytest.mark.parametrize("velocity_start", ["zero", "network"])
+def test_the_inverse_estimate_follows_the_refinement(velocity_start: str) -> None:
+    """With ``--inverse`` the predictor's velocity inverse must invert the refined field, not the network's."""
+    from nnreg.networks import build_network, default_architecture
+    from nnreg.spatial import compose
+
+    torch.manual_seed(0)
+    network = build_network(default_architecture(2, base_channels=4))
+    moving = _blobs(9)
+    fixed = _pull_warp(moving, _smooth_field(2.0, seed=10)).astype(np.float32)
+    predictor = nnRegPredictor(num_threads=1, instance_optimization=InstanceOptimization(
+        steps=40, lr=0.3, grid_factor=2, image_factor=1, ncc_window=5, lambda_reg=0.1, patience=40,
+        velocity_start=velocity_start))
+    predictor.manual_initialization(network, _config(None))
+    predictor.keep_velocity_inverse = True
+    refined = predictor.predict_network_grid(fixed, moving)
+    inverse = predictor.last_velocity_inverse
+    assert inverse is not None and float(refined.abs().mean()) > 0.3
+    residual = compose(refined, inverse)                   # phi_refined o phi_inverse - id
+    inner = (slice(4, -4),) * 3
+    assert float(residual[(0, slice(None), *inner)].abs().mean()) < 0.1 * float(refined.abs().mean())
 
 
 def test_plans_record_the_default_and_read_old_files() -> None:
