@@ -66,7 +66,8 @@ CANDIDATES = {
     "w12-full": Candidate("AblationCPU7", ("--cpu-seconds-per-pair", "7"), "3d_fullres"),
     "w16-full": Candidate("AblationCPU12", ("--cpu-seconds-per-pair", "12"), "3d_fullres"),
     "w32-half": Candidate("AblationCPU", (), "3d_halfres"),
-    "w8-full-aug": Candidate("AblationCPU", (), "3d_fullres", ("--spatial-augmentation",)),
+    # its own plans name: the same plan, but a model folder (and --reuse-models check) apart from w8-full's
+    "w8-full-aug": Candidate("AblationCPUAug", (), "3d_fullres", ("--spatial-augmentation",)),
 }
 DEFAULT_CANDIDATES = ("w8-full", "w16-full", "w32-half")
 

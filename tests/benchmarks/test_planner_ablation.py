@@ -16,6 +16,9 @@ def test_candidates_are_plans_of_the_documented_cli() -> None:
         assert candidate.configuration in ("3d_fullres", "3d_halfres"), name
         assert all(flag.startswith("--") for flag in candidate.plan_flags[::2] + candidate.train_flags), name
     assert set(ablation.DEFAULT_CANDIDATES) <= set(ablation.CANDIDATES)
+    # candidates that train differently never share a model folder
+    folders = [(c.plans, c.configuration) for c in ablation.CANDIDATES.values()]
+    assert len(folders) == len(set(folders))
 
 
 def test_one_candidate_end_to_end(tmp_path: Path) -> None:

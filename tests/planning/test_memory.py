@@ -69,9 +69,13 @@ def test_prediction_matches_a_measured_cpu_training_step() -> None:
     arch = _arch(base_channels=16)
     shape = [48, 64, 48]
     estimate = estimate_memory(arch, shape)
-    exact = measure_training_step(arch, shape, env={"MALLOC_MMAP_THRESHOLD_": "65536"})["measured_bytes"]
+    def measured(env: dict[str, str]) -> int:
+        # the lower of two runs: what the machine adds (other processes, page placement) only ever adds bytes
+        return min(measure_training_step(arch, shape, env=env)["measured_bytes"] for _ in range(2))
+
+    exact = measured({"MALLOC_MMAP_THRESHOLD_": "65536"})
     assert abs(exact / estimate.step_tensor_bytes - 1.0) <= TOLERANCE, (estimate, exact)
-    default = measure_training_step(arch, shape, env={"OMP_NUM_THREADS": "1"})["measured_bytes"]
+    default = measured({"OMP_NUM_THREADS": "1"})
     assert abs(default / estimate.step_bytes - 1.0) <= TOLERANCE, (estimate, default)
 
 
