@@ -44,8 +44,8 @@ def child(args: argparse.Namespace) -> None:
     from nnreg.inference.export import ExportJob, export_pair
 
     t0 = time.perf_counter()
-    steps = None if args.instance_optimization is None else int(args.instance_optimization)
-    predictor = nnRegPredictor(device="cpu", channels_last=args.channels_last, instance_optimization=steps)
+    predictor = nnRegPredictor(device="cpu", channels_last=args.channels_last,
+                               instance_optimization=args.instance_optimization)
     predictor.initialize_from_trained_model_folder(args.model)
     t1 = time.perf_counter()
     prepared = predictor.prepare(Path(args.fixed), Path(args.moving))

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import subprocess
@@ -132,8 +131,8 @@ def held_out_scores(metrics: Path, prefix: str = "held_out_") -> dict[str, Any]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """One row per candidate: what the plan is, the schedule the budget gave, fold and held-out scores."""
-    held = sorted({k for r in rows for k in r if k.startswith("held_out_")}) + \
-        sorted({k for r in rows for k in r if k.startswith("refined_")})
+    held = [k for prefix in ("held_out_", "refined_") for k in sorted({k for r in rows for k in r
+                                                                        if k.startswith(prefix)})]
     header = ["candidate", "width", "K", "field mm", "epochs x it", "fold Dice", "fold HD95"] + \
         [k.replace("held_out_", "") for k in held]
 
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         fold = (work / "results" / raw_dataset.name / f"nnRegTrainer__{cand.plans}__{cand.configuration}"
                 / f"fold_{args.fold}")
         common = [d, args.fold, "-p", cand.plans, "-c", cand.configuration, "--device", "cpu"]
-        train_seconds = math.nan
+        train_seconds: float | None = None
         if args.reuse_models and (fold / "checkpoint_final.pth").is_file():
             logger.info("candidate %s: reusing the trained fold in %s", name, fold)
         else:
@@ -204,13 +203,13 @@ def main(argv: list[str] | None = None) -> int:
             seconds = run([*predict, "-o", str(out), *flags], log, env)
             evaluate = ["nnreg_evaluate", "-i", str(out), "-d", str(raw_dataset), "-o", str(out / "metrics.json")]
             run(evaluate + (["-c", str(eval_config)] if eval_config else []), log, env)
-            scores.update(held_out_scores(out / "metrics.json", prefix), **{f"{prefix}predict_seconds":
-                                                                             round(seconds, 1)})
+            scores.update(held_out_scores(out / "metrics.json", prefix))
+            scores[f"{prefix}predict_seconds"] = round(seconds, 1)
         row = {"candidate": name, "plans": cand.plans, "plan_flags": list(cand.plan_flags),
                "configuration": cand.configuration, "train_flags": list(cand.train_flags),
                **plan_summary(work / "preprocessed", cand.plans, cand.configuration), **fold_scores(fold),
                **scores, "train_minutes_budget": args.minutes,
-               "train_wall_minutes": None if math.isnan(train_seconds) else round(train_seconds / 60, 2)}
+               "train_wall_minutes": None if train_seconds is None else round(train_seconds / 60, 2)}
         rows.append(row)
         logger.info("candidate %s done: %s", name, {k: row[k] for k in ("width", "epochs", "fold_dice")})
     print(format_table(rows))  # noqa: T201 - a benchmark's table is its output

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from nnreg.dataset.learn2reg import ImageEntry, load_dataset
 from nnreg.evaluation import evaluate_pair, load_config
 from nnreg.evaluation.ground_truth import load_volume
 from nnreg.inference import nnRegPredictor
-from nnreg.inference.instance_optimization import InstanceOptimization, parse_overrides, refine_field
+from nnreg.inference.instance_optimization import InstanceOptimization, parse_overrides
 from nnreg.utilities.files import read_json, write_json
 
 logger = logging.getLogger("nnreg.benchmarks.refinement_tuning")
@@ -101,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         fixed_path, moving_path = fixed_entry.path, moving_entry.path
         prepared = predictor.prepare(fixed_path, moving_path)
         network_field = predictor.predict_network_grid(prepared.fixed_network, prepared.moving_network)
-        fixed_t = torch.from_numpy(np.ascontiguousarray(prepared.fixed_network, dtype=np.float32))[None, None]
-        moving_t = torch.from_numpy(np.ascontiguousarray(prepared.moving_network, dtype=np.float32))[None, None]
         fixed_labels = load_volume(fixed_entry.labels_path(), "fixed labels", fixed_path)
         moving_labels = load_volume(moving_entry.labels_path(), "moving labels", moving_path)
         moving_image = load_volume(moving_path, "moving image")
@@ -111,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             steps = 0
             field = network_field
             if setting is not None and setting.enabled:
-                field, report = refine_field(fixed_t, moving_t, network_field, setting)
-                steps = report.steps_run
+                field = predictor.refine(prepared.fixed_network, prepared.moving_network, network_field, setting)
+                steps = predictor.last_refinement.steps_run
             seconds = time.perf_counter() - start
             disp = prepared.mapping.field_to_original(field[0].numpy())
             metrics = evaluate_pair(disp, fixed_labels, moving_labels, moving_image=moving_image, labels=labels,

@@ -199,9 +199,10 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
                  settings: InstanceOptimization, deterministic: bool = False) -> tuple[torch.Tensor, RefinementReport]:
     """Refine ``displacement`` (1, 3, H, W, D) for the pair ``fixed``/``moving`` (1, 1, H, W, D), network grid.
 
-    Returns ``exp(v)`` (or ``u_net o exp(v)``) on the same grid (float32, detached) and a report whose losses are both measured on
-    the last stage's grid (initial = at the starting velocity: the network's field, resampled to the velocity grid for
-    ``velocity_start="network"``). ``steps == 0`` returns the input unchanged.
+    Returns ``exp(v)`` (``velocity_start="network"``) or ``u_net o exp(v)`` (``"zero"``) on the same grid (float32,
+    detached) and a report whose losses are both measured on the last stage's grid, the initial one at the starting
+    velocity (the network's field resampled to the velocity grid, or zero). ``steps == 0`` returns the input
+    unchanged.
     """
     if fixed.shape != moving.shape or fixed.dim() != 5 or fixed.shape[:2] != (1, 1):
         raise ValueError(f"expected two (1, 1, H, W, D) images, got {tuple(fixed.shape)} and {tuple(moving.shape)}")

@@ -179,10 +179,11 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         recorded = recorded.with_overrides(self.instance_optimization_overrides)
         return recorded if request is None else recorded.with_steps(int(request))
 
-    def refine(self, fixed_network: np.ndarray, moving_network: np.ndarray, field: torch.Tensor) -> torch.Tensor:
-        """Test-time instance optimisation of the (ensembled) network-grid field with the settings in effect
-        (:attr:`instance_optimization`; the field unchanged when they are off). Report in ``last_refinement``."""
-        settings = self.instance_optimization
+    def refine(self, fixed_network: np.ndarray, moving_network: np.ndarray, field: torch.Tensor,
+               settings: InstanceOptimization | None = None) -> torch.Tensor:
+        """Test-time instance optimisation of the (ensembled) network-grid field with ``settings`` (default: those
+        in effect, :attr:`instance_optimization`; the field unchanged when off). Report in ``last_refinement``."""
+        settings = self.instance_optimization if settings is None else settings
         self.last_refinement = None
         if not settings.enabled:
             return field

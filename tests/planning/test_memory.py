@@ -69,6 +69,7 @@ def test_prediction_matches_a_measured_cpu_training_step() -> None:
     arch = _arch(base_channels=16)
     shape = [48, 64, 48]
     estimate = estimate_memory(arch, shape)
+
     def measured(env: dict[str, str]) -> int:
         # the lower of two runs: what the machine adds (other processes, page placement) only ever adds bytes
         return min(measure_training_step(arch, shape, env=env)["measured_bytes"] for _ in range(2))
