@@ -4,8 +4,9 @@
 
 On a Learn2Reg dataset with labels it runs, as subprocesses of the documented commands:
 
-1. ``nnreg_plan_and_preprocess -d ID --device cpu`` and ``nnreg_train ID all --device cpu --time-budget M`` (training
-   on the dataset's training images only; falls back to ``--epochs`` when this nnreg has no ``--time-budget``);
+1. ``nnreg_plan_and_preprocess -d ID --device cpu`` and ``nnreg_train ID all -c CONFIGURATION --device cpu
+   --time-budget M`` (training on the dataset's training images only; ``--configuration``, default ``3d_fullres``;
+   falls back to ``--epochs`` when this nnreg has no ``--time-budget``);
 2. ``nnreg_predict`` on the dataset's ``validation`` pairs without refinement (``--instance-optimization 0``,
    method ``nnreg``) and with it (the plans' default, ``--instance-optimization N`` and
    ``--instance-optimization-settings KEY=VALUE,...`` passed on; method ``nnreg_refined``);
@@ -230,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="refinement steps of the nnreg_refined row (default: the plans' setting)")
     parser.add_argument("--instance-optimization-settings", default=None, metavar="KEY=VALUE,...",
                         help="nnreg_predict --instance-optimization-settings of the nnreg_refined row")
+    parser.add_argument("--configuration", default="3d_fullres",
+                        help="nnreg configuration to train and predict with (e.g. 3d_halfres for 1 mm data on a CPU)")
     parser.add_argument("--skip-training", action="store_true",
                         help="reuse the model already trained in OUTDIR/work (its measured train minutes are reported "
                              "when that run recorded them, else --train-minutes)")
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_training:
             run(["nnreg_plan_and_preprocess", "-d", str(dataset_id), "--device", "cpu"], log, env)
             train_start = time.perf_counter()
-            run(["nnreg_train", str(dataset_id), "all", "--device", "cpu",
+            run(["nnreg_train", str(dataset_id), "all", "-c", args.configuration, "--device", "cpu",
                  *train_arguments(args.train_minutes, env)], log, env)
             train_minutes = (time.perf_counter() - train_start) / 60
             write_json({"train_minutes": train_minutes}, work / "train_minutes.json")
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             if method == "nnreg_refined" and args.instance_optimization_settings:
                 refinement += ["--instance-optimization-settings", args.instance_optimization_settings]
             seconds = run(["nnreg_predict", "-i", str(dataset), "-o", str(out / method), "-d", str(dataset_id),
-                           "--device", "cpu", *refinement], log, env)
+                           "-c", args.configuration, "--device", "cpu", *refinement], log, env)
             rows.append({"method": method, "seconds_per_pair": seconds / max(1, len(pairs)),
                          "train_minutes": train_minutes})
     for method in ("demons", "ants_syn"):
@@ -295,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         row.update(read_metrics(metrics))
     ordered = [{k: r.get(k) for k in ("method", "dice", "hd95", "tre", "ndv", "seconds_per_pair", "train_minutes")}
                for r in rows]
-    notes.append(f"{len(pairs)} validation pairs of {dataset.name}; config {config.name if config else 'default'}.")
+    notes.append(f"{len(pairs)} validation pairs of {dataset.name}; config {config.name if config else 'default'}; "
+                 f"nnreg configuration {args.configuration}.")
     if args.instance_optimization_settings:
         notes.append(f"nnreg_refined: --instance-optimization-settings {args.instance_optimization_settings}")
     print(format_table(ordered, notes))

@@ -58,12 +58,14 @@ class InstanceOptimization:
     min_delta: float = 1e-4        # improvement (absolute loss units) that resets the patience
     velocity_start: str = "network"  # "zero": refined = u_net o exp(v), v from 0; "network": refined = exp(v) with
                                      # v starting from u_net on the velocity grid (the whole transform regularised)
+    fine_grid_factor: int = 2      # velocity grid of the fine stage = network grid / this (v resampled onto it)
 
     def __post_init__(self) -> None:
         checks = [
             (self.steps >= 0, "steps must be >= 0"),
             (self.lr > 0, "lr must be > 0"),
-            (self.grid_factor >= 1 and self.image_factor >= 1, "grid_factor and image_factor must be >= 1"),
+            (min(self.grid_factor, self.image_factor, self.fine_grid_factor) >= 1,
+             "grid_factor, fine_grid_factor and image_factor must be >= 1"),
             (self.ncc_window >= 1 and self.ncc_window % 2 == 1, "ncc_window must be an odd number >= 1"),
             (self.fine_steps >= 0, "fine_steps must be >= 0"),
             (self.fine_ncc_window >= 1 and self.fine_ncc_window % 2 == 1, "fine_ncc_window must be an odd number"),
@@ -171,8 +173,9 @@ class _Stage:
     """The images of one optimisation stage on its similarity grid: the fixed image and the moving image, the
     latter warped by the network's field once when the velocity is a correction of it (``velocity_start="zero"``)."""
 
-    def __init__(self, target: torch.Tensor, source: torch.Tensor, window: int, steps: int) -> None:
-        self.target, self.source, self.window, self.steps = target, source, window, steps
+    def __init__(self, target: torch.Tensor, source: torch.Tensor, window: int, steps: int,
+                 grid: tuple[int, int, int]) -> None:
+        self.target, self.source, self.window, self.steps, self.grid = target, source, window, steps, grid
         self.size: tuple[int, int, int] = tuple(int(s) for s in target.shape[2:])  # type: ignore[assignment]
 
     def loss(self, velocity: torch.Tensor, settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,14 +187,14 @@ class _Stage:
 
 def _stages(fixed: torch.Tensor, source: torch.Tensor, settings: InstanceOptimization) -> list[_Stage]:
     shape = tuple(int(s) for s in fixed.shape[2:])
-    plan = [(settings.image_factor, settings.ncc_window, settings.steps)]
+    plan = [(settings.image_factor, settings.ncc_window, settings.steps, settings.grid_factor)]
     if settings.fine_steps > 0 and settings.image_factor > 1:
-        plan.append((1, settings.fine_ncc_window, settings.fine_steps))
+        plan.append((1, settings.fine_ncc_window, settings.fine_steps, settings.fine_grid_factor))
     stages = []
-    for factor, window, steps in plan:
+    for factor, window, steps, grid_factor in plan:
         size = _shrink(shape, factor)
         stages.append(_Stage(_downsample(fixed, size).contiguous(), _downsample(source, size).contiguous(),
-                             window, steps))
+                             window, steps, _shrink(shape, grid_factor)))
     return stages
 
 
@@ -226,6 +229,10 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
         optimizer = torch.optim.Adam([velocity], lr=settings.lr)
         steps_run = 0
         for stage in stages:
+            if tuple(velocity.shape[2:]) != stage.grid:    # a finer velocity grid: resample v, restart Adam
+                with torch.no_grad():
+                    velocity = resize_field(velocity.detach(), stage.grid).contiguous().requires_grad_(True)
+                optimizer = torch.optim.Adam([velocity], lr=settings.lr)
             best, since_best = math.inf, 0
             for _ in range(stage.steps):
                 optimizer.zero_grad(set_to_none=True)

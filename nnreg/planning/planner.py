@@ -26,6 +26,7 @@ CONFIGURATIONS = {"3d_fullres": 1.0, "3d_halfres": 2.0}
 CPU_DEPLOYMENT = "3d_halfres"           # planned to register a pair on a CPU in seconds, whatever device trains it
 DEFAULT_CPU_INFERENCE_SECONDS = 15.0    # on 2 cores: below the VoxelMorph baseline network (documentation/planner.md)
 MARGIN_MM = 4.0
+FINE_VELOCITY_SPACING_MM = 2.0          # control spacing of the refinement's fine stage (documentation/prediction.md)
 
 
 @dataclass
@@ -68,6 +69,15 @@ def fixed_default_decision(box: list[int], settings: PlannerSettings) -> Decisio
                     notes={"rule": "fixed defaults: coarsest cascade level >= 8 voxels per axis"})
 
 
+def refinement_settings(spacing: list[float]) -> dict[str, Any]:
+    """The refinement a configuration records: the defaults, with the fine stage's velocity on a grid of about
+    ``FINE_VELOCITY_SPACING_MM`` (grid / 1 at 2 mm, grid / 2 at 1 mm), never coarser than the coarse stage's."""
+    settings = dict(DEFAULT_INSTANCE_OPTIMIZATION)
+    fine = max(1, round(FINE_VELOCITY_SPACING_MM / min(spacing)))
+    settings["fine_grid_factor"] = int(min(settings["grid_factor"], fine))
+    return settings
+
+
 def plan_configuration(name: str, spacing_factor: float, fingerprint: dict[str, Any], settings: PlannerSettings,
                        plans_name: str, decide: DecisionFunction) -> ConfigurationPlan:
     """Plan one configuration: grid first, then the architecture on that grid, then the box it needs."""
@@ -95,7 +105,7 @@ def plan_configuration(name: str, spacing_factor: float, fingerprint: dict[str, 
         batch_size=decision.batch_size,
         architecture=decision.architecture,
         notes=notes,
-        instance_optimization=dict(DEFAULT_INSTANCE_OPTIMIZATION),
+        instance_optimization=refinement_settings(spacing),
     )
 
 

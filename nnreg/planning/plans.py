@@ -16,8 +16,10 @@ from nnreg.utilities.errors import ConfigurationError
 from nnreg.utilities.files import read_json, write_json
 
 
-#: The refinement that new plans record (steps; the other keys take InstanceOptimization's defaults).
-DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 60, "fine_steps": 20}
+#: The refinement that new plans record (the other keys take InstanceOptimization's defaults); the planner adds
+#: ``fine_grid_factor`` from the configuration's spacing (nnreg.planning.planner.refinement_settings).
+DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 60, "fine_steps": 12, "grid_factor": 2, "lambda_reg": 1.5,
+                                                 "integration_steps": 3}
 
 
 @dataclass

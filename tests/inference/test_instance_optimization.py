@@ -13,6 +13,7 @@ from scipy import ndimage
 from nnreg.evaluation.jacobian import ndv
 from nnreg.inference import nnRegPredictor
 from nnreg.inference.instance_optimization import InstanceOptimization, parse_overrides, refine_field
+from nnreg.planning.planner import refinement_settings
 from nnreg.planning.plans import DEFAULT_INSTANCE_OPTIMIZATION, ConfigurationPlan, Plans
 from nnreg.spatial import jacobian_determinant
 from nnreg.utilities.errors import ConfigurationError
@@ -104,6 +105,30 @@ def test_large_deformation_has_no_folding() -> None:
     assert report.final_loss < report.initial_loss
     assert float(jacobian_determinant(refined).min()) > 0
     assert ndv(_as_field(refined)) == 0.0
+
+
+def test_a_finer_fine_stage_grid_keeps_the_field_smooth_and_lowers_the_loss() -> None:
+    moving = _blobs(8)
+    truth = _smooth_field(2.5, seed=9)
+    fixed = _pull_warp(moving, truth).astype(np.float32)
+    settings = InstanceOptimization(steps=40, lr=0.2, grid_factor=2, image_factor=2, ncc_window=3, fine_steps=30,
+                                    fine_ncc_window=5, fine_grid_factor=1, lambda_reg=0.1, patience=80)
+    refined, report = _refine(fixed, moving, settings=settings)
+    assert tuple(report.velocity.shape[2:]) == SHAPE            # the fine stage's velocity lives on the network grid
+    assert report.final_loss < report.initial_loss - 0.05
+    field = _as_field(refined)
+    inner = (slice(4, -4),) * 3
+    assert np.abs(field - truth)[inner].mean() < 0.6 * np.abs(truth)[inner].mean()
+    assert float(jacobian_determinant(refined).min()) > 0 and ndv(field) == 0.0
+
+
+def test_the_fine_stage_grid_follows_the_spacing() -> None:
+    """About 2 mm control spacing: grid / 1 at 2 mm, grid / 2 at 1 mm, never coarser than the coarse stage."""
+    assert refinement_settings([2.0, 2.0, 2.0])["fine_grid_factor"] == 1
+    assert refinement_settings([1.0, 1.0, 1.2])["fine_grid_factor"] == 2
+    assert refinement_settings([0.5, 0.5, 0.5])["fine_grid_factor"] == DEFAULT_INSTANCE_OPTIMIZATION["grid_factor"]
+    assert refinement_settings([3.0, 3.0, 3.0])["fine_grid_factor"] == 1
+    InstanceOptimization.from_json(refinement_settings([2.0, 2.0, 2.0]))   # valid settings
 
 
 @pytest.mark.parametrize("variant", [{}, {"velocity_start": "network"}])
@@ -218,10 +243,12 @@ def test_cli_flag_and_the_recorded_default(tmp_path) -> None:
     from tests.inference.helpers import planned_dataset, write_model_folder
 
     root, plans = planned_dataset(tmp_path, n_train=5, n_val=2)
-    assert plans.configurations["3d_fullres"].instance_optimization == DEFAULT_INSTANCE_OPTIMIZATION
+    recorded = plans.configurations["3d_fullres"].instance_optimization
+    assert recorded == refinement_settings(plans.configurations["3d_fullres"].spacing)
+    assert recorded.items() >= DEFAULT_INSTANCE_OPTIMIZATION.items()
     model = write_model_folder(tmp_path / "results", plans, "3d_fullres", architecture=default_architecture(2, base_channels=8))
     predictor = nnRegPredictor(num_threads=1).initialize_from_trained_model_folder(model)
-    assert predictor.instance_optimization == InstanceOptimization.from_json(DEFAULT_INSTANCE_OPTIMIZATION)
+    assert predictor.instance_optimization == InstanceOptimization.from_json(recorded)
     images = sorted((root / "imagesVal").glob("*.nii.gz"))
 
     def predict(name: str, *extra: str) -> np.ndarray:
