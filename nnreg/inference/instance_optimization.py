@@ -18,10 +18,12 @@ parametrisations (``velocity_start``):
   on training pairs, this lowers HD95 (documentation/prediction.md).
 
 The loss is the training loss of one level: ``-LNCC(fixed, moving o phi) + lambda_reg * ||grad v||^2`` (``v`` in
-its own voxel units), minimised by Adam (0 steps return the network's field unchanged) in two stages that share
-``v`` and the optimiser: ``steps`` on the network grid / ``image_factor`` (cheap: 1/8 of the voxels), then
-``fine_steps`` on the network grid itself, each stopped early when its loss stops improving. Everything runs on the
-predictor's device; on the CPU the result is bitwise reproducible for a fixed thread count.
+its own voxel units), minimised by Adam (0 steps return the network's field unchanged) in two stages: ``steps`` on
+the network grid / ``image_factor`` (cheap: 1/8 of the voxels) with ``v`` on the network grid / ``grid_factor``,
+then ``fine_steps`` on the network grid itself with ``v`` on the network grid / ``fine_grid_factor`` (resampled by
+:func:`nnreg.spatial.resize_field`, Adam restarted, when that grid differs; otherwise ``v`` and the optimiser carry
+on), each stopped early when its loss stops improving. Everything runs on the predictor's device; on the CPU the
+result is bitwise reproducible for a fixed thread count.
 """
 from __future__ import annotations
 
@@ -164,7 +166,7 @@ def _deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def correction_field(velocity: torch.Tensor, size: tuple[int, int, int], integration_steps: int) -> torch.Tensor:
+def exponential_field(velocity: torch.Tensor, size: tuple[int, int, int], integration_steps: int) -> torch.Tensor:
     """``exp(v) - id`` integrated on the velocity's grid, resized to ``size`` (voxel units of that grid)."""
     return resize_field(integrate_velocity(velocity, integration_steps), size)
 
@@ -180,8 +182,8 @@ class _Stage:
 
     def loss(self, velocity: torch.Tensor, settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, NCC loss) of the transform ``exp(velocity)`` of this stage's source, on this stage's grid."""
-        ncc = local_ncc_loss(self.target, warp(self.source, correction_field(velocity, self.size,
-                                                                             settings.integration_steps)), self.window)
+        ncc = local_ncc_loss(self.target, warp(self.source, exponential_field(velocity, self.size,
+                                                                              settings.integration_steps)), self.window)
         return ncc + settings.lambda_reg * gradient_l2(velocity), ncc
 
 
@@ -250,7 +252,7 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
         velocity = velocity.detach()
         with torch.no_grad():
             final_loss, final_ncc = (float(t) for t in stages[-1].loss(velocity, settings))
-            exp_v = correction_field(velocity, shape, settings.integration_steps)
+            exp_v = exponential_field(velocity, shape, settings.integration_steps)
             refined = exp_v if whole else compose(displacement, exp_v)
     report = RefinementReport(steps_run, initial_loss, final_loss, initial_ncc, final_ncc, velocity)
     logger.debug("instance optimisation: %d steps, loss %.4f -> %.4f", steps_run, initial_loss, final_loss)

@@ -18,7 +18,7 @@ import torch
 
 from nnreg.dataset.image_io import Geometry, read_image
 from nnreg.inference.ensemble import EnsembleReport, ensemble_displacements
-from nnreg.inference.instance_optimization import (InstanceOptimization, RefinementReport, correction_field,
+from nnreg.inference.instance_optimization import (InstanceOptimization, RefinementReport, exponential_field,
                                                    refine_field)
 from nnreg.inference.model_folder import DEFAULT_CHECKPOINT, read_trained_model
 from nnreg.inference.preparation import PreparedPair, prepare_arrays
@@ -149,6 +149,10 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         from nnreg.inference.inverse import velocity_inverse
 
         network, _ = self._require_ready()
+        settings = self.instance_optimization
+        # a refinement from the network's field replaces the network's inverse estimate by exp(-v): skip it
+        network_inverse = self.keep_velocity_inverse and not (
+            refine and settings.enabled and settings.velocity_start == "network")
         fields: list[torch.Tensor] = []
         inverses: list[torch.Tensor | None] = []
         with torch.inference_mode():
@@ -159,14 +163,14 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
                 network = self.network   # the fold's own network when the folds' architectures differ
                 output = network(moving, fixed)
                 fields.append(output.displacement.float().contiguous().cpu())
-                if self.keep_velocity_inverse:
+                if network_inverse:
                     inverses.append(velocity_inverse(network, output))
                 del output
             del moving, fixed
             field, self.last_ensemble = ensemble_displacements(fields)
             self.last_velocity_inverse = None if not inverses or any(w is None for w in inverses) else \
                 torch.stack([w.cpu() for w in inverses]).mean(0)
-        return self.refine(fixed_network, moving_network, field) if refine else field
+        return self.refine(fixed_network, moving_network, field, settings) if refine else field
 
     @property
     def instance_optimization(self) -> InstanceOptimization:
@@ -191,13 +195,15 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         moving = torch.from_numpy(np.ascontiguousarray(moving_network, dtype=np.float32))[None, None].to(self.device)
         refined, self.last_refinement = refine_field(fixed, moving, field.to(self.device), settings,
                                                      self.deterministic)
-        if self.last_velocity_inverse is not None and self.last_refinement.velocity is not None:
+        velocity = self.last_refinement.velocity
+        if self.keep_velocity_inverse and velocity is not None:
             # exp(v)^-1 = exp(-v); with a correction c = exp(v) of the network: (u_net o c)^-1 = c^-1 o u_net^-1
             with torch.no_grad():
-                inverse_correction = correction_field(-self.last_refinement.velocity,
-                                                      tuple(field.shape[2:]), settings.integration_steps).cpu()
-                self.last_velocity_inverse = inverse_correction if settings.velocity_start == "network" else \
-                    compose(inverse_correction, self.last_velocity_inverse)
+                inverse = exponential_field(-velocity, tuple(field.shape[2:]), settings.integration_steps).cpu()
+                if settings.velocity_start == "network":
+                    self.last_velocity_inverse = inverse
+                elif self.last_velocity_inverse is not None:
+                    self.last_velocity_inverse = compose(inverse, self.last_velocity_inverse)
         return refined.cpu()
 
     def predict_prepared(self, pair: PreparedPair) -> np.ndarray:

@@ -203,10 +203,16 @@ def test_predictor_uses_the_plans_setting_and_the_request_overrides_it() -> None
 
 
 @pytest.mark.parametrize("velocity_start", ["zero", "network"])
-def test_the_inverse_estimate_follows_the_refinement(velocity_start: str) -> None:
-    """With ``--inverse`` the predictor's velocity inverse must invert the refined field, not the network's."""
+def test_the_inverse_estimate_follows_the_refinement(velocity_start: str, monkeypatch) -> None:
+    """With ``--inverse`` the predictor's velocity inverse must invert the refined field, not the network's; a
+    refinement from the network's field does not need the network's own inverse estimate, so it is not computed."""
+    import nnreg.inference.inverse as inverse_module
     from nnreg.networks import build_network, default_architecture
     from nnreg.spatial import compose
+
+    calls = []
+    original = inverse_module.velocity_inverse
+    monkeypatch.setattr(inverse_module, "velocity_inverse", lambda *a: calls.append(1) or original(*a))
 
     torch.manual_seed(0)
     network = build_network(default_architecture(2, base_channels=4))
@@ -220,6 +226,7 @@ def test_the_inverse_estimate_follows_the_refinement(velocity_start: str) -> Non
     refined = predictor.predict_network_grid(fixed, moving)
     inverse = predictor.last_velocity_inverse
     assert inverse is not None and float(refined.abs().mean()) > 0.3
+    assert len(calls) == (0 if velocity_start == "network" else 1)
     residual = compose(refined, inverse)                   # phi_refined o phi_inverse - id
     inner = (slice(4, -4),) * 3
     assert float(residual[(0, slice(None), *inner)].abs().mean()) < 0.1 * float(refined.abs().mean())
