@@ -49,7 +49,7 @@ class InstanceOptimization:
 
     steps: int = 0                 # Adam steps at most on the coarse similarity grid (0 = no refinement at all)
     lr: float = 0.5                # Adam learning rate, velocity in its own voxels
-    grid_factor: int = 2           # velocity grid = network grid / grid_factor (rounded up)
+    grid_factor: int = 2           # coarse stage's velocity grid = network grid / grid_factor (rounded up)
     image_factor: int = 2          # coarse similarity grid = network grid / image_factor (1 = the network grid)
     ncc_window: int = 5            # local NCC window on the coarse similarity grid (odd)
     fine_steps: int = 20           # then at most this many steps on the network grid (when image_factor > 1)
@@ -173,7 +173,8 @@ def exponential_field(velocity: torch.Tensor, size: tuple[int, int, int], integr
 
 class _Stage:
     """The images of one optimisation stage on its similarity grid: the fixed image and the moving image, the
-    latter warped by the network's field once when the velocity is a correction of it (``velocity_start="zero"``)."""
+    latter warped by the network's field once when the velocity is a correction of it (``velocity_start="zero"``);
+    ``grid`` is the stage's velocity grid."""
 
     def __init__(self, target: torch.Tensor, source: torch.Tensor, window: int, steps: int,
                  grid: tuple[int, int, int]) -> None:
@@ -218,12 +219,12 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
         return displacement, RefinementReport(0, math.nan, math.nan, math.nan, math.nan)
     shape = tuple(int(s) for s in fixed.shape[2:])
     whole = settings.velocity_start == "network"       # v is the whole transform: no network field to compose
-    grid = _shrink(shape, settings.grid_factor)
     with torch.inference_mode(False), torch.enable_grad(), _deterministic(deterministic, fixed.device):
         with torch.no_grad():   # clones: inference-mode tensors cannot enter autograd
             moving = moving.detach().float().clone()
             stages = _stages(fixed.detach().float().clone(), moving if whole else warp(moving, displacement),
                              settings)
+            grid = stages[0].grid     # the first stage's velocity grid: where v starts
             start = resize_field(displacement.clone(), grid) if whole else torch.zeros((1, 3, *grid))
         velocity = start.to(device=fixed.device, dtype=torch.float32).contiguous().requires_grad_(True)
         with torch.no_grad():

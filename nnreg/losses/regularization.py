@@ -24,4 +24,3 @@ def gradient_l2(field: torch.Tensor) -> torch.Tensor:
             diff = f.narrow(axis, 1, n - 1) - f.narrow(axis, 0, n - 1)
             terms.append((diff * diff).mean())
         return (terms[0] + terms[1] + terms[2]) / 3.0
-
