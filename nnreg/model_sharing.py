@@ -4,51 +4,64 @@
 A model zip holds, below ``<DatasetName>/<Trainer>__<Plans>__<configuration>/`` (the layout of ``$nnReg_results``),
 each chosen model folder's ``plans.json``, ``dataset.json``, ``dataset_fingerprint.json`` and ``debug.json`` /
 ``progress.png`` when present, and per chosen fold ``fold_<X>/<checkpoint>`` plus its ``validation/summary.json``.
-At the zip's root, :data:`MANIFEST` lists every other member with its size and SHA-256. Installing refuses, in one
-line, a file that is not a zip or is corrupt, a zip without an nnreg manifest (foreign), members with unsafe paths
-(absolute, ``..``, links, outside the dataset folder), members missing from or not listed in the manifest, and any
-checksum mismatch; it unpacks into a temporary folder beside the target and renames each model folder into place, so
-``$nnReg_results`` never holds half a model. Raw data and existing models are never touched unless ``overwrite``.
+At the zip's root, :data:`MANIFEST` lists every other member with its size and SHA-256, and the folds of each
+configuration. Export also writes the SHA-256 of the whole zip beside it (``M.zip.sha256``, ``sha256sum`` format)
+and logs it.
+
+What installing checks, and what that gives:
+
+- ``--sha256 HEX`` (optional, first): the zip's own SHA-256 must equal a checksum the user obtained apart from the
+  zip (e.g. published by the model's author). Only this detects tampering.
+- Before unpacking (:mod:`nnreg.model_zip_checks`): a zip, nnreg's manifest of the right shape, safe member paths,
+  exactly the manifest's files with the sizes it declares, and room for the declared total.
+- While unpacking into a temporary folder beside the target: each member stops at its declared size and must match
+  its SHA-256 in the manifest. The manifest sits inside the zip, so this detects corruption, not tampering.
+- Every checkpoint must load as tensors and plain data only (``weights_only``); one holding other Python objects is
+  refused, as the predictor would refuse it, and nothing of it runs.
+
+Only then is each model folder renamed into place, so ``$nnReg_results`` never holds half a model; everything
+nnreg created is removed on failure. Raw data and existing models are never touched unless ``overwrite``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import re
 import shutil
-import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 from nnreg.dataset.locate import resolve_dataset_name
 from nnreg.inference.model_folder import (DEFAULT_CHECKPOINT, DEFAULT_PLANS, DEFAULT_TRAINER, model_folder_name,
                                           select_folds)
-from nnreg.utilities.errors import ConfigurationError, NnregError
-from nnreg.utilities.files import atomic_path
+from nnreg.model_zip_checks import (FORMAT, FORMAT_VERSION, MANIFEST, ModelZipError, check_model_zip, check_room,
+                                    is_sha256)
+from nnreg.utilities.errors import ConfigurationError
+from nnreg.utilities.files import atomic_path, host_token, owner_token, process_alive
+from nnreg.utilities.safe_load import UnreadableCheckpointError, UnsafeCheckpointError, load_tensors_only
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "nnreg_model_manifest.json"
-FORMAT = "nnreg-model"
-FORMAT_VERSION = 1
 MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json", "debug.json", "progress.png")
 FOLD_FILES = ("validation/summary.json",)
 _CHUNK = 1 << 20
 
 
-class ModelZipError(NnregError):
-    """A model zip is corrupt, foreign, unsafe or does not match its manifest."""
+def _digest(handle: IO[bytes]) -> str:
+    """SHA-256 of what is left to read in an open binary file, read in chunks."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(_CHUNK), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return _digest(handle)
 
 
 @dataclass(frozen=True)
@@ -58,8 +71,9 @@ class ExportedModel:
     path: Path
     dataset_name: str
     models: list[str]
-    folds: list[str]
+    folds: dict[str, list[str]]    # configuration -> folds
     files: int
+    sha256: str                    # of the whole zip, also written to ``<zip>.sha256``
 
 
 def export_model_to_zip(dataset: str, configurations: Sequence[str], output: str | Path, results: Path,
@@ -75,7 +89,7 @@ def export_model_to_zip(dataset: str, configurations: Sequence[str], output: str
         raise ConfigurationError("give at least one configuration (-c)")
     name = resolve_dataset_name(dataset, results)
     members: dict[str, Path] = {}
-    chosen_folds: list[str] = []
+    chosen_folds: dict[str, list[str]] = {}
     for configuration in configurations:
         folder = results / name / model_folder_name(trainer, plans, configuration)
         if not folder.is_dir():
@@ -83,7 +97,7 @@ def export_model_to_zip(dataset: str, configurations: Sequence[str], output: str
         if not (folder / "plans.json").is_file():
             raise ConfigurationError("model folder lacks plans.json", folder)
         selected = select_folds(folder, list(folds) if folds else None, checkpoints[0])
-        chosen_folds = selected
+        chosen_folds[configuration] = selected
         prefix = f"{name}/{folder.name}"
         for file_name in MODEL_FILES:
             if (folder / file_name).is_file():
@@ -104,105 +118,152 @@ def export_model_to_zip(dataset: str, configurations: Sequence[str], output: str
             archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
             for arcname, path in sorted(members.items()):
                 archive.write(path, arcname)
-    logger.info("wrote %s: %s, %s, fold(s) %s, %d files", output, name, ", ".join(manifest["models"]),
-                ", ".join(chosen_folds), len(members))
-    return ExportedModel(output, name, manifest["models"], chosen_folds, len(members))
+        digest = _sha256(tmp)
+    checksum_file = output.with_name(output.name + ".sha256")
+    with atomic_path(checksum_file) as tmp:
+        tmp.write_text(f"{digest}  {output.name}\n")     # the format of sha256sum: `sha256sum -c` checks it
+    listed = "; ".join(f"{c} fold(s) {', '.join(f)}" for c, f in chosen_folds.items())
+    logger.info("wrote %s: %s, %s, %d files", output, name, listed, len(members))
+    logger.info("SHA-256 of %s: %s (written to %s; publish it apart from the zip)", output.name, digest,
+                checksum_file.name)
+    return ExportedModel(output, name, manifest["models"], chosen_folds, len(members), digest)
 
 
-def _unsafe(name: str) -> bool:
-    """An absolute or drive path, a backslash, or an empty, ``.`` or ``..`` component (a folder's trailing ``/`` is
-    allowed)."""
-    name = name[:-1] if name.endswith("/") else name
-    if not name or name.startswith("/") or "\\" in name:
-        return True
-    parts = name.split("/")
-    return ":" in parts[0] or any(part in ("", ".", "..") for part in parts)
+def parse_sha256(text: str) -> str:
+    """A SHA-256 given by the user (64 hex digits, any case; a ``sha256sum`` line is accepted too)."""
+    value = text.strip().split()[0].lower() if text.strip() else ""
+    if not is_sha256(value):
+        raise ConfigurationError(f"--sha256 expects the zip's SHA-256 as 64 hex digits, not {text!r}")
+    return value
 
 
-def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
+def _create_folders(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it created, outermost first (so a failure can remove just those)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _unpack_member(archive: zipfile.ZipFile, name: str, expected: dict[str, Any], target: Path,
+                   zip_path: Path) -> None:
+    """Stream one member to ``target``, stopping as soon as it exceeds its declared size; check its SHA-256."""
+    size, digest, written = expected["size"], hashlib.sha256(), 0
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        raw = archive.read(MANIFEST)
-    except KeyError:
-        raise ModelZipError(f"not an nnreg model zip (no {MANIFEST}; was it made by nnreg_export_model_to_zip?)",
-                            zip_path) from None
+        with archive.open(name) as source, target.open("xb") as sink:
+            for chunk in iter(lambda: source.read(_CHUNK), b""):
+                written += len(chunk)
+                if written > size:
+                    raise ModelZipError(f"member {name} unpacks to more than the {size} bytes it declares (a "
+                                        f"decompression bomb?)", zip_path)
+                digest.update(chunk)
+                sink.write(chunk)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise ModelZipError(f"corrupt member {name} ({exc})", zip_path) from None
+    if written != size:
+        raise ModelZipError(f"corrupt member {name} ({written} bytes, the manifest declares {size})", zip_path)
+    if digest.hexdigest() != expected["sha256"]:
+        raise ModelZipError(f"checksum mismatch for {name}: it differs from the zip's own manifest, so the zip is "
+                            f"corrupt (the manifest cannot reveal tampering: verify the zip with --sha256)", zip_path)
+
+
+def _check_checkpoint(path: Path, name: str, zip_path: Path) -> None:
+    """A checkpoint must load as tensors and plain data only, as the predictor will load it."""
     try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelZipError(f"{MANIFEST} is not valid JSON", zip_path) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
-            not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("dataset_name"), str):
-        raise ModelZipError(f"not an nnreg model zip ({MANIFEST} has no nnreg model format)", zip_path)
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelZipError(f"model zip format {manifest.get('format_version')} is not supported by this nnreg "
-                            f"(expects {FORMAT_VERSION})", zip_path)
-    return manifest
+        load_tensors_only(path)
+    except UnsafeCheckpointError as exc:
+        raise ModelZipError(f"{name}: refused: the checkpoint holds a Python object ({exc.obj}) besides tensors and "
+                            f"plain data, and unpickling it could run code; nothing was installed", zip_path) from None
+    except UnreadableCheckpointError as exc:
+        raise ModelZipError(f"{name}: cannot read checkpoint ({exc.reason})", zip_path) from None
 
 
-def check_model_zip(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
-    """Validate names and manifest of an open zip (checksums are verified while unpacking); returns the manifest."""
-    manifest = _read_manifest(archive, zip_path)
-    dataset = manifest["dataset_name"]
-    if _unsafe(dataset) or "/" in dataset:
-        raise ModelZipError(f"unsafe dataset name {dataset!r} in the manifest", zip_path)
-    infos = {info.filename: info for info in archive.infolist() if info.filename != MANIFEST}
-    for name, info in infos.items():
-        mode = info.external_attr >> 16
-        if _unsafe(name) or not name.startswith(f"{dataset}/") or len(PurePosixPath(name).parts) < 3 or \
-                stat.S_ISLNK(mode):
-            raise ModelZipError(f"unsafe member path {name!r} (must be a plain file below {dataset}/<model>/)",
-                                zip_path)
-    for name in manifest["files"]:
-        if _unsafe(name) or not name.startswith(f"{dataset}/"):
-            raise ModelZipError(f"unsafe path {name!r} in the manifest", zip_path)
-    files = {n for n, i in infos.items() if not i.is_dir()}
-    missing, extra = sorted(set(manifest["files"]) - files), sorted(files - set(manifest["files"]))
-    if missing:
-        raise ModelZipError(f"{len(missing)} file(s) of the manifest are missing, e.g. {missing[0]}", zip_path)
-    if extra:
-        raise ModelZipError(f"{len(extra)} file(s) are not in the manifest, e.g. {extra[0]}", zip_path)
-    return manifest
+def _move_into_place(staging: Path, models: list[str], targets: list[Path]) -> None:
+    """Rename each unpacked model folder onto its target; a replaced folder goes into ``staging`` (deleted after)."""
+    for model, target in zip(models, targets):
+        replaced = staging / f".replaced-{model}"
+        if target.exists():
+            target.rename(replaced)
+        try:
+            (staging / model).rename(target)
+        except OSError:
+            if replaced.exists():
+                replaced.rename(target)
+            raise
 
 
-def install_model_from_zip(zip_path: str | Path, results: Path, overwrite: bool = False) -> list[Path]:
-    """Verify and unpack a model zip into ``results``; returns the installed model folders."""
+def install_model_from_zip(zip_path: str | Path, results: Path, overwrite: bool = False,
+                           sha256: str | None = None) -> list[Path]:
+    """Verify and unpack a model zip into ``results``; returns the installed model folders.
+
+    ``sha256``: the zip's checksum as obtained apart from it; checked before anything else is read."""
     zip_path = Path(zip_path).expanduser()
+    expected = parse_sha256(sha256) if sha256 is not None else None
     if not zip_path.is_file():
         raise ModelZipError("model zip not found", zip_path)
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelZipError(f"not a zip file or corrupt ({exc})", zip_path) from None
-    with archive:
-        manifest = check_model_zip(archive, zip_path)
-        dataset = manifest["dataset_name"]
-        models = sorted({name.split("/")[1] for name in manifest["files"]})
-        targets = [results / dataset / model for model in models]
-        existing = [t for t in targets if t.exists()]
-        if existing and not overwrite:
-            raise ConfigurationError("a model of this name is already installed (pass --overwrite to replace it)",
-                                     existing[0])
-        (results / dataset).mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".nnreg-install-", dir=results / dataset))
+    with zip_path.open("rb") as handle:   # one handle: what was hashed is what is unpacked
+        if expected is not None:
+            actual = _digest(handle)
+            if actual != expected:
+                raise ModelZipError(f"SHA-256 of the zip is {actual}, not the {expected} given with --sha256: this "
+                                    f"is not the file that checksum belongs to (modified, corrupt or another "
+                                    f"version); nothing was installed", zip_path)
+            handle.seek(0)
         try:
-            for name, expected in manifest["files"].items():
-                target = staging.joinpath(*PurePosixPath(name).parts[1:])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                digest = hashlib.sha256()
-                try:
-                    with archive.open(name) as source, target.open("wb") as sink:
-                        for chunk in iter(lambda: source.read(_CHUNK), b""):
-                            digest.update(chunk)
-                            sink.write(chunk)
-                except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-                    raise ModelZipError(f"corrupt member {name} ({exc})", zip_path) from None
-                if digest.hexdigest() != expected.get("sha256"):
-                    raise ModelZipError(f"checksum mismatch for {name} (the zip is corrupt or was modified)",
-                                        zip_path)
-            for model, target in zip(models, targets):
-                if target.exists():
-                    shutil.rmtree(target)
-                (staging / model).rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            archive = zipfile.ZipFile(handle)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise ModelZipError(f"not a zip file or corrupt ({exc})", zip_path) from None
+        with archive:
+            targets = _install(archive, zip_path, results, overwrite)
+    if expected is None:
+        logger.warning("%s was checked against its own manifest only, which reveals corruption, not tampering; to "
+                       "know it is the published file, install with --sha256 and the checksum its author published",
+                       zip_path.name)
+    return targets
+
+
+STAGING_PREFIX = ".nnreg-install-"
+_STAGING = re.compile(rf"^{re.escape(STAGING_PREFIX)}([0-9a-f]{{8}})-(\d+)-[a-z0-9_]+$")
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Remove the staging folders of installs killed on this host (``.nnreg-install-<host>-<pid>-<random>`` of a
+    dead pid): nnreg's own, by their exact name; anything else, and a live install's, stays."""
+    for path in folder.glob(f"{STAGING_PREFIX}*"):
+        match = _STAGING.match(path.name)
+        if match and path.is_dir() and match.group(1) == host_token() and not process_alive(int(match.group(2))):
+            logger.info("removing %s, left by an interrupted install", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _install(archive: zipfile.ZipFile, zip_path: Path, results: Path, overwrite: bool) -> list[Path]:
+    manifest = check_model_zip(archive, zip_path)
+    dataset = manifest["dataset_name"]
+    models = sorted({name.split("/")[1] for name in manifest["files"]})
+    targets = [results / dataset / model for model in models]
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise ConfigurationError("a model of this name is already installed (pass --overwrite to replace it)",
+                                 existing[0])
+    check_room(manifest, results / dataset, zip_path)
+    created = _create_folders(results / dataset)
+    _remove_stale_staging(results / dataset)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{owner_token()}-", dir=results / dataset))
+    try:
+        for name, entry in manifest["files"].items():
+            target = staging.joinpath(*PurePosixPath(name).parts[1:])
+            _unpack_member(archive, name, entry, target, zip_path)
+            if target.suffix == ".pth":
+                _check_checkpoint(target, name, zip_path)
+        _move_into_place(staging, models, targets)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created):     # only the folders this install made, and only when empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     logger.info("installed %s from %s into %s", ", ".join(models), zip_path, results / dataset)
     return targets

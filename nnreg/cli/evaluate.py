@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from nnreg.cli.common import SpaceSeparated, raw_option, user_errors_as_one_line, verbose_option
+from nnreg.utilities.errors import NnregError
 
 logger = logging.getLogger("nnreg")
 
@@ -26,7 +27,7 @@ logger = logging.getLogger("nnreg")
                    "(images*/, labels*/, landmarks*/).")
 @click.option("-c", "--config", "configs", cls=SpaceSeparated, type=click.Path(path_type=Path),
               help="Official evaluation config JSON; several combine (-c A.json B.json; metrics of a shared pair are "
-                   "merged). "
+                   "merged). A relative path is looked up in the current folder, then in the dataset folder. "
                    "Without it: the dataset.json validation pairs and every metric the ground truth allows.")
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None,
               help="Write metrics.json (official structure) here.")
@@ -39,13 +40,26 @@ logger = logging.getLogger("nnreg")
 def main(disp_dir: Path, dataset: str, configs: tuple[Path, ...], output: Path | None, baseline_zero: bool,
          ndv_mask: str, raw: str | None, verbose: bool) -> None:
     """Evaluate displacement fields with the Learn2Reg/LUMIR metrics (Dice, HD95, TRE, NDV, SDlogJ)."""
+    from nnreg.dataset.learn2reg import load_dataset
     from nnreg.dataset.locate import find_raw_dataset
-    from nnreg.evaluation.config import load_config
+    from nnreg.evaluation.config import EvalPair, load_config, locate_config
     from nnreg.evaluation.report import format_table
-    from nnreg.evaluation.runner import EvaluationResult, dataset_config, evaluate_folder, write_metrics
+    from nnreg.evaluation.runner import EvaluationResult, dataset_config, evaluate_folder, find_displacement, \
+        write_metrics
 
     root = find_raw_dataset(dataset, raw)
-    parsed = [load_config(path) for path in configs] if configs else [dataset_config(root)]
+    if not disp_dir.is_dir():
+        raise NnregError("displacement folder does not exist", disp_dir)
+    located = [locate_config(path, root) for path in configs]
+    parsed = [load_config(path) for path, _ in located]
+    pairs = [pair for config in parsed for pair in config.pairs] if configs else \
+        [EvalPair(p.fixed.relative, p.moving.relative) for p in load_dataset(root).validation]
+    for pair in pairs:   # every input checked before anything is said: an input error is the only line
+        find_displacement(disp_dir, pair)
+    for _, note in located:
+        logger.info(note)
+    if not configs:
+        parsed = [dataset_config(root)]
     result = evaluate_folder(disp_dir, root, parsed, ndv_mask=ndv_mask, baseline_zero=baseline_zero)
     click.echo(format_table(result))
     if output is not None:

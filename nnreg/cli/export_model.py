@@ -22,14 +22,19 @@ from nnreg.cli.common import SpaceSeparated, results_option, split_values, user_
 def main(dataset: str, configurations: tuple[str, ...], folds: tuple[str, ...], output: str, plans: str,
          trainer: str, checkpoints: tuple[str, ...], results: str | None, verbose: bool) -> None:
     """Write a model zip (plans, dataset.json, fingerprint, checkpoints, checksum manifest) that
-    nnreg_install_pretrained_model_from_zip installs."""
+    nnreg_install_pretrained_model_from_zip installs, and its SHA-256 beside it (FILE.zip.sha256, sha256sum
+    format) to publish apart from the zip."""
     from nnreg.model_sharing import export_model_to_zip
     from nnreg.paths import results_folder
 
     exported = export_model_to_zip(dataset, split_values(configurations) or ["3d_fullres"], output,
                                    results_folder(results), split_values(folds) or None, trainer, plans,
                                    split_values(checkpoints) or ["checkpoint_final.pth"])
-    click.echo(f"done: {', '.join(exported.models)} fold(s) {', '.join(exported.folds)} -> {exported.path}")
+    listed = "; ".join(f"{c} fold(s) {', '.join(f)}" for c, f in exported.folds.items())
+    click.echo(f"done: {exported.dataset_name} {listed} -> {exported.path}")
+    click.echo(f"SHA-256 {exported.sha256} (also in {exported.path.name}.sha256): publish it apart from the zip, "
+               f"so that users can check what they downloaded with\n  nnreg_install_pretrained_model_from_zip "
+               f"{exported.path.name} --sha256 {exported.sha256}")
 
 
 if __name__ == "__main__":

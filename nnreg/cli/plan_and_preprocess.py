@@ -8,8 +8,10 @@ import click
 from nnreg.cli.common import SpaceSeparated, preprocessed_option, raw_option, user_errors_as_one_line, verbose_option
 from nnreg.planning.decision import CPU_TRADE_ORDERS
 from nnreg.planning.planner import PlannerSettings
+from nnreg.planning.plans import Plans
 from nnreg.planning.report import plans_table
 from nnreg.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from nnreg.utilities.errors import ConfigurationError
 
 logger = logging.getLogger("nnreg")
 
@@ -26,10 +28,12 @@ logger = logging.getLogger("nnreg")
 @click.option("--overwrite-plans", is_flag=True, help="Re-plan even if this plans file exists (drops hand edits).")
 @click.option("--no-pp", "no_pp", is_flag=True, help="Only fingerprint and plan; do not preprocess.")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
-              help="Device the plans target (GPU memory or RAM budget). Default: cuda where a CUDA device is "
-                   "present, else cpu (and it says so).")
+              help="Device the plans target (GPU memory or RAM budget). Default: cuda with --gpu-memory-target "
+                   "alone, cpu with --memory-target alone, else cuda where a CUDA device is present, else cpu "
+                   "(it says which).")
 @click.option("--gpu-memory-target", type=float, default=None,
-              help="GPU memory budget in GB for --device cuda (default 24).")
+              help="GPU memory budget in GB for --device cuda (default 24); alone, it plans for such a GPU even "
+                   "on a machine without one.")
 @click.option("--memory-target", type=float, default=None,
               help="RAM budget in GB for --device cpu (default: half of this machine's or container's RAM).")
 @click.option("--cpu-seconds-per-pair", type=click.FloatRange(min=0.1), default=None,
@@ -53,12 +57,11 @@ def main(datasets: tuple[str, ...], plans_name: str, configurations: tuple[str, 
          cpu_max_slowdown: float | None, cpu_inference_seconds: float | None, raw: str | None,
          preprocessed: str | None, verbose: bool) -> None:
     """Verify, fingerprint, plan and preprocess Learn2Reg/LUMIR datasets."""
-    from nnreg.planning.budget import default_device, memory_budget_gb
+    from nnreg.planning.budget import memory_budget_gb
 
-    detected = device is None
-    if detected:
-        device = default_device()
+    device, reason = _target_device(device, gpu_memory_target, memory_target)
     budget = memory_budget_gb(device, gpu_memory_target, memory_target)
+    _check_datasets(datasets, raw)   # every dataset's inputs before any work: a bad one is the only line
     extra = {key: value for key, value in (("cpu_seconds_per_pair", cpu_seconds_per_pair),
                                            ("cpu_trade_order", cpu_trade_order),
                                            ("cpu_max_slowdown", cpu_max_slowdown),
@@ -70,8 +73,56 @@ def main(datasets: tuple[str, ...], plans_name: str, configurations: tuple[str, 
             planner=PlannerSettings(plans_name=plans_name, device=device, memory_target_gb=budget, extra=extra),
         )
         out, plans = plan_and_preprocess(options)
-        if detected and device == "cpu":   # said after success, so a bad dataset still gives exactly one line
-            click.echo("no CUDA device found: planned for the CPU (as --device cpu; give --device cuda to plan "
-                       "for a GPU)")
+        click.echo(planned_for(plans, device, budget, reason))   # after success: a bad dataset stays one line
         click.echo(plans_table(plans))
         click.echo(f"done: {out}")
+
+
+def _target_device(device: str | None, gpu_memory_target: float | None,
+                   memory_target: float | None) -> tuple[str, str]:
+    """The device the plans target and why. A GPU memory target alone plans for a GPU of that memory, also on a
+    machine without one (a cluster login node); a RAM target alone plans for the CPU; otherwise --device, else
+    cuda where a CUDA device is present. Targets must be positive, and match --device."""
+    from nnreg.planning.budget import default_device
+
+    for flag, value in (("--gpu-memory-target", gpu_memory_target), ("--memory-target", memory_target)):
+        if value is not None and not value > 0:
+            raise ConfigurationError(f"{flag} must be a positive number of GB, got {value:g}")
+    if device == "cpu" and gpu_memory_target is not None:
+        raise ConfigurationError("--gpu-memory-target is the budget of --device cuda; with --device cpu give "
+                                 "--memory-target (GB of RAM)")
+    if device == "cuda" and memory_target is not None:
+        raise ConfigurationError("--memory-target is the RAM budget of --device cpu; with --device cuda give "
+                                 "--gpu-memory-target (GB of GPU memory)")
+    if device is not None:
+        return device, f"--device {device}"
+    if gpu_memory_target is not None and memory_target is None:
+        return "cuda", "--gpu-memory-target given; no local GPU is needed to plan"
+    if memory_target is not None and gpu_memory_target is None:
+        return "cpu", "--memory-target given"
+    device = default_device()
+    return device, ("a CUDA device is present" if device == "cuda" else
+                    "no CUDA device found; give --device cuda or --gpu-memory-target to plan for a GPU")
+
+
+def _check_datasets(datasets: tuple[str, ...], raw: str | None) -> None:
+    """Find and read every dataset, and check it has enough training images, before any is worked on."""
+    from nnreg.dataset.learn2reg import check_training_pool, load_dataset
+    from nnreg.dataset.locate import find_raw_dataset
+
+    for spec in datasets:
+        check_training_pool(load_dataset(find_raw_dataset(spec, raw)))
+
+
+def planned_for(plans: Plans, device: str, budget: float, reason: str) -> str:
+    """One line: the device and memory the plans target (those of a reused plans file, when they differ)."""
+    planned_device = str(plans.planner.get("device", device))
+    planned_budget = plans.planner.get("memory_target_gb", budget)
+    what = "a GPU" if planned_device == "cuda" else "the CPU" if planned_device == "cpu" else planned_device
+    memory = "GPU memory" if planned_device == "cuda" else "RAM"
+    line = f"planned for {what} with {planned_budget:g} GB of {memory}"
+    if planned_device != device or planned_budget != budget:
+        asked = f"{'a GPU' if device == 'cuda' else 'the CPU'} with {budget:g} GB"
+        return f"{line}: the plans file {plans.plans_name}.json was kept as it was (asked for {asked}; " \
+               f"--overwrite-plans re-plans)"
+    return f"{line} ({reason})"

@@ -35,16 +35,17 @@ def _model_folder(model: str | None, dataset: str | None, configuration: str | N
     return find_model_folder(dataset, results_folder(results), trainer, plans, configuration, device)
 
 
-def _device(requested: str | None) -> str:
-    """The requested device, else cuda when available (as nnreg_train), else cpu; logged."""
+def _device(requested: str | None) -> tuple[str, str | None]:
+    """The requested device, else cuda when available (as nnreg_train), else cpu; and the line that says why, for
+    the caller to log once the inputs are checked (an input error stays the only line)."""
     if requested is not None:
-        return requested
+        return requested, None
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    logger.info("device %s (%s; choose with --device)", device,
-                "a CUDA GPU is available" if device == "cuda" else "no CUDA GPU is available")
-    return device
+    return device, (f"device {device} ("
+                    f"{'a CUDA GPU is available' if device == 'cuda' else 'no CUDA GPU is available'}; "
+                    f"choose with --device)")
 
 
 def _workers(value: int | None, num_pairs: int) -> int:
@@ -59,7 +60,8 @@ def _workers(value: int | None, num_pairs: int) -> int:
               help="Dataset folder (dataset.json), pairs .json ([{fixed, moving}, ...]) or .csv (fixed,moving).")
 @click.option("-o", "--output", "output", type=click.Path(), required=True,
               help="Output folder for disp_<fix>_<mov>.nii.gz files.")
-@click.option("-d", "--dataset", default=None, help="Dataset id or name of the trained model (with -c/-p/-tr).")
+@click.option("-d", "--dataset", default=None,
+              help="Dataset id, name or folder path of the trained model (with -c/-p/-tr).")
 @click.option("-c", "--configuration", default=None,
               help="Configuration (default 3d_fullres; on CPU 3d_halfres if trained and the plans were made for a "
                    "GPU; with -m: the folder's).")
@@ -126,12 +128,14 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
     labels = Path(warp_labels).expanduser() if warp_labels else None
     if labels is not None and not labels.is_dir():
         raise NnregError("--warp-labels folder does not exist", labels)
-    device = _device(device)
+    device, device_note = _device(device)
     folder = _model_folder(model, dataset, configuration, plans, trainer, results, device)
     predictor = nnRegPredictor(device=device, num_threads=threads, channels_last=channels_last,
                                instance_optimization=instance_optimization, deterministic=deterministic,
                                instance_optimization_overrides=overrides)
     predictor.initialize_from_trained_model_folder(folder, _folds(folds), checkpoint, configuration)
+    if device_note is not None:      # said once the model is read: an input error above stays the only line
+        logger.info(device_note)
     options = ExportOptions(save_warped=save_warped, labels_folder=labels, itk=itk, qc=qc, inverse=inverse)
     summary = predict_pairs(predictor, pairs, output, options, resume=resume,
                             num_readers=_workers(num_readers, len(pairs)),

@@ -16,7 +16,8 @@ PRESET_NAMES = ("paper",)
 _HYPERPARAMETER_OPTIONS = {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch", "lr": "lr",
                            "lambda_reg": "lambda_reg", "lambda_ncc": "lambda_ncc", "ncc_window": "ncc_window",
                            "num_workers": "num_workers", "seed": "seed", "val_pairs": "val_pairs",
-                           "checkpoint_every": "checkpoint_every", "time_budget": "time_budget_minutes"}
+                           "checkpoint_every": "checkpoint_every", "time_budget": "time_budget_minutes",
+                           "similarity": "similarity"}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,6 +46,9 @@ _HYPERPARAMETER_OPTIONS = {"epochs": "epochs", "iterations_per_epoch": "iteratio
 @click.option("--spatial-augmentation/--no-spatial-augmentation", "spatial_augmentation", default=None,
               help="Spatial augmentation (random affine + elastic per image, flips / axis swaps per pair); off by "
                    "default until measured to help.")
+@click.option("--contrast-augmentation/--no-contrast-augmentation", "contrast_augmentation", default=None,
+              help="A random new contrast per training image (random intensity curve, bias field, gamma, blur, "
+                   "noise), for contrast-agnostic models; off by default.")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
               help="Fit epochs x iterations (at most --iterations-per-epoch) and the learning-rate decay to this "
                    "wall time, measured from the first steps; training + validation end within it.")
@@ -53,6 +57,8 @@ _HYPERPARAMETER_OPTIONS = {"epochs": "epochs", "iterations_per_epoch": "iteratio
 @click.option("--lambda-reg", type=float, default=None, help="Weight of the gradient regulariser (default 6).")
 @click.option("--lambda-ncc", type=float, default=None, help="Weight of the NCC loss (default 1).")
 @click.option("--ncc-window", type=int, default=None, help="Local NCC window (odd, default 9).")
+@click.option("--similarity", type=click.Choice(["lncc", "mind"]), default=None,
+              help="Similarity loss: local NCC (default) or MIND-SSC (contrast-agnostic, for multi-modal use).")
 @click.option("--val-pairs", type=click.IntRange(min=0), default=None, help="Validation pairs per epoch (default 8).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
               help="Write checkpoint_latest.pth every N epochs (default 10).")
@@ -72,11 +78,13 @@ def main(dataset: str, fold: str, pretrained_weights: str | None, disable_progre
          configuration: str, plans: str, trainer: str, device: str | None,
          continue_training: bool, validation_only: bool, num_gpus: int, deterministic: bool | None,
          compile_: bool | None, no_amp: bool | None, no_deep_supervision: bool | None,
-         no_augmentation: bool | None, spatial_augmentation: bool | None, no_final_validation: bool | None,
+         no_augmentation: bool | None, spatial_augmentation: bool | None, contrast_augmentation: bool | None,
+         no_final_validation: bool | None,
          preprocessed: str | None,
          results: str | None, verbose: bool, preset: str | None,
          **numbers: Any) -> None:
-    """Train FOLD (0-4 or all) of DATASET (id or name), unsupervised: local NCC + λ‖∇v‖², deep supervision."""
+    """Train FOLD (0-4 or all) of DATASET (id, name or path to its folder), unsupervised: local NCC + λ‖∇v‖²,
+    deep supervision."""
     from nnreg.training import run_training
 
     overrides = {_HYPERPARAMETER_OPTIONS[k]: v for k, v in numbers.items() if v is not None}
@@ -105,6 +113,8 @@ def main(dataset: str, fold: str, pretrained_weights: str | None, disable_progre
             overrides[key] = value
     if spatial_augmentation is not None:
         overrides["spatial_augmentation"] = spatial_augmentation
+    if contrast_augmentation is not None:
+        overrides["contrast_augmentation"] = contrast_augmentation
     folder = run_training(dataset, fold, configuration=configuration, plans=plans, trainer=trainer, device=device,
                           continue_training=continue_training, validation_only=validation_only, num_gpus=num_gpus,
                           overrides=overrides, preprocessed=preprocessed, results=results, preset=preset)

@@ -17,6 +17,9 @@ from nnreg.utilities.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
+CROSS_VALIDATION_FOLDS = 5   # the folds planning makes (nnreg.preprocessing.splits.make_splits), one image each
+PAIR_IMAGES = 2              # a training pair needs two different images (also for fold all)
+
 
 @dataclass(frozen=True)
 class ImageEntry:
@@ -163,3 +166,20 @@ def load_dataset(root: str | Path) -> Learn2RegDataset:
         json_path=json_path,
         modalities=modalities,
     )
+
+
+def check_training_pool(dataset: Learn2RegDataset) -> None:
+    """Refuse, in one line naming the dataset.json, a training pool too small to plan: 5 images for the 5
+    cross-validation folds, or 2 (one pair) with the user's own ``splits_final.json`` in the dataset folder."""
+    count = len(dataset.training)
+    if (dataset.root / "splits_final.json").is_file():
+        if count < PAIR_IMAGES:
+            raise DatasetError(f"{count} training image; nnreg needs at least {PAIR_IMAGES} (a pair), also with "
+                               f"your own splits_final.json", dataset.json_path)
+        return
+    if count < CROSS_VALIDATION_FOLDS:
+        raise DatasetError(
+            f"{count} training image(s); nnreg needs at least {CROSS_VALIDATION_FOLDS}: planning splits them into "
+            f"{CROSS_VALIDATION_FOLDS} cross-validation folds (training fold all needs only {PAIR_IMAGES}, but it "
+            f"is planned with the same folds): add images, or put your own splits_final.json next to dataset.json",
+            dataset.json_path)

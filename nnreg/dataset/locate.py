@@ -2,6 +2,7 @@
 or a path to a dataset folder anywhere."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -16,10 +17,24 @@ def dataset_id(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def resolve_dataset_name(spec: str | int, search_root: Path) -> str:
-    """Map an id or a name to the ``DatasetXXX_Name`` folder name found in ``search_root``.
+def looks_like_path(spec: str) -> bool:
+    """Whether a dataset given on the command line is a path (``a/b``, ``./x``, ``~/x``, ``.``, ``..``) rather than
+    an id or a bare name."""
+    return os.sep in spec or "/" in spec or spec.startswith("~") or spec in (".", "..")
 
-    Raises a one-line error for an unknown id and for two folders with the same id.
+
+def dataset_folder_name(spec: str) -> str:
+    """The folder name a path to a dataset folder names (``../raw/Dataset500_X/`` -> ``Dataset500_X``): the name its
+    preprocessed data and results are stored under."""
+    return Path(os.path.abspath(Path(spec).expanduser())).name
+
+
+def resolve_dataset_name(spec: str | int, search_root: Path) -> str:
+    """Map an id, a name or a path to a dataset folder to the ``DatasetXXX_Name`` folder name found in ``search_root``.
+
+    A path stands for its folder's name (the raw dataset ``.../Dataset500_X`` is preprocessed into
+    ``search_root/Dataset500_X``). Raises a one-line error for an unknown id, name or path and for two folders with
+    the same id.
     """
     spec = str(spec)
     if spec.isdigit():
@@ -31,6 +46,11 @@ def resolve_dataset_name(spec: str | int, search_root: Path) -> str:
         if len(hits) > 1:
             raise DatasetError(f"two datasets have id {wanted}: {', '.join(hits)}; rename one", search_root)
         return hits[0]
+    if looks_like_path(spec):
+        name = dataset_folder_name(spec)
+        if not name or not (search_root / name).is_dir():
+            raise DatasetError(f"no dataset named {name or spec} here (the folder name of {spec})", search_root)
+        return name
     if not (search_root / spec).is_dir():
         raise DatasetError(f"no dataset named {spec} here", search_root)
     return spec
@@ -49,7 +69,7 @@ def find_raw_dataset(spec: str | int, raw_override: str | Path | None = None) ->
         root = raw_folder(raw_override)
         return root / resolve_dataset_name(text, root)
     as_path = Path(text).expanduser()
-    if "/" not in text and not as_path.is_dir():
+    if not looks_like_path(text) and not as_path.is_dir():
         root = raw_folder(raw_override)
         return root / resolve_dataset_name(text, root)
     if not as_path.is_dir():

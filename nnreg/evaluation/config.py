@@ -120,6 +120,24 @@ def parse_config(raw: Any, path: Path | None = None) -> EvaluationConfig:
     return EvaluationConfig(str(raw.get("name", path.stem if path else "nnreg")), methods, shape, pairs, path)
 
 
+def locate_config(path: str | Path, dataset_root: str | Path) -> tuple[Path, str]:
+    """Where ``-c PATH`` is: an absolute path as it is; a relative one (``NAME.json`` as the docs and the challenge
+    downloads show it) in the current folder first, then in the dataset folder. Returns the file and a line saying
+    which was used; a one-line :class:`NnregError` naming both places when it is in neither."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        if not path.is_file():
+            raise NnregError("evaluation config not found", path)
+        return path, f"evaluation config {path}"
+    here, there = Path.cwd() / path, Path(dataset_root).absolute() / path
+    if here.is_file():
+        return here, f"evaluation config {path}: {here} (current folder)"
+    if there.is_file():
+        return there, f"evaluation config {path}: {there} (dataset folder; not in the current folder)"
+    raise NnregError(f"evaluation config not found in the current folder ({Path.cwd()}) nor in the dataset folder "
+                     f"({Path(dataset_root).absolute()})", path)
+
+
 def load_config(path: str | Path) -> EvaluationConfig:
     """Read and parse an official evaluation config file."""
     path = Path(path)

@@ -18,12 +18,18 @@ parametrisations (``velocity_start``):
   on training pairs, this lowers HD95 (documentation/prediction.md).
 
 The loss is the training loss of one level: ``-LNCC(fixed, moving o phi) + lambda_reg * ||grad v||^2`` (``v`` in
-its own voxel units), minimised by Adam (0 steps return the network's field unchanged) in two stages: ``steps`` on
+its own voxel units; ``similarity="mind"`` replaces the LNCC term by the MIND-SSC loss of :mod:`nnreg.losses.mind`,
+for pairs of different contrasts), minimised by Adam (0 steps return the network's field unchanged) in two stages: ``steps`` on
 the network grid / ``image_factor`` (cheap: 1/8 of the voxels) with ``v`` on the network grid / ``grid_factor``,
 then ``fine_steps`` on the network grid itself with ``v`` on the network grid / ``fine_grid_factor`` (resampled by
 :func:`nnreg.spatial.resize_field`, Adam restarted, when that grid differs; otherwise ``v`` and the optimiser carry
-on), each stopped early when its loss stops improving. Everything runs on the predictor's device; on the CPU the
-result is bitwise reproducible for a fixed thread count.
+on), each stopped early when its loss stops improving (or at once on a non-finite loss). Each stage goes on from, and
+the refinement returns, the **best** velocity it evaluated (lowest loss), not the last iterate. The result is then
+checked against the network's own field, scored by the same loss on the last stage's grid (its similarity, plus the
+regulariser of its velocity representation): the network's field is returned unchanged when the refined one is not
+finite, has a higher loss, or folds (``det(I + grad u) <= 0``, central differences) on more than
+``max_folding_percent`` of the voxels and more than the network's field does. Everything runs on the predictor's
+device; on the CPU the result is bitwise reproducible for a fixed thread count.
 """
 from __future__ import annotations
 
@@ -37,10 +43,13 @@ import torch
 import torch.nn.functional as F
 
 from nnreg.losses import gradient_l2, local_ncc_loss
-from nnreg.spatial import compose, integrate_velocity, resize_field, warp
+from nnreg.losses.mind import mind_descriptor_loss, mind_ssc
+from nnreg.spatial import compose, integrate_velocity, jacobian_determinant, resize_field, warp
 from nnreg.utilities.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
+
+SIMILARITIES = ("lncc", "mind")
 
 
 @dataclass(frozen=True)
@@ -61,8 +70,13 @@ class InstanceOptimization:
     velocity_start: str = "network"  # "zero": refined = u_net o exp(v), v from 0; "network": refined = exp(v) with
                                      # v starting from u_net on the velocity grid (the whole transform regularised)
     fine_grid_factor: int = 2      # velocity grid of the fine stage = network grid / this (v resampled onto it)
+    max_folding_percent: float = 0.01  # refined fields folding more than this (and more than the network's) are refused
+    similarity: str = "lncc"       # "lncc" (local NCC, same contrast) or "mind" (MIND-SSC, any contrasts)
+    mind_radius: int = 1           # MIND-SSC patch radius and neighbour dilation (voxels of each stage's grid)
+    mind_dilation: int = 2
 
     def __post_init__(self) -> None:
+        self._check_types()
         checks = [
             (self.steps >= 0, "steps must be >= 0"),
             (self.lr > 0, "lr must be > 0"),
@@ -75,10 +89,30 @@ class InstanceOptimization:
             (self.integration_steps >= 0, "integration_steps must be >= 0"),
             (self.patience >= 1 and self.min_delta >= 0, "patience must be >= 1 and min_delta >= 0"),
             (self.velocity_start in ("zero", "network"), "velocity_start must be 'zero' or 'network'"),
+            (self.max_folding_percent >= 0, "max_folding_percent must be >= 0"),
+            (self.similarity in SIMILARITIES, f"similarity must be one of {', '.join(SIMILARITIES)}"),
+            (self.mind_radius >= 0 and self.mind_dilation >= 1, "mind_radius must be >= 0 and mind_dilation >= 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigurationError(f"invalid instance_optimization setting: {message}")
+
+    def _check_types(self) -> None:
+        """Each value of the declared type (an int for a float is widened; ``60.0`` for an int is refused here, not
+        later inside ``range()``)."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), f.type if isinstance(f.type, str) else f.type.__name__
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigurationError(f"invalid instance_optimization setting: {f.name} must be an integer, "
+                                         f"got {value!r}")
+            if kind == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigurationError(f"invalid instance_optimization setting: {f.name} must be a number, "
+                                             f"got {value!r}")
+                object.__setattr__(self, f.name, float(value))
+            if kind == "str" and not isinstance(value, str):
+                raise ConfigurationError(f"invalid instance_optimization setting: {f.name} must be a string, "
+                                         f"got {value!r}")
 
     @property
     def enabled(self) -> bool:
@@ -129,14 +163,18 @@ def parse_overrides(text: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RefinementReport:
-    """What one refinement did (for logs, benchmarks and tests)."""
+    """What one refinement did (for logs, benchmarks and tests). Losses are measured on the last stage's grid:
+    ``initial_*`` of the network's field, ``final_*`` of the returned field (the same when the network's is kept)."""
 
     steps_run: int
     initial_loss: float
     final_loss: float
     initial_ncc: float
     final_ncc: float
-    velocity: torch.Tensor | None = None   # the optimised coarse velocity v (field exp(v) or u_net o exp(v))
+    velocity: torch.Tensor | None = None   # the optimised velocity v (field exp(v) or u_net o exp(v)); None: network kept
+    kept_network: bool = False             # the network's field was returned (``reason`` says why)
+    reason: str = ""
+    folding_percent: float = math.nan      # % of voxels of the returned field with det(I + grad u) <= 0
 
 
 def _shrink(shape: tuple[int, ...], factor: int) -> tuple[int, int, int]:
@@ -174,18 +212,29 @@ def exponential_field(velocity: torch.Tensor, size: tuple[int, int, int], integr
 class _Stage:
     """The images of one optimisation stage on its similarity grid: the fixed image and the moving image, the
     latter warped by the network's field once when the velocity is a correction of it (``velocity_start="zero"``);
-    ``grid`` is the stage's velocity grid."""
+    with ``similarity="mind"`` both are replaced by their MIND-SSC descriptors (computed once; the moving one is
+    warped). ``grid`` is the stage's velocity grid."""
 
     def __init__(self, target: torch.Tensor, source: torch.Tensor, window: int, steps: int,
-                 grid: tuple[int, int, int]) -> None:
+                 grid: tuple[int, int, int], settings: InstanceOptimization) -> None:
+        self.mind = settings.similarity == "mind"
+        if self.mind:
+            target = mind_ssc(target, settings.mind_radius, settings.mind_dilation)
+            source = mind_ssc(source, settings.mind_radius, settings.mind_dilation)
         self.target, self.source, self.window, self.steps, self.grid = target, source, window, steps, grid
         self.size: tuple[int, int, int] = tuple(int(s) for s in target.shape[2:])  # type: ignore[assignment]
 
     def loss(self, velocity: torch.Tensor, settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, NCC loss) of the transform ``exp(velocity)`` of this stage's source, on this stage's grid."""
-        ncc = local_ncc_loss(self.target, warp(self.source, exponential_field(velocity, self.size,
-                                                                              settings.integration_steps)), self.window)
-        return ncc + settings.lambda_reg * gradient_l2(velocity), ncc
+        return self.field_loss(exponential_field(velocity, self.size, settings.integration_steps), velocity, settings)
+
+    def field_loss(self, field: torch.Tensor, velocity: torch.Tensor,
+                   settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, NCC loss) of the displacement ``field`` (this stage's grid) regularised through ``velocity``."""
+        warped = warp(self.source, field)
+        similarity = (mind_descriptor_loss(self.target, warped) if self.mind
+                      else local_ncc_loss(self.target, warped, self.window))
+        return similarity + settings.lambda_reg * gradient_l2(velocity), similarity
 
 
 def _stages(fixed: torch.Tensor, source: torch.Tensor, settings: InstanceOptimization) -> list[_Stage]:
@@ -197,8 +246,50 @@ def _stages(fixed: torch.Tensor, source: torch.Tensor, settings: InstanceOptimiz
     for factor, window, steps, grid_factor in plan:
         size = _shrink(shape, factor)
         stages.append(_Stage(_downsample(fixed, size).contiguous(), _downsample(source, size).contiguous(),
-                             window, steps, _shrink(shape, grid_factor)))
+                             window, steps, _shrink(shape, grid_factor), settings))
     return stages
+
+
+def _optimise(stages: list[_Stage], velocity: torch.Tensor, settings: InstanceOptimization) -> tuple[torch.Tensor, int]:
+    """Adam through the stages; each stage goes on from the best velocity of the one before. Returns the best
+    velocity of the last stage that evaluated a finite loss (the start when none did) and the steps run."""
+    optimizer = torch.optim.Adam([velocity], lr=settings.lr)
+    steps_run = 0
+    for stage in stages:
+        if tuple(velocity.shape[2:]) != stage.grid:    # a finer velocity grid: resample v, restart Adam
+            with torch.no_grad():
+                velocity = resize_field(velocity.detach(), stage.grid).contiguous().requires_grad_(True)
+            optimizer = torch.optim.Adam([velocity], lr=settings.lr)
+        best, best_velocity = math.inf, None          # the lowest loss evaluated and the velocity it was measured at
+        patience_best, since_best = math.inf, 0       # early stopping: improvements of at least min_delta
+        for _ in range(stage.steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = stage.loss(velocity, settings)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                logger.warning("instance optimisation: non-finite loss after %d steps; keeping the best field so far",
+                               steps_run)
+                break
+            if value < best:
+                best, best_velocity = value, velocity.detach().clone()
+            loss.backward()
+            optimizer.step()
+            steps_run += 1
+            if value < patience_best - settings.min_delta:
+                patience_best, since_best = value, 0
+            else:
+                since_best += 1
+                if since_best >= settings.patience:
+                    break
+        if best_velocity is not None and not torch.equal(best_velocity, velocity.detach()):
+            velocity = best_velocity.requires_grad_(True)     # go on from the best iterate, with a fresh Adam
+            optimizer = torch.optim.Adam([velocity], lr=settings.lr)
+    return velocity.detach(), steps_run
+
+
+def _folding_percent(field: torch.Tensor) -> float:
+    """% of voxels where ``det(I + grad u) <= 0`` (central differences, :func:`nnreg.spatial.jacobian_determinant`)."""
+    return 100.0 * float((jacobian_determinant(field) <= 0).float().mean())
 
 
 def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.Tensor,
@@ -206,9 +297,8 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
     """Refine ``displacement`` (1, 3, H, W, D) for the pair ``fixed``/``moving`` (1, 1, H, W, D), network grid.
 
     Returns ``exp(v)`` (``velocity_start="network"``) or ``u_net o exp(v)`` (``"zero"``) on the same grid (float32,
-    detached) and a report whose losses are both measured on the last stage's grid, the initial one at the starting
-    velocity (the network's field resampled to the velocity grid, or zero). ``steps == 0`` returns the input
-    unchanged.
+    detached) — or the network's field unchanged when the refined one is not better (module docstring) — and a
+    report whose losses are measured on the last stage's grid. ``steps == 0`` returns the input unchanged.
     """
     if fixed.shape != moving.shape or fixed.dim() != 5 or fixed.shape[:2] != (1, 1):
         raise ValueError(f"expected two (1, 1, H, W, D) images, got {tuple(fixed.shape)} and {tuple(moving.shape)}")
@@ -221,40 +311,48 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
     whole = settings.velocity_start == "network"       # v is the whole transform: no network field to compose
     with torch.inference_mode(False), torch.enable_grad(), _deterministic(deterministic, fixed.device):
         with torch.no_grad():   # clones: inference-mode tensors cannot enter autograd
+            displacement = displacement.clone()
             moving = moving.detach().float().clone()
             stages = _stages(fixed.detach().float().clone(), moving if whole else warp(moving, displacement),
                              settings)
             grid = stages[0].grid     # the first stage's velocity grid: where v starts
-            start = resize_field(displacement.clone(), grid) if whole else torch.zeros((1, 3, *grid))
-        velocity = start.to(device=fixed.device, dtype=torch.float32).contiguous().requires_grad_(True)
+            start = resize_field(displacement, grid) if whole else torch.zeros((1, 3, *grid))
+            start = start.to(device=fixed.device, dtype=torch.float32).contiguous()
+            last = stages[-1]
+            # the network's own field, scored by the same loss on the last stage's grid
+            network_start = resize_field(displacement, last.grid) if whole else torch.zeros((1, 3, *last.grid))
+            network_field = resize_field(displacement, last.size) if whole else torch.zeros((1, 3, *last.size))
+            initial_loss, initial_ncc = (float(t) for t in last.field_loss(
+                network_field.to(start.device), network_start.to(start.device), settings))
+        velocity, steps_run = _optimise(stages, start.requires_grad_(True), settings)
         with torch.no_grad():
-            initial_loss, initial_ncc = (float(t) for t in stages[-1].loss(velocity, settings))
-        optimizer = torch.optim.Adam([velocity], lr=settings.lr)
-        steps_run = 0
-        for stage in stages:
-            if tuple(velocity.shape[2:]) != stage.grid:    # a finer velocity grid: resample v, restart Adam
-                with torch.no_grad():
-                    velocity = resize_field(velocity.detach(), stage.grid).contiguous().requires_grad_(True)
-                optimizer = torch.optim.Adam([velocity], lr=settings.lr)
-            best, since_best = math.inf, 0
-            for _ in range(stage.steps):
-                optimizer.zero_grad(set_to_none=True)
-                loss, _ = stage.loss(velocity, settings)
-                loss.backward()
-                optimizer.step()
-                steps_run += 1
-                value = float(loss.detach())
-                if value < best - settings.min_delta:
-                    best, since_best = value, 0
-                else:
-                    since_best += 1
-                    if since_best >= settings.patience:
-                        break
-        velocity = velocity.detach()
-        with torch.no_grad():
-            final_loss, final_ncc = (float(t) for t in stages[-1].loss(velocity, settings))
+            final_loss, final_ncc = (float(t) for t in last.loss(velocity, settings))
             exp_v = exponential_field(velocity, shape, settings.integration_steps)
             refined = exp_v if whole else compose(displacement, exp_v)
-    report = RefinementReport(steps_run, initial_loss, final_loss, initial_ncc, final_ncc, velocity)
+            reason = _refusal(refined, displacement, final_loss, initial_loss, settings)
+            folding = _folding_percent(refined) if not reason else _folding_percent(displacement)
+    if reason:
+        logger.info("instance optimisation: the network's field is kept (%s)", reason)
+        report = RefinementReport(steps_run, initial_loss, initial_loss, initial_ncc, initial_ncc, None, True, reason,
+                                  folding)
+        return displacement, report
+    report = RefinementReport(steps_run, initial_loss, final_loss, initial_ncc, final_ncc, velocity,
+                              folding_percent=folding)
     logger.debug("instance optimisation: %d steps, loss %.4f -> %.4f", steps_run, initial_loss, final_loss)
     return refined, report
+
+
+def _refusal(refined: torch.Tensor, network: torch.Tensor, loss: float, network_loss: float,
+             settings: InstanceOptimization) -> str:
+    """Why the refined field must not replace the network's ('' when it may)."""
+    if not math.isfinite(loss) or not bool(torch.isfinite(refined).all()):
+        return "the refined field is not finite"
+    if math.isfinite(network_loss) and loss > network_loss:
+        return f"its loss {loss:.4f} is above the network field's {network_loss:.4f}"
+    folding = _folding_percent(refined)
+    if folding > settings.max_folding_percent:
+        network_folding = _folding_percent(network)
+        if folding > network_folding:
+            return (f"it folds on {folding:.4f} % of the voxels (network field {network_folding:.4f} %, "
+                    f"limit {settings.max_folding_percent:g} %)")
+    return ""

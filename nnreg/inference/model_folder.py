@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from nnreg.dataset.locate import resolve_dataset_name
 from nnreg.planning.plans import ConfigurationPlan, Plans
 from nnreg.utilities.errors import ConfigurationError
+from nnreg.utilities.safe_load import UnreadableCheckpointError, load_tensors_only
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +71,16 @@ def find_model_folder(dataset: str, results: Path, trainer: str = DEFAULT_TRAINE
 
     Without ``configuration``: :func:`default_configuration` (logged)."""
     name = resolve_dataset_name(dataset, results)
+    chosen = configuration is None
     if configuration is None:
         configuration = default_configuration(results / name, trainer, plans, device)
-        logger.info("configuration %s (default on %s; choose another with -c)", configuration, device)
     folder = results / name / model_folder_name(trainer, plans, configuration)
     if not folder.is_dir():
         present = sorted(p.name for p in (results / name).iterdir() if p.is_dir() and "__" in p.name)
         hint = f" (trained models here: {', '.join(present)})" if present else " (no trained models yet)"
         raise ConfigurationError(f"no trained model {folder.name}{hint}", results / name)
+    if chosen:   # logged only once the folder exists: an error stays the only line
+        logger.info("configuration %s (default on %s; choose another with -c)", configuration, device)
     return folder
 
 
@@ -123,22 +125,14 @@ def select_folds(folder: Path, use_folds: list[str | int] | tuple[str | int, ...
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint on the CPU, tensors only where possible (``weights_only``).
+    """Read a checkpoint on the CPU, tensors and plain data only (``weights_only``), never a full unpickle.
 
-    A checkpoint that holds other Python objects (e.g. numpy scalars in a logger state) is read in full with a
-    warning: it is the user's own trained model, but they should know.
-    """
+    A checkpoint holding any other Python object is refused in one line (``UnsafeCheckpointError``): unpickling it
+    could run code, and a model may come from anyone (model zips)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        logger.warning("%s holds objects other than tensors; loading it in full (only load models you trust)",
-                       path)
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
-            raise ConfigurationError(f"cannot read checkpoint ({exc})", path) from None
-    except Exception as exc:  # noqa: BLE001 - truncated or corrupt files raise several types
-        raise ConfigurationError(f"cannot read checkpoint ({type(exc).__name__}: {exc})", path) from None
+        checkpoint = load_tensors_only(path)
+    except UnreadableCheckpointError as exc:
+        raise ConfigurationError(f"cannot read checkpoint ({exc.reason})", path) from None
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise ConfigurationError("not an nnreg checkpoint (no 'network_weights')", path)
     version = checkpoint.get("format_version", 1)

@@ -9,6 +9,7 @@ all exist, otherwise finished files are overwritten (atomically, so an interrupt
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing as mp
 from collections import deque
@@ -140,6 +141,25 @@ def plan_outputs(pairs: list[PairSpec], out: Path, options: ExportOptions,
     return todo, skipped
 
 
+def output_subfolders(out: Path) -> tuple[str, ...]:
+    """The folders a run writes into, relative to ``out`` (``""`` = ``out`` itself), as :func:`pair_outputs` lays
+    them out: the start-up cleanup looks there and nowhere else."""
+    probe = pair_outputs(out, "x_0000_0000.nii.gz", "x_0001_0000.nii.gz")
+    parents = [getattr(probe, f.name).parent for f in dataclasses.fields(probe) if getattr(probe, f.name) is not None]
+    return tuple(dict.fromkeys("" if parent == out else parent.relative_to(out).as_posix() for parent in parents))
+
+
+def _close_after_error(writer: BackgroundWriter, error: BaseException) -> None:
+    """Close ``writer`` while ``error`` is on its way up: a failure to close is logged (and noted on ``error``),
+    never raised in its place, so the user sees the first error."""
+    try:
+        writer.close()
+    except Exception as close_error:   # noqa: BLE001 - the first error is the one the user must see
+        message = f"the writer also failed while stopping: {type(close_error).__name__}: {close_error}"
+        logger.warning("%s (after %s: %s)", message, type(error).__name__, error)
+        error.add_note(message)
+
+
 def select_part(pairs: list[PairSpec], num_parts: int = 1, part_id: int = 0) -> list[PairSpec]:
     """Pairs ``part_id, part_id + num_parts, ...`` (nnU-Net's ``-num_parts N -part_id K``): N processes, each with
     its own K, together predict every pair exactly once."""
@@ -161,7 +181,7 @@ def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | P
     if out.exists() and not out.is_dir():
         raise NnregError("output path exists and is not a folder", out)
     out.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temporaries(out)
+    stale = remove_stale_temporaries(out, output_subfolders(out))
     if stale:
         logger.info("removed %d unfinished file(s) of an interrupted run in %s", stale, out)
     todo, skipped = plan_outputs(pairs, out, options, resume)   # all pairs: name clashes are found in every part
@@ -201,7 +221,9 @@ def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | P
                                     prepared.fixed if options.qc else None, labels, prepared.moving_geometry,
                                     inverse))
             del field, prepared
-    finally:
-        writer.close()
+    except BaseException as error:
+        _close_after_error(writer, error)
+        raise
+    writer.close()
     logger.info("wrote %d pair(s) to %s", len(writer.done), out)
     return RunSummary(written=writer.done, skipped=skipped)

@@ -7,6 +7,10 @@ the fixed image and the moving image warped by that level's displacement, both d
 the gradient regulariser of the level's velocity (its displacement when the network has no velocity).
 Weights: finest level 1, then 1/2, 1/4, ... (the paper's 1, 1/2, 1/4, 1/8, 1/16). With deep supervision off,
 only the final full-resolution displacement is scored, regularising the displacement itself.
+
+``similarity="mind"`` scores each level by the MIND-SSC loss (:mod:`nnreg.losses.mind`) instead of local NCC, for
+contrast-agnostic training: neighbour dilation 2 voxels on the finest level, 1 on the coarser ones (whose voxels
+are at least twice as large), patch radius 1.
 """
 from __future__ import annotations
 
@@ -16,9 +20,13 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from nnreg.losses.mind import mind_loss
 from nnreg.losses.ncc import local_ncc_loss
 from nnreg.losses.regularization import gradient_l2
 from nnreg.spatial import warp
+
+
+SIMILARITIES = ("lncc", "mind")
 
 
 def level_weights(num_levels: int) -> list[float]:
@@ -34,7 +42,7 @@ class LevelLoss:
 
     shape: tuple[int, ...]
     weight: float
-    ncc: torch.Tensor
+    ncc: torch.Tensor        # the similarity loss (local NCC, or MIND-SSC with similarity="mind")
     reg: torch.Tensor
 
 
@@ -65,11 +73,19 @@ class DeepSupervisedRegistrationLoss:
     """``sum_l w_l (λ_ncc · NCC_l + λ_reg · ‖∇v_l‖²)`` over the network's levels."""
 
     def __init__(self, lambda_ncc: float = 1.0, lambda_reg: float = 6.0, ncc_window: int = 9,
-                 deep_supervision: bool = True) -> None:
+                 deep_supervision: bool = True, similarity: str = "lncc") -> None:
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {similarity!r} (known: {', '.join(SIMILARITIES)})")
         self.lambda_ncc = float(lambda_ncc)
         self.lambda_reg = float(lambda_reg)
         self.ncc_window = int(ncc_window)
         self.deep_supervision = bool(deep_supervision)
+        self.similarity = similarity
+
+    def _similarity(self, fixed: torch.Tensor, warped: torch.Tensor, finest: bool) -> torch.Tensor:
+        if self.similarity == "mind":
+            return mind_loss(fixed, warped, radius=1, dilation=2 if finest else 1)
+        return local_ncc_loss(fixed, warped, self.ncc_window)
 
     def terms(self, moving: torch.Tensor, fixed: torch.Tensor, output: Any) -> list[LevelLoss]:
         """The per-level terms, coarse -> fine."""
@@ -79,9 +95,10 @@ class DeepSupervisedRegistrationLoss:
         moving_pyr = _pyramid(moving, shapes)
         fixed_pyr = _pyramid(fixed, shapes)
         out = []
-        for (disp, reg_field), w, m, f, shape in zip(levels, weights, moving_pyr, fixed_pyr, shapes):
+        for k, ((disp, reg_field), w, m, f, shape) in enumerate(zip(levels, weights, moving_pyr, fixed_pyr, shapes)):
             warped = warp(m.float(), disp.float())          # float32 even if the network ran under bf16
-            out.append(LevelLoss(shape, w, local_ncc_loss(f, warped, self.ncc_window), gradient_l2(reg_field)))
+            similarity = self._similarity(f, warped, finest=k == len(levels) - 1)
+            out.append(LevelLoss(shape, w, similarity, gradient_l2(reg_field)))
         return out
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, output: Any) -> tuple[torch.Tensor, dict[str, float]]:

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nnreg.spatial.precision import autocast_disabled, to_spatial
+
 
 class JointBilateralFilter(nn.Module):
     """Filter a (B, C, H, W, D) field guided by a (B, 1, H, W, D) image; window ``kernel_size`` per axis."""
@@ -53,7 +55,9 @@ class JointBilateralFilter(nn.Module):
     def forward(self, field: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         if guide.shape[0] != field.shape[0] or guide.shape[2:] != field.shape[2:] or guide.shape[1] != 1:
             raise ValueError(f"guide {tuple(guide.shape)} does not match field {tuple(field.shape)}")
-        guide = guide.to(field.dtype)
-        for axis in (2, 3, 4):
-            field = self._pass(field, guide, axis)
+        with autocast_disabled(field.device):   # a field is filtered in float32, also under bf16 autocast
+            field = to_spatial(field)
+            guide = guide.to(field.dtype)
+            for axis in (2, 3, 4):
+                field = self._pass(field, guide, axis)
         return field

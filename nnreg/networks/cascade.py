@@ -18,6 +18,9 @@ estimated level, coarse to fine:
 
 ``skip_levels = s > 0`` is the CPU-friendly variant: the encoder and the cascade run on the inputs average-pooled
 by ``2**s`` (levels ``0 … s-1`` are not estimated) and the finest field is upsampled to the input grid.
+
+Under bf16 autocast (training on CUDA) the convolutions run in bf16 but every velocity, field and sampling grid is
+float32 (:mod:`nnreg.spatial.precision`); warped moving features keep the features' dtype.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from nnreg.networks.encoder import SharedEncoder, feature_pyramid
 from nnreg.networks.flow_head import FlowHead, pair_features
 from nnreg.networks.output import LevelOutput, RegistrationOutput
 from nnreg.spatial import compose, integrate_velocity, resize_field, upsample_field, warp
+from nnreg.spatial.precision import to_spatial
 from nnreg.utilities.errors import ConfigurationError
 
 CASCADES = ("compose", "add")
@@ -162,7 +166,7 @@ class CascadeRegNet(RegistrationNetwork):
             del f, m
             for layer in self.heads[key]:  # rebinding x frees each intermediate early in inference
                 x = layer(x)
-            v = x
+            v = to_spatial(x)  # float32 under bf16 autocast: fields are integrated and composed in float32
             del x
             if key in self.bilateral and self.bilateral_on == "velocity":
                 v = self.bilateral[key](v, guides[level - self.skip_levels])

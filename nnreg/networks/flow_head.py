@@ -1,12 +1,16 @@
 """The field-prediction stage of one cascade level: cat(f + m, f − m) → conv stack → 3-channel velocity.
 
 Widths follow EOIR: Conv3³(2·sc → flow_channels) + ReLU → Conv3³(→ mid_channels) + ReLU → Conv3³(→ 3). The last
-layer starts at N(0, 1e-5) weights and zero bias so an untrained network predicts (nearly) the identity.
+layer starts at N(0, 1e-5) weights and zero bias so an untrained network predicts (nearly) the identity. The last
+layer runs in float32 even under bf16 autocast: a bf16 velocity keeps ~3 significant digits, too few for the
+scaling-and-squaring integration that follows (:mod:`nnreg.spatial.precision`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from nnreg.spatial.precision import autocast_disabled
 
 LAST_LAYER_STD = 1e-5
 
@@ -38,6 +42,12 @@ class FlowHead(nn.Sequential):
             nn.ReLU(inplace=True),
             last,
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - nn.Sequential's, last layer in float32
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        with autocast_disabled(x.device):
+            return self.last(x.float())
 
     @property
     def last(self) -> nn.Conv3d:

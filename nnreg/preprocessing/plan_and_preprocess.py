@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnreg.dataset.learn2reg import Learn2RegDataset, load_dataset
+from nnreg.dataset.learn2reg import Learn2RegDataset, check_training_pool, load_dataset
 from nnreg.dataset.locate import find_raw_dataset
 from nnreg.fingerprint import extract_fingerprint
 from nnreg.paths import preprocessed_folder
@@ -93,6 +93,7 @@ def plan_and_preprocess(options: PlanAndPreprocessOptions,
     """Run the whole stage for one dataset; returns (its preprocessed folder, its plans)."""
     root = find_raw_dataset(options.dataset, options.raw)
     dataset = load_dataset(root)
+    check_training_pool(dataset)   # before fingerprinting: too few images is found at once, naming the file
     out = preprocessed_folder(options.preprocessed) / dataset.name
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "dataset.json") as tmp:

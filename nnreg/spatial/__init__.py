@@ -16,6 +16,9 @@ Conventions (binding for the whole package):
   always resampled with ``"border"`` (a field is extrapolated by its edge value, not by zero).
 * Grids of different resolution are aligned with voxel centres at ``(i + 0.5) * spacing`` (``align_corners=False``),
   as in nnreg's preprocessing; :func:`resize_field` rescales vectors per axis by the ratio of sizes.
+* Grids, integration, composition, warps and resizing compute in float32 (float64 for float64 inputs) whatever the
+  input dtype and the autocast context (:mod:`nnreg.spatial.precision`); fields come back float32, :func:`warp`
+  returns the image's dtype.
 """
 from nnreg.spatial.fields import compose, integrate_velocity, resize_field, upsample_field
 from nnreg.spatial.grid import clear_grid_cache, identity_grid, sampling_grid

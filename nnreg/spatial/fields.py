@@ -1,4 +1,8 @@
-"""Operations on displacement fields: composition, scaling-and-squaring integration, resizing between grids."""
+"""Operations on displacement fields: composition, scaling-and-squaring integration, resizing between grids.
+
+Every function returns a float32 field (float64 if an input is float64) whatever the input dtype and the autocast
+context (see :mod:`nnreg.spatial.precision`).
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,6 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from nnreg.spatial.precision import autocast_disabled, spatial_dtype, to_spatial
 from nnreg.spatial.warp import warp
 
 
@@ -16,7 +21,10 @@ def compose(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     is ``(m o phi_u)`` sampled at ``phi_v(x)``. In transformation terms ``phi_{u o v} = phi_u o phi_v``.
     ``u`` is resampled with border padding.
     """
-    return v + warp(u, v, padding="border")
+    dtype = spatial_dtype(u, v)
+    with autocast_disabled(v.device):
+        v = to_spatial(v, dtype)
+        return v + warp(to_spatial(u, dtype), v, padding="border")
 
 
 def integrate_velocity(v: torch.Tensor, steps: int = 7) -> torch.Tensor:
@@ -26,11 +34,13 @@ def integrate_velocity(v: torch.Tensor, steps: int = 7) -> torch.Tensor:
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    v = to_spatial(v)
     if steps == 0:
         return v
-    u = v * (1.0 / 2**steps)
-    for _ in range(steps):
-        u = u + warp(u, u, padding="border")
+    with autocast_disabled(v.device):
+        u = v * (1.0 / 2**steps)
+        for _ in range(steps):
+            u = u + warp(u, u, padding="border")
     return u
 
 
@@ -44,11 +54,13 @@ def resize_field(disp: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     old = tuple(int(s) for s in disp.shape[2:])
     if len(size) != 3:
         raise ValueError(f"size must have 3 entries, got {size}")
+    disp = to_spatial(disp)
     if size == old:
         return disp
-    resized = F.interpolate(disp, size=size, mode="trilinear", align_corners=False)
-    factors = torch.tensor([n / o for n, o in zip(size, old)], device=disp.device, dtype=disp.dtype)
-    return resized * factors.view(1, 3, 1, 1, 1)
+    with autocast_disabled(disp.device):
+        resized = F.interpolate(disp, size=size, mode="trilinear", align_corners=False)
+        factors = torch.tensor([n / o for n, o in zip(size, old)], device=disp.device, dtype=disp.dtype)
+        return resized * factors.view(1, 3, 1, 1, 1)
 
 
 def upsample_field(disp: torch.Tensor, factor: int = 2) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """Normalised sampling grids for ``grid_sample``, with the identity part cached per (shape, device, dtype).
 
+Grids are float32 (float64 for float64 fields) whatever the field's dtype and the autocast context, see
+:mod:`nnreg.spatial.precision`.
+
 ``grid_sample`` wants ``(B, H, W, D, 3)`` coordinates in ``[-1, 1]`` with the last dimension ordered ``(k, j, i)``
 (x = last array axis). With ``align_corners=True`` voxel index ``p`` along an axis of size ``S`` maps to
 ``2 p / (S - 1) - 1``, so a displacement ``u`` (voxels) adds ``u * 2 / (S - 1)``. Only the cached identity and the
@@ -10,6 +13,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+
+from nnreg.spatial.precision import autocast_disabled, spatial_dtype, to_spatial
 
 _CACHE_SIZE = 16
 _cache: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
@@ -30,7 +35,7 @@ def _grid_constants(
         _cache.move_to_end(key)
         return hit
     # Created outside inference mode so the cached tensors can enter autograd graphs later.
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), autocast_disabled(device):
         denominators = [max(int(s) - 1, 1) for s in key[0]]
         axes = [
             torch.arange(s, device=device, dtype=dtype) * (2.0 / d) - 1.0 for s, d in zip(key[0], denominators)
@@ -47,14 +52,20 @@ def _grid_constants(
 def identity_grid(
     shape: tuple[int, int, int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """The cached normalised identity grid ``(1, H, W, D, 3)`` for ``grid_sample(align_corners=True)``."""
+    """The cached normalised identity grid ``(1, H, W, D, 3)`` for ``grid_sample(align_corners=True)``: float64 if
+    asked for, otherwise float32 (a bf16 or fp16 grid is never made)."""
+    dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return _grid_constants(tuple(shape), torch.device(device), dtype)[0]
 
 
 def sampling_grid(disp: torch.Tensor) -> torch.Tensor:
-    """Normalised ``grid_sample`` grid ``(B, H, W, D, 3)`` for a voxel-unit displacement ``(B, 3, H, W, D)``."""
+    """Normalised ``grid_sample`` grid ``(B, H, W, D, 3)`` for a voxel-unit displacement ``(B, 3, H, W, D)``.
+
+    float32 for any field dtype but float64 (a bf16 field is cast first), also under autocast."""
     if disp.dim() != 5 or disp.shape[1] != 3:
         raise ValueError(f"expected a displacement field (B, 3, H, W, D), got {tuple(disp.shape)}")
-    identity, scale = _grid_constants(tuple(disp.shape[2:]), disp.device, disp.dtype)
-    displacement = disp.permute(0, 2, 3, 4, 1).flip(-1)  # (B, H, W, D, 3) in (k, j, i) order
-    return torch.addcmul(identity, displacement, scale)
+    dtype = spatial_dtype(disp)
+    with autocast_disabled(disp.device):
+        identity, scale = _grid_constants(tuple(disp.shape[2:]), disp.device, dtype)
+        displacement = to_spatial(disp, dtype).permute(0, 2, 3, 4, 1).flip(-1)  # (B, H, W, D, 3), (k, j, i)
+        return torch.addcmul(identity, displacement, scale)

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from nnreg.spatial.fields import compose, integrate_velocity, resize_field, upsample_field
+from nnreg.spatial.precision import autocast_disabled, spatial_dtype, to_spatial
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ def inverse_consistency(u: torch.Tensor, w: torch.Tensor) -> InverseConsistency:
     """How far ``w`` is from the inverse of ``u`` (both ``(B, 3, H, W, D)`` on one grid), see the dataclass."""
     _check(u, "u")
     _check(w, "w")
-    with torch.no_grad():
+    dtype = spatial_dtype(u, w)
+    with torch.no_grad(), autocast_disabled(u.device):
+        u, w = to_spatial(u, dtype), to_spatial(w, dtype)
         forward_inverse = compose(u, w).norm(dim=1)
         inverse_forward = compose(w, u).norm(dim=1)
         inside = _maps_inside(u)
@@ -89,7 +92,8 @@ def invert_displacement(u: torch.Tensor, initial: torch.Tensor | None = None, it
     _check(u, "u")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    with torch.no_grad():
+    with torch.no_grad(), autocast_disabled(u.device):
+        u = to_spatial(u)
         w = (-u if initial is None else initial.to(u)).clone()
         if tuple(w.shape) != tuple(u.shape):
             raise ValueError(f"initial estimate {tuple(w.shape)} does not match the field {tuple(u.shape)}")

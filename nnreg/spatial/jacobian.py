@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import torch
 
+from nnreg.spatial.precision import autocast_disabled, to_spatial
+
 
 def jacobian_determinant(disp: torch.Tensor) -> torch.Tensor:
-    """``det(I + grad u)`` per voxel, ``(B, H, W, D)``; central differences inside, one-sided at the border."""
+    """``det(I + grad u)`` per voxel, ``(B, H, W, D)``; central differences inside, one-sided at the border.
+
+    float32 (float64 for a float64 field) whatever the field's dtype and the autocast context."""
     if disp.dim() != 5 or disp.shape[1] != 3:
         raise ValueError(f"expected a displacement field (B, 3, H, W, D), got {tuple(disp.shape)}")
     if min(disp.shape[2:]) < 2:
         raise ValueError(f"every axis needs at least 2 voxels, got {tuple(disp.shape[2:])}")
-    grads = torch.gradient(disp, dim=(2, 3, 4))  # grads[d][:, c] = d u_c / d x_d
-    j = [[grads[d][:, c] + (1.0 if c == d else 0.0) for d in range(3)] for c in range(3)]
-    return (
-        j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
-        - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
-        + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
-    )
+    with autocast_disabled(disp.device):
+        grads = torch.gradient(to_spatial(disp), dim=(2, 3, 4))  # grads[d][:, c] = d u_c / d x_d
+        j = [[grads[d][:, c] + (1.0 if c == d else 0.0) for d in range(3)] for c in range(3)]
+        return (
+            j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+            - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
+        )

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nnreg.spatial.grid import sampling_grid
+from nnreg.spatial.precision import autocast_disabled
 
 _MODES = {"bilinear", "nearest"}
 _PADDINGS = {"zeros", "border"}
@@ -15,8 +16,10 @@ def warp(image: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear", paddin
 
     ``image`` is ``(B, C, H', W', D')`` (batch 1 is broadcast over the field's batch), ``disp`` is
     ``(B, 3, H, W, D)`` in voxel units of the image grid (normally ``H' = H`` etc.). ``mode="bilinear"`` is
-    (tri)linear interpolation, ``"nearest"`` is for label maps; integer images are sampled as float and cast back.
-    ``padding="zeros"`` samples 0 outside, ``"border"`` the edge value.
+    (tri)linear interpolation, ``"nearest"`` is for label maps. ``padding="zeros"`` samples 0 outside, ``"border"``
+    the edge value. Sampling runs in float32 (float64 for a float64 field) whatever the dtypes and the autocast
+    context; the result has the image's dtype (integer labels and bf16 features are sampled in float32 and cast
+    back).
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
@@ -32,9 +35,7 @@ def warp(image: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear", paddin
             raise ValueError(f"batch sizes differ: image {image.shape[0]}, field {batch}")
         image = image.expand(batch, *image.shape[1:])
     original_dtype = image.dtype
-    if not image.is_floating_point():
-        image = image.to(disp.dtype)
-    elif image.dtype != disp.dtype:
-        image = image.to(disp.dtype)
-    out = F.grid_sample(image, sampling_grid(disp), mode=mode, padding_mode=padding, align_corners=True)
+    with autocast_disabled(disp.device):
+        grid = sampling_grid(disp)
+        out = F.grid_sample(image.to(grid.dtype), grid, mode=mode, padding_mode=padding, align_corners=True)
     return out if out.dtype == original_dtype else out.to(original_dtype)

@@ -9,11 +9,13 @@ Time model (seconds; all measured in this process except the final validation, w
 
     budget = spent (setup and calibration, measured)
              + epochs x (iterations x step + validation)
-             + final validation (pairs x FINAL_PAIR_FACTOR x one validation pair)
+             + final validation (pairs x FINAL_PAIR_FACTOR x full-size factor x one validation pair)
 
 ``step`` is the mean of :data:`CALIBRATION_STEPS` real training steps after one warm-up step (they train the
 network and count towards the spent time), ``validation`` the time of one validation pair times the pairs
-validated per epoch. The choice (:func:`fit_schedule`): the configured iterations per epoch if that still leaves
+validated per epoch. The final validation registers and scores the pairs at the images' full original size, not
+on the network grid: the full-size factor (:func:`full_size_factor`) is the ratio of the two grids' voxels, 8 for
+a 1 mm dataset's ``3d_halfres`` configuration (a 2 mm network grid). The choice (:func:`fit_schedule`): the configured iterations per epoch if that still leaves
 :data:`MIN_EPOCHS` epochs, else fewer iterations (never so few that validation exceeds
 :data:`MAX_VALIDATION_SHARE` of an epoch) so that there are ``MIN_EPOCHS`` epochs: enough for the poly decay and the
 moving average that picks ``checkpoint_best``.
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from nnreg.planning.plans import ConfigurationPlan
     from nnreg.training.trainer import nnRegTrainer
 
 CALIBRATION_STEPS = 3           # timed training steps (after one warm-up step)
@@ -79,11 +82,19 @@ class Schedule:
                 f"{self.spent_seconds:.0f} s already spent; predicted total {self.predicted_seconds / 60:.1f} min")
 
 
-def final_validation_seconds(pairs: int, validation_pair_seconds: float) -> float:
-    """Estimated seconds of the final validation of ``pairs`` pairs (0 when there are none)."""
+def full_size_factor(configuration: "ConfigurationPlan") -> float:
+    """Voxels of an image at its original size / voxels of the network grid (at least 1): what a full-size
+    final-validation pair costs more than an epoch-validation pair on the network grid."""
+    original = math.prod(r * f for r, f in zip(configuration.resampled_shape, configuration.resampling_factor))
+    return max(1.0, original / max(1, math.prod(configuration.shape)))
+
+
+def final_validation_seconds(pairs: int, validation_pair_seconds: float, size_factor: float = 1.0) -> float:
+    """Estimated seconds of the final validation of ``pairs`` pairs (0 when there are none), each costing
+    ``size_factor`` x an epoch-validation pair (:func:`full_size_factor`)."""
     if pairs <= 0:
         return 0.0
-    return FINAL_OVERHEAD_SECONDS + pairs * FINAL_PAIR_FACTOR * validation_pair_seconds
+    return FINAL_OVERHEAD_SECONDS + pairs * FINAL_PAIR_FACTOR * size_factor * validation_pair_seconds
 
 
 def fit_schedule(budget_seconds: float, spent_seconds: float, step_seconds: float, validation_seconds: float,
@@ -197,7 +208,8 @@ def measure_trainer(trainer: "nnRegTrainer") -> Timing:
         trainer.sample_position = trainer.loader.position
     if not pair_seconds:
         pair_seconds = step / 3 if step else epoch_seconds / max(1, hp.iterations_per_epoch) / 3   # ~ a forward pass
-    final = final_validation_seconds(_final_validation_pairs(trainer), pair_seconds) if hp.final_validation else 0.0
+    final = final_validation_seconds(_final_validation_pairs(trainer), pair_seconds,
+                                     full_size_factor(trainer.configuration)) if hp.final_validation else 0.0
     spent = time.monotonic() - trainer.budget_clock + logged
     values = [mean_over_ranks(v, ctx, device) for v in (spent, step, epoch_seconds, share * pair_seconds, final)]
     return Timing(*values)

@@ -13,7 +13,9 @@ The last two make a checkpoint self-describing: after re-planning a model folder
 fold's own network and preprocessing from its checkpoint (:func:`plans_entries`); checkpoints of older nnreg
 versions lack them and fall back to the model folder's ``plans.json``.
 
-Everything in it is a tensor, number, string, list, dict or None, so ``torch.load(weights_only=True)`` reads it.
+Everything in it is a tensor, number, string, list, dict or None (:func:`save_checkpoint` converts numpy numbers,
+arrays and paths and refuses anything else), so ``torch.load(weights_only=True)`` reads it; nnreg never reads a
+checkpoint any other way (:mod:`nnreg.utilities.safe_load`).
 The file is written under a temporary name and renamed, so a process killed at any moment leaves the previous
 checkpoint intact.
 """
@@ -21,7 +23,8 @@ from __future__ import annotations
 
 import copy
 import random
-from pathlib import Path
+from collections import OrderedDict
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,7 @@ import torch
 
 from nnreg.utilities.errors import NnregError
 from nnreg.utilities.files import atomic_path
+from nnreg.utilities.safe_load import UnreadableCheckpointError, load_tensors_only
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "network_weights", "optimizer_state", "current_epoch", "logging", "init_args",
@@ -83,9 +87,34 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def plain_data(value: Any, where: str = "checkpoint") -> Any:
+    """``value`` with numpy numbers made Python numbers, numpy arrays tensors and paths strings, so that
+    ``torch.load(weights_only=True)`` reads it back; any other object is a programming error (``TypeError`` naming
+    where it sits), caught here rather than by a reader that would refuse the checkpoint."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device)):
+        return value
+    if isinstance(value, np.generic) and (value.dtype.kind in "biuf"):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return torch.from_numpy(np.array(value))
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, dict):
+        items = ((plain_data(k, where), plain_data(v, f"{where}.{k}")) for k, v in value.items())
+        out = OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
+        if hasattr(value, "_metadata"):   # state_dict versions, read by load_state_dict
+            out._metadata = plain_data(value._metadata, f"{where}._metadata")  # type: ignore[attr-defined]
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [plain_data(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise TypeError(f"{where} holds a {type(value).__name__}, which a weights_only reader refuses; store plain "
+                    f"values or tensors")
+
+
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    """Write ``checkpoint`` to ``path`` atomically."""
-    checkpoint = {"format_version": FORMAT_VERSION, **checkpoint}
+    """Write ``checkpoint`` to ``path`` atomically, as plain data and tensors only (:func:`plain_data`)."""
+    checkpoint = plain_data({"format_version": FORMAT_VERSION, **checkpoint})
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
@@ -96,11 +125,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError("checkpoint not found", path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated/corrupt files raise many types (EOFError, RuntimeError, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint is corrupt or incomplete ({type(exc).__name__}: {first}); delete it to "
-                              f"continue from another checkpoint or start again without --c", path) from None
+        checkpoint = load_tensors_only(path)   # a file holding other Python objects is refused, never unpickled
+    except UnreadableCheckpointError as exc:
+        raise CheckpointError(f"checkpoint is corrupt or incomplete ({exc.reason}); delete it to continue from "
+                              f"another checkpoint or start again without --c", path) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError("not an nnreg checkpoint (no dict inside)", path)
     missing = [k for k in REQUIRED_KEYS if k not in checkpoint]

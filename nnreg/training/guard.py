@@ -10,7 +10,7 @@ Two checks, each with one log line when it acts:
 - **Per epoch** (:meth:`DivergenceGuard.check_validation`): a validation NCC below ``collapse_fraction`` of the
   zero-displacement NCC of the same pairs means the network moves the anatomy out of alignment (the collapse of
   issue 11 ended at NCC 0.0001 against ~0.2 for doing nothing). The trainer then restores the last state that
-  passed the check (weights and optimiser, kept in memory) and halves the learning rate: a collapse is a step too
+  passed the check (weights and optimiser, kept in CPU memory) and halves the learning rate: a collapse is a step too
   large for the current loss landscape, and restarting from the same state with the same rate repeats it.
   After ``max_restores`` restores training stops with a one-line error.
 
@@ -19,7 +19,6 @@ failed, whatever its loss says. Thresholds are deliberately loose so that normal
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections import deque
@@ -117,9 +116,16 @@ class DivergenceGuard:
         return val_ncc < self.settings.collapse_fraction * self.zero_displacement_ncc
 
     def remember(self, epoch: int, network: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Keep a CPU copy of a state that passed the checks (weights and optimiser moments)."""
-        self._good_state = {"network": {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()},
-                            "optimizer": _to_cpu(copy.deepcopy(optimizer.state_dict()))}
+        """Keep a CPU copy of a state that passed the checks (weights and optimiser moments).
+
+        Each tensor is copied straight to the CPU, into the previous snapshot's buffers where they fit, so the
+        snapshot never duplicates the state in GPU memory. Once no restore is left (the next one raises) nothing is
+        copied any more."""
+        if self.restores >= self.settings.max_restores:
+            return
+        previous = self._good_state or {}
+        self._good_state = {"network": _cpu_copy(network.state_dict(), previous.get("network")),
+                            "optimizer": _cpu_copy(optimizer.state_dict(), previous.get("optimizer"))}
         self._good_epoch = epoch
 
     def restore(self, network: torch.nn.Module, optimizer: torch.optim.Optimizer, why: str) -> None:
@@ -130,7 +136,9 @@ class DivergenceGuard:
                 f"training diverged ({why}) after {self.restores - 1} restore(s) of the last good state with a "
                 f"lower learning rate; train again with a smaller --lr (now x{self.lr_multiplier:g})")
         network.load_state_dict(self._good_state["network"])
-        optimizer.load_state_dict(self._good_state["optimizer"])
+        # fresh copies: the optimiser moves them to its parameters' device, and on the CPU it would otherwise keep
+        # (and update in place) the snapshot's own tensors
+        optimizer.load_state_dict(_cpu_copy(self._good_state["optimizer"]))
         self.lr_multiplier *= self.settings.lr_factor
         self.recent.clear()
         self.consecutive_skips = 0
@@ -153,12 +161,20 @@ class DivergenceGuard:
             self.zero_displacement_ncc = float(state["zero_displacement_ncc"])
 
 
-def _to_cpu(obj: Any) -> Any:
-    """Optimiser state with every tensor moved to the CPU (the in-memory snapshot must not hold GPU memory)."""
+def _cpu_copy(obj: Any, into: Any = None) -> Any:
+    """``obj`` (a state dict) with every tensor copied to the CPU, reusing the tensors of ``into`` (an earlier copy of
+    the same structure) where shape and dtype match; never a view of a live tensor."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu")
+        source = obj.detach()
+        if (isinstance(into, torch.Tensor) and into.device.type == "cpu" and into.shape == source.shape
+                and into.dtype == source.dtype):
+            return into.copy_(source)
+        return source.to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
+        previous = into if isinstance(into, dict) else {}
+        return {k: _cpu_copy(v, previous.get(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        previous = into if isinstance(into, (list, tuple)) and len(into) == len(obj) else [None] * len(obj)
+        copied = [_cpu_copy(v, p) for v, p in zip(obj, previous)]
+        return copied if isinstance(obj, list) else tuple(copied)
     return obj

@@ -24,9 +24,11 @@ class TrainingHyperparameters:
     lambda_ncc: float = 1.0
     lambda_reg: float = 6.0
     ncc_window: int = 9
+    similarity: str = "lncc"              # "lncc" (local NCC) or "mind" (MIND-SSC, contrast-agnostic), every level
     deep_supervision: bool = True
     augmentation: bool = True             # intensity augmentation of each image
     spatial_augmentation: bool = False    # affine + elastic per image, flips / axis swaps per pair (augmentation.py); off until measured
+    contrast_augmentation: bool = False   # a random new contrast per image (augmentation.ContrastRandomizer); off until measured
     val_pairs: int = 8                    # pairs validated at the end of every epoch (preprocessed grid)
     final_validation: bool = True         # run the full-size final validation at the end of training
     final_val_max_pairs: int = 200        # cap on the ordered held-out pairs of the final validation (0 = all)
@@ -46,6 +48,7 @@ class TrainingHyperparameters:
             (self.iterations_per_epoch >= 1, "iterations_per_epoch must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.ncc_window >= 1 and self.ncc_window % 2 == 1, "ncc_window must be an odd number >= 1"),
+            (self.similarity in ("lncc", "mind"), "similarity must be 'lncc' or 'mind'"),
             (self.lambda_ncc >= 0 and self.lambda_reg >= 0, "lambda_ncc and lambda_reg must be >= 0"),
             (self.val_pairs >= 0 and self.final_val_max_pairs >= 0, "validation pair counts must be >= 0"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),

@@ -18,6 +18,7 @@ import torch
 
 from nnreg.training.checkpoint import clean_state_dict
 from nnreg.utilities.errors import ConfigurationError
+from nnreg.utilities.safe_load import UnreadableCheckpointError, load_tensors_only
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,9 @@ def read_pretrained_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConfigurationError("pretrained weights file not found", path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated/corrupt/foreign files raise many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigurationError(f"cannot read pretrained weights ({type(exc).__name__}: {first})", path) from None
+        state = load_tensors_only(path)   # tensors and plain data only: a file holding other objects is refused
+    except UnreadableCheckpointError as exc:
+        raise ConfigurationError(f"cannot read pretrained weights ({exc.reason})", path) from None
     if isinstance(state, dict) and "network_weights" in state:
         state = state["network_weights"]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):

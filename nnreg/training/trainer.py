@@ -60,7 +60,7 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         self.best_metric: float | None = None
         self.log = TrainingLog()
         self.loss = DeepSupervisedRegistrationLoss(self.hp.lambda_ncc, self.hp.lambda_reg, self.hp.ncc_window,
-                                                   self.hp.deep_supervision)
+                                                   self.hp.deep_supervision, self.hp.similarity)
         self.symmetric = SymmetricTraining.from_plans(getattr(self.configuration, "symmetric_training", None))
         self.network: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -137,7 +137,7 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
             default_num_workers(self.device, self.context.world_size)
         sampler = PairSampler(self.workspace.train_cases, self.hp.seed, self.context.rank)
         dataset = PairDataset(self.workspace.data_folder, sampler, augment=self.hp.augmentation,
-                              spatial=self.hp.spatial_augmentation)
+                              spatial=self.hp.spatial_augmentation, contrast=self.hp.contrast_augmentation)
         batch = self.configuration.batch_size
         # open-ended from the resume position: the trainer decides when to stop, so a run continued with other
         # --epochs / --iterations-per-epoch never runs out of samples

@@ -5,9 +5,16 @@ A process killed at any moment therefore leaves either the old file, the new fil
 fsynced before the rename and its folder after it, so a power loss cannot leave a renamed but empty file.
 
 Temporaries carry their owner: ``<stem>.tmp-<host>-<pid>-<random>.<suffixes>`` (``host`` = 8 hex digits of the
-host name's hash). Several processes may write into one folder (e.g. ``nnreg_predict -num_parts``): the start-up
-cleanup removes only temporaries whose owning process is dead (same host, pid gone) or that carry no owner (older
-nnreg versions); files of live runs, and of other hosts sharing the folder, are left alone.
+host name's hash, ``random`` = 8 characters of ``[a-z0-9_]``, as :func:`tempfile.mkstemp` made them in earlier
+versions). Several processes may write into one folder (e.g. ``nnreg_predict -num_parts``): the start-up cleanup
+removes only files whose whole name has exactly this form, that lie directly in a folder the caller writes into,
+and whose owning process is dead (this host, pid gone). Anything else is not nnreg's and is never touched: a user's
+``notes.tmp-draft.txt``, a name without an owner, files in other subfolders, temporaries of live runs and of other
+hosts sharing the folder.
+
+The temporary is created with mode ``0o666`` by ``os.open``, so the kernel applies the process umask (and a
+folder's default ACL) exactly as for a normally created file; the umask is never read or changed (changing it,
+even for a moment, is a race with every other thread of the process).
 """
 from __future__ import annotations
 
@@ -16,13 +23,15 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import socket
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 TMP_MARKER = ".tmp-"
-_OWNER = re.compile(r"\.tmp-([0-9a-f]{8})-(\d+)-")
+# <stem without dots>.tmp-<8 hex host>-<pid>-<8 random [a-z0-9_]>[.<suffixes>]: the whole name, nothing else
+_TEMPORARY = re.compile(r"^[^.]*\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[a-z0-9_]{8}(?:\..+)?$")
+_CREATE_ATTEMPTS = 100
 
 
 def host_token() -> str:
@@ -64,24 +73,30 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _create_temporary(target: Path) -> Path:
+    """Create an empty, new temporary beside ``target`` (``O_EXCL``: never an existing file), mode 0o666 & ~umask."""
+    stem, dot, suffixes = target.name.partition(".")
+    for _ in range(_CREATE_ATTEMPTS):
+        path = target.parent / f"{stem}{TMP_MARKER}{owner_token()}-{secrets.token_hex(4)}{dot}{suffixes}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise FileExistsError(f"no free temporary name beside {target}")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds.
 
-    The temporary name keeps the target's suffixes (``x.nii.gz`` -> ``x.tmp-abc.nii.gz``) so writers that
+    The temporary name keeps the target's suffixes (``x.nii.gz`` -> ``x.tmp-<owner>-<random>.nii.gz``) so writers that
     pick a format from the extension (SimpleITK, nibabel, blosc2) still work.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    name = target.name
-    stem, dot, suffixes = name.partition(".")
-    fd, tmp = tempfile.mkstemp(prefix=f"{stem}{TMP_MARKER}{owner_token()}-", suffix=f"{dot}{suffixes}",
-                               dir=target.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; outputs get the permissions of a normally created file
-    tmp_path = Path(tmp)
+    tmp_path = _create_temporary(target)
     try:
         yield tmp_path
         if tmp_path.is_file():
@@ -112,24 +127,35 @@ def read_json(path: str | Path) -> Any:
         raise NnregError(f"not valid JSON ({exc})", path) from None
 
 
+def is_nnreg_temporary(name: str) -> bool:
+    """Whether a file name has exactly the form :func:`atomic_path` gives its temporaries (owner included)."""
+    return _TEMPORARY.match(name) is not None
+
+
 def is_orphaned_temporary(path: Path) -> bool:
-    """A temporary whose owner is gone: no owner in its name, or this host's and the pid no longer runs."""
-    match = _OWNER.search(path.name)
+    """An nnreg temporary whose owner is gone: this host's, and its pid no longer runs.
+
+    A name of another form (a user's file, a name without an owner) is not nnreg's: False. A temporary of another
+    host may belong to a live run there: False."""
+    match = _TEMPORARY.match(path.name)
     if match is None:
-        return True
-    host, pid = match.group(1), int(match.group(2))
-    return host == host_token() and not process_alive(pid)
+        return False
+    return match.group("host") == host_token() and not process_alive(int(match.group("pid")))
 
 
-def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete temporaries of interrupted runs below ``folder`` (never a live run's); return how many."""
+def remove_stale_temporaries(folder: str | Path, subfolders: Iterable[str] = ("",)) -> int:
+    """Delete orphaned nnreg temporaries (:func:`is_orphaned_temporary`) lying directly in ``folder`` and in
+    ``folder / sub`` for each of ``subfolders`` (``""`` = ``folder`` itself): the folders the caller writes into,
+    nothing deeper. Returns how many were deleted."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return 0
     removed = 0
-    for p in folder.rglob(f"*{TMP_MARKER}*"):
-        if p.is_file() and is_orphaned_temporary(p):
-            with contextlib.suppress(FileNotFoundError):   # its owner may finish it right now
-                p.unlink()
-                removed += 1
+    for sub in dict.fromkeys(subfolders):
+        where = folder / sub if sub else folder
+        if not where.is_dir():
+            continue
+        for p in where.iterdir():
+            if TMP_MARKER in p.name and not p.is_symlink() and p.is_file() and is_orphaned_temporary(p):
+                with contextlib.suppress(FileNotFoundError):   # its owner may finish it right now
+                    p.unlink()
+                    removed += 1
     return removed

@@ -125,3 +125,56 @@ def test_two_configs_on_the_same_pairs_are_merged(tiny_root: Path, zero_fields: 
     assert data["name"] == "landmarks"
     for case in data["cases"].values():
         assert list(case) == ["DSC", "HD95", "Non-diffeomorphic Volumes", "TRE_lm"]
+
+
+@pytest.fixture()
+def nnreg_log() -> list[str]:
+    """Messages of the ``nnreg`` logger (it does not propagate, so caplog does not see them)."""
+    import logging
+
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Collect(logging.INFO)
+    logging.getLogger("nnreg").addHandler(handler)
+    yield messages
+    logging.getLogger("nnreg").removeHandler(handler)
+
+
+def test_a_bare_config_name_is_found_in_the_dataset_folder(tiny_root: Path, zero_fields: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            nnreg_log: list[str]) -> None:
+    """evaluation.md shows ``-c NAME.json`` next to ``-d DATASET``: the challenge configs sit in the dataset folder."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "m.json"
+    result = run("-i", zero_fields, "-d", tiny_root, "-c", "config.json", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(out.read_text())["aggregates"]) == ["DSC", "HD95", "Non-diffeomorphic Volumes", "TRE_lm"]
+    assert any(str(tiny_root / "config.json") in m and "dataset folder" in m for m in nnreg_log), nnreg_log
+
+
+def test_a_config_in_the_current_folder_comes_first(tiny_root: Path, zero_fields: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, nnreg_log: list[str]) -> None:
+    cfg = json.loads((tiny_root / "config.json").read_text())
+    cfg["evaluation_methods"] = cfg["evaluation_methods"][:1]    # NDV only: tells the two files apart
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.chdir(here)
+    out = tmp_path / "m.json"
+    result = run("-i", zero_fields, "-d", tiny_root, "-c", "config.json", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(out.read_text())["aggregates"]) == ["Non-diffeomorphic Volumes"]
+    assert any(str(here / "config.json") in m and "current folder" in m for m in nnreg_log), nnreg_log
+
+
+def test_a_config_in_neither_folder_is_one_line_naming_both(tiny_root: Path, zero_fields: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", "nothing.json"))
+    assert "nothing.json" in line and str(tmp_path) in line and str(tiny_root) in line

@@ -131,20 +131,118 @@ def test_the_fine_stage_grid_follows_the_spacing() -> None:
     InstanceOptimization.from_json(refinement_settings([2.0, 2.0, 2.0]))   # valid settings
 
 
-@pytest.mark.parametrize("variant", [{}, {"velocity_start": "network"}])
-def test_refinement_composes_with_the_network_field(variant: dict) -> None:
+def _compose_by_scipy(u: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``u o c``, i.e. ``c(x) + u(x + c(x))`` (warp by ``u`` first, then by ``c``), by map_coordinates."""
+    coords = np.mgrid[tuple(slice(0, s) for s in SHAPE)].astype(np.float64) + c.transpose(3, 0, 1, 2)
+    moved = np.stack([ndimage.map_coordinates(u[..., k], coords, order=1, mode="nearest") for k in range(3)], -1)
+    return c + moved
+
+
+def test_composition_mode_refines_a_spatially_varying_network_field() -> None:
+    """``velocity_start="zero"``: the result is ``u_net o exp(v)`` (not ``exp(v) o u_net``), checked against an
+    independent composition by scipy, and it registers better than the network's field."""
+    from nnreg.inference.instance_optimization import exponential_field
+
     moving = _blobs(5)
-    shift = np.array([2.0, 0.0, -1.0])
-    fixed = _pull_warp(moving, np.broadcast_to(shift, (*SHAPE, 3))).astype(np.float32)
-    start = np.broadcast_to(shift / 2, (*SHAPE, 3)).astype(np.float32).copy()
+    u_net = _smooth_field(2.0, seed=11)
+    correction = _smooth_field(1.5, seed=12)
+    fixed = _pull_warp(moving, _compose_by_scipy(u_net, correction)).astype(np.float32)
     with torch.inference_mode():   # the predictor's network field is an inference tensor
-        start_t = torch.from_numpy(start).permute(3, 0, 1, 2)[None].float()
-    refined, _ = refine_field(_tensor(fixed), _tensor(moving), start_t, replace(SETTINGS, **variant))
-    inner = (slice(5, -5),) * 3
-    np.testing.assert_allclose(np.median(_as_field(refined)[inner].reshape(-1, 3), axis=0), shift, atol=0.3)
-    # zero steps: the network's field unchanged
-    unchanged, report = _refine(fixed, moving, start, InstanceOptimization(steps=0))
+        start_t = torch.from_numpy(u_net).permute(3, 0, 1, 2)[None].float()
+    settings = replace(SETTINGS, velocity_start="zero")
+    refined, report = refine_field(_tensor(fixed), _tensor(moving), start_t, settings)
+    assert not report.kept_network and report.velocity is not None
+    c = _as_field(exponential_field(report.velocity, SHAPE, settings.integration_steps))
+    assert np.abs(c).max() > 0.5                                        # a real, spatially varying correction
+    inner = (slice(3, -3),) * 3
+    expected = _compose_by_scipy(u_net.astype(np.float64), c)
+    swapped = _compose_by_scipy(c, u_net.astype(np.float64))             # the other order differs by far more
+    error = np.abs(_as_field(refined) - expected)[inner].max()
+    assert error < 0.02 and np.abs(swapped - expected)[inner].max() > 10 * error
+    inner = (slice(4, -4),) * 3
+    refined_error = np.abs(_pull_warp(moving, _as_field(refined)) - fixed)[inner].mean()
+    assert refined_error < 0.7 * np.abs(_pull_warp(moving, u_net) - fixed)[inner].mean()
+
+
+def test_zero_steps_return_the_network_field_unchanged() -> None:
+    moving = _blobs(5)
+    start = _smooth_field(1.0, seed=13)
+    unchanged, report = _refine(moving, moving, start, InstanceOptimization(steps=0))
     assert report.steps_run == 0 and np.array_equal(_as_field(unchanged), start.astype(np.float64))
+
+
+def _ncc_of(fixed: np.ndarray, moving: np.ndarray, field: torch.Tensor, window: int) -> float:
+    from nnreg.losses import local_ncc_loss
+    from nnreg.spatial import warp
+
+    return float(local_ncc_loss(_tensor(fixed), warp(_tensor(moving), field.float()), window))
+
+
+@pytest.mark.parametrize("velocity_start", ["zero", "network"])
+def test_the_best_iterate_is_returned_and_never_worse_than_the_network(velocity_start: str, monkeypatch) -> None:
+    """A learning rate far too large: the loss jumps about, the last iterate is bad; the result is the best field
+    evaluated, and never worse by the loss than the (exact) network field itself."""
+    import nnreg.inference.instance_optimization as io
+
+    moving = _blobs(14)
+    truth = _smooth_field(2.0, seed=15)
+    fixed = _pull_warp(moving, truth).astype(np.float32)
+    seen: list[float] = []
+    original = io._Stage.loss
+
+    def recording(self, velocity, settings):
+        total, ncc = original(self, velocity, settings)
+        seen.append(float(total.detach()))
+        return total, ncc
+
+    monkeypatch.setattr(io._Stage, "loss", recording)
+    wild = InstanceOptimization(steps=25, lr=20.0, grid_factor=2, image_factor=1, ncc_window=5, lambda_reg=0.0,
+                                patience=100, velocity_start=velocity_start)
+    start = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float()
+    refined, report = refine_field(_tensor(fixed), _tensor(moving), start, wild)
+    last_iterate = seen[-2]           # the loss of the last Adam iterate (before the final evaluation)
+    assert last_iterate > min(seen[:-1]) + 0.01                          # the run did get worse at the end
+    assert report.final_loss <= min(seen[:-1]) + 1e-6 or report.kept_network
+    assert _ncc_of(fixed, moving, refined, 5) <= _ncc_of(fixed, moving, start, 5) + 1e-6
+    assert torch.isfinite(refined).all()
+
+
+def test_a_non_finite_loss_stops_at_once_and_keeps_a_finite_field(monkeypatch) -> None:
+    import nnreg.inference.instance_optimization as io
+
+    moving = _blobs(16)
+    fixed = _pull_warp(moving, _smooth_field(2.0, seed=17)).astype(np.float32)
+    calls = {"n": 0}
+    original = io.local_ncc_loss
+
+    def poisoned(a, b, window):
+        calls["n"] += 1
+        value = original(a, b, window)
+        return value * float("nan") if calls["n"] > 6 else value
+
+    monkeypatch.setattr(io, "local_ncc_loss", poisoned)
+    settings = replace(SETTINGS, steps=50, patience=50)
+    refined, report = _refine(fixed, moving, settings=settings)
+    assert torch.isfinite(refined).all()
+    assert report.steps_run < 10                       # stopped at the NaN, not after the patience ran out
+    assert report.kept_network and "not finite" in report.reason   # its final evaluation is NaN too here
+
+
+def test_a_folding_refinement_is_refused(monkeypatch) -> None:
+    """A refined field that folds beyond ``max_folding_percent`` (and more than the network's) is not returned."""
+    import nnreg.inference.instance_optimization as io
+
+    moving = _blobs(18)
+    fixed = _pull_warp(moving, _smooth_field(2.0, seed=19)).astype(np.float32)
+    folds = torch.zeros((1, 3, *SHAPE))
+    folds[0, 0, ::2] = 1.5    # neighbouring planes swap places: det < 0 on much of the grid
+    real_compose = io.compose
+    monkeypatch.setattr(io, "compose", lambda u, v: real_compose(u, v) + folds)
+    settings = replace(SETTINGS, steps=10, velocity_start="zero", lambda_reg=0.0)
+    start = torch.zeros((1, 3, *SHAPE))
+    refined, report = refine_field(_tensor(fixed), _tensor(moving), start, settings)
+    assert report.kept_network and "folds" in report.reason
+    assert torch.equal(refined, start) and report.folding_percent == 0.0
 
 
 def test_deterministic_runs_are_bitwise_equal() -> None:
@@ -169,6 +267,14 @@ def test_settings_are_validated_and_round_trip() -> None:
     with pytest.raises(ConfigurationError, match="velocity_start"):
         InstanceOptimization(velocity_start="identity")
     assert parse_overrides("velocity_start=zero") == {"velocity_start": "zero"}
+    # types are checked where the settings are made, not later inside range() or Adam
+    with pytest.raises(ConfigurationError, match="steps must be an integer"):
+        InstanceOptimization.from_json({"steps": 60.0})
+    with pytest.raises(ConfigurationError, match="lr must be a number"):
+        InstanceOptimization.from_json({"lr": "fast"})
+    with pytest.raises(ConfigurationError, match="integer"):
+        InstanceOptimization.from_json({"patience": True})
+    assert InstanceOptimization.from_json({"lr": 1}).lr == 1.0 and isinstance(InstanceOptimization(lr=1).lr, float)
 
 
 def _config(instance_optimization: dict | None) -> ConfigurationPlan:
@@ -294,3 +400,22 @@ def test_overrides_are_typed_like_the_settings_and_replace_single_keys() -> None
                                instance_optimization_overrides={"grid_factor": 2})
     predictor.manual_initialization(OracleNet(np.zeros((3, *SHAPE), np.float32)), _config(recorded))
     assert predictor.instance_optimization == InstanceOptimization(steps=7, grid_factor=2)
+
+
+def test_mind_similarity_registers_another_contrast() -> None:
+    """A T2-like moving image (non-linear, mostly inverted contrast): MIND-SSC refinement recovers the deformation."""
+    moving_t1 = _blobs(20)
+    truth = _smooth_field(2.0, seed=21)
+    fixed = _pull_warp(moving_t1, truth).astype(np.float32)
+    inside = moving_t1 > 0
+    moving = np.where(inside, (1.0 - moving_t1) ** 2 + 0.2 * np.sin(4 * moving_t1), 0.0).astype(np.float32)
+    settings = replace(SETTINGS, similarity="mind", mind_dilation=1, lambda_reg=0.05, lr=0.2, steps=80)
+    refined, report = _refine(fixed, moving, settings=settings)
+    assert not report.kept_network and report.final_loss < report.initial_loss
+    field = _as_field(refined)
+    inner = (slice(4, -4),) * 3
+    assert np.abs(field - truth)[inner].mean() < 0.6 * np.abs(truth)[inner].mean()
+    assert ndv(field) == 0.0
+    with pytest.raises(ConfigurationError, match="similarity"):
+        InstanceOptimization(similarity="mi")
+    assert parse_overrides("similarity=mind") == {"similarity": "mind"}

@@ -1,12 +1,12 @@
 """The local NCC is bounded in [0, 1] with bounded gradients on the images that broke the old version:
-large zero backgrounds, constant regions, long axes, bf16 autocast, and a real 2 mm pair."""
+large zero backgrounds, constant regions, long axes, bf16 autocast, and a real 2 mm pair. Gradients are compared with
+a float64 reference, not with a worst-case bound (which allowed ~30 per voxel where they are ~1e-4)."""
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from nnreg.losses import local_ncc, local_ncc_loss
@@ -14,15 +14,26 @@ from nnreg.losses.ncc import EPS, box_sum
 from tests.conftest import shared_dataset
 
 
-def _gradient_bound(fixed: torch.Tensor, window: int, eps: float = EPS) -> float:
-    """Analytic bound on |d(-mean cc)/d warped| per voxel (see the derivation in nnreg.losses.ncc).
+def _reference_gradient(fixed: torch.Tensor, warped: torch.Tensor, window: int, eps: float = EPS) -> torch.Tensor:
+    """``d(-mean cc) / d warped`` in float64 with an independent window sum (separable ``conv3d`` with kernels of ones,
+    zero padding): the gradient the float32 loss must reproduce wherever float32 can resolve the window variances."""
+    i = fixed.detach().double()
+    j = warped.detach().double().requires_grad_(True)
 
-    Per window |d cc / d J_v| <= R/sqrt(eps) * (1 + 0.325 sqrt(n)) with R = max|I|; a voxel lies in n windows
-    and the loss is a mean over N voxels.
-    """
-    n = window ** 3
-    r = float(fixed.abs().max())
-    return n * r * (1.0 + 0.325 * math.sqrt(n)) / (math.sqrt(eps) * fixed.numel())
+    def window_sum(x: torch.Tensor) -> torch.Tensor:
+        for axis in range(3):
+            size, pad = [1, 1, 1], [0, 0, 0]
+            size[axis], pad[axis] = window, window // 2
+            x = F.conv3d(x, torch.ones(1, 1, *size, dtype=torch.float64), padding=tuple(pad))
+        return x
+
+    s_i, s_j, s_ii, s_jj, s_ij = (window_sum(x) for x in (i, j, i * i, j * j, i * j))
+    n = float(window ** 3)
+    cross = s_ij - s_i * s_j / n
+    product = (s_ii - s_i * s_i / n).clamp_min(0.0) * (s_jj - s_j * s_j / n).clamp_min(0.0)
+    (-(torch.minimum(cross * cross, product) / (product + eps)).mean()).backward()
+    assert j.grad is not None
+    return j.grad
 
 
 def _brain_like(shape: tuple[int, int, int], seed: int, shift: float = 0.0) -> np.ndarray:
@@ -41,15 +52,24 @@ def _t(a: np.ndarray, grad: bool = False) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None].requires_grad_(grad)
 
 
-def _check_bounded(fixed: torch.Tensor, warped: torch.Tensor, window: int) -> torch.Tensor:
+def _check_bounded(fixed: torch.Tensor, warped: torch.Tensor, window: int, resolvable: bool = True) -> torch.Tensor:
+    """Values in [0, 1], and the gradient is the float64 reference's (to 1e-3 of its largest entry) where float32 can
+    resolve the window variances (``resolvable``), otherwise no larger than the reference's largest entry: a loss
+    blind to a structure float32 cannot see gives a smaller gradient, never a spike."""
     cc = local_ncc(fixed, warped, window)
     values = cc.detach()
     assert torch.isfinite(values).all()
     assert float(values.min()) >= 0.0 and float(values.max()) <= 1.0
     (-cc.mean()).backward()
     grad = warped.grad
-    assert torch.isfinite(grad).all()
-    assert float(grad.abs().max()) <= _gradient_bound(fixed, window)
+    assert grad is not None and torch.isfinite(grad).all()
+    reference = _reference_gradient(fixed, warped, window)
+    scale = float(reference.abs().max())
+    assert scale > 0.0
+    if resolvable:
+        torch.testing.assert_close(grad.double(), reference, rtol=0.0, atol=1e-3 * scale)
+    else:
+        assert float(grad.abs().max()) <= scale
     return cc
 
 
@@ -67,12 +87,13 @@ def test_bounded_on_zero_background_constant_region_and_texture(window: int) -> 
 
 def test_bounded_for_constant_images_and_large_offsets() -> None:
     flat = torch.full((1, 1, 12, 14, 10), 0.7)
-    warped = (flat.clone() + 1e-4 * torch.rand_like(flat)).requires_grad_(True)
-    _check_bounded(flat, warped, 5)
+    warped = (flat.clone() + 1e-4 * torch.rand(flat.shape, generator=torch.Generator().manual_seed(0)))
+    _check_bounded(flat, warped.requires_grad_(True), 5, resolvable=False)
     rng = np.random.default_rng(2)
     texture = ndimage.gaussian_filter(rng.random((16, 18, 14)), 1.0)
     fixed = _t(1000.0 + texture)                      # variances cancel catastrophically in float32
-    _check_bounded(fixed, _t(1000.0 + np.roll(texture, 1, axis=0), grad=True), 9)
+    _check_bounded(fixed, _t(1000.0 + np.roll(texture, 1, axis=0), grad=True), 9, resolvable=False)
+    _check_bounded(_t(texture), _t(np.roll(texture, 1, axis=0), grad=True), 9)      # without the offset: exact
 
 
 def test_bounded_along_a_lumir_length_axis() -> None:

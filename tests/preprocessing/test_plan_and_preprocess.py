@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from nnreg.dataset.image_io import read_image
 from nnreg.planning.plans import Plans
 from nnreg.preprocessing.grid import GridMapping
 from nnreg.preprocessing.storage import load_case
+from nnreg.utilities.files import host_token
 from tests.conftest import shared_dataset
 
 
@@ -85,7 +88,9 @@ def test_rerun_skips_finished_work_and_repairs_an_interrupted_run(raw_tiny: Path
     stamp = done.stat().st_mtime_ns
     # simulate a run killed mid-case: metadata gone, a temporary left behind, an array truncated
     (folder / "TINY_0004_0000.json").unlink()
-    (folder / "TINY_0004_0000.tmp-abc.b2nd").write_bytes(b"partial")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (folder / f"TINY_0004_0000.tmp-{host_token()}-{dead.pid}-abcd1234.b2nd").write_bytes(b"partial")
     (folder / "TINY_0004_0000.b2nd").write_bytes(b"truncated")
     assert _run("-d", "901", "-np", "0").exit_code == 0
     assert done.stat().st_mtime_ns == stamp                      # finished case untouched

@@ -84,8 +84,8 @@ def test_cleanup_spares_live_runs_temporaries_and_fsyncs(tmp_path: Path, monkeyp
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     live = Path(writer.stdout.readline().strip())
     assert live.is_file() and f"-{writer.pid}-" in live.name
-    (tmp_path / "disp_0003_0004.tmp-abc.nii.gz").write_bytes(b"old")   # no owner (older nnreg): stale
-    assert remove_stale_temporaries(tmp_path) == 1
+    (tmp_path / "disp_0003_0004.tmp-abc.nii.gz").write_bytes(b"old")   # no owner: not nnreg's, kept
+    assert remove_stale_temporaries(tmp_path) == 0
     assert live.is_file()
     writer.kill()
     writer.wait()

@@ -2,6 +2,7 @@
 rate on a validation collapse, the final-validation warning, and ``--c`` with changed options."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -144,3 +145,96 @@ def test_short_training_lowers_the_loss_and_beats_zero_displacement_ncc(train_en
     assert guard["skipped_steps"] == 0 and guard["restores"] == 0
     val_ncc = checkpoint["logging"]["val_ncc"]
     assert val_ncc[-1] > guard["zero_displacement_ncc"] > 0
+
+
+def _adam_after_steps(steps: int = 2) -> tuple[torch.nn.Module, torch.optim.Adam]:
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(steps):
+        _adam_step(net, opt)
+    return net, opt
+
+
+def _adam_step(net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad(set_to_none=True)
+    net(torch.ones(4, 3)).square().sum().backward()
+    opt.step()
+
+
+def _tensors(obj: object) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _state_copy(opt: torch.optim.Optimizer) -> dict[int, dict[str, torch.Tensor]]:
+    return {k: {n: v.clone() for n, v in s.items()} for k, s in opt.state_dict()["state"].items()}
+
+
+def test_snapshot_is_a_cpu_copy_taken_without_deep_copying_the_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: the Adam state was deep-copied on its own device (the GPU) every epoch, then moved to the CPU."""
+    net, opt = _adam_after_steps()
+    deep_copied: list[str] = []
+    original_deepcopy = copy.deepcopy
+
+    def spy(obj: object, *args: object) -> object:
+        if _tensors(obj):
+            deep_copied.append(type(obj).__name__)
+        return original_deepcopy(obj, *args)
+
+    monkeypatch.setattr(copy, "deepcopy", spy)
+    guard = DivergenceGuard()
+    guard.remember(0, net, opt)
+    monkeypatch.undo()
+    assert not deep_copied, f"remember deep-copied tensors on their device: {deep_copied}"
+    snapshot = guard._good_state
+    assert snapshot is not None
+    saved = _tensors(snapshot)
+    live = _tensors(opt.state_dict()) + _tensors(net.state_dict())
+    assert len(saved) == len(live) and all(t.device.type == "cpu" for t in saved)
+    live_storages = {t.untyped_storage().data_ptr() for t in live}
+    assert not any(t.untyped_storage().data_ptr() in live_storages for t in saved)   # copies, not views
+    want = _state_copy(opt)
+    _adam_step(net, opt)                             # the live state moves on, the snapshot does not
+    for key, entries in want.items():
+        for name, value in entries.items():
+            assert torch.equal(snapshot["optimizer"]["state"][key][name], value)
+
+
+def test_restoring_twice_gives_the_remembered_state_both_times() -> None:
+    """A restore must not hand the snapshot's own tensors to the optimiser: Adam updates its state in place, so the
+    next step would change the snapshot and a second restore (skips, then a collapse) would not go back."""
+    net, opt = _adam_after_steps()
+    guard = DivergenceGuard(GuardSettings(max_restores=3))
+    guard.remember(0, net, opt)
+    want_state = _state_copy(opt)
+    want_weight = net.weight.detach().clone()
+    for _ in range(2):
+        _adam_step(net, opt)
+        _adam_step(net, opt)
+        assert not torch.equal(net.weight, want_weight)
+        guard.restore(net, opt, "test")
+        assert torch.equal(net.weight, want_weight)
+        got = opt.state_dict()["state"]
+        for key, entries in want_state.items():
+            for name, value in entries.items():
+                assert torch.equal(got[key][name], value), (key, name)
+                assert got[key][name].device == net.weight.device
+    _adam_step(net, opt)                               # training goes on from the restored state
+
+
+def test_no_snapshot_once_no_restore_is_left() -> None:
+    net, opt = _adam_after_steps()
+    guard = DivergenceGuard(GuardSettings(max_restores=1))
+    guard.remember(0, net, opt)
+    guard.restore(net, opt, "test")
+    snapshot = guard._good_state
+    guard.remember(1, net, opt)                        # a further restore raises: nothing to keep
+    assert guard._good_state is snapshot and guard._good_epoch == 0
+    with pytest.raises(TrainingDivergedError):
+        guard.restore(net, opt, "test")

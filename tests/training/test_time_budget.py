@@ -89,6 +89,23 @@ def test_a_faster_run_than_calibrated_gets_more_epochs(train_env: dict[str, Path
     assert "time budget: 7 epochs instead of 3" in log and "epoch 7/7" in log
 
 
+def test_the_final_validation_is_estimated_at_full_size() -> None:
+    """A 1 mm dataset's 3d_halfres trains on a 2 mm grid, but its final validation runs at 1 mm: 8x the voxels."""
+    from nnreg.planning.plans import ConfigurationPlan
+
+    def config(factor: float, shape: list[int]) -> ConfigurationPlan:
+        return ConfigurationPlan(data_identifier="t", spacing=[factor] * 3, resampling_factor=[factor] * 3,
+                                 resampled_shape=shape, crop_start=[0, 0, 0], shape=shape, normalization={},
+                                 batch_size=1, architecture={})
+
+    assert budget.full_size_factor(config(2.0, [80, 112, 96])) == pytest.approx(8.0)
+    assert budget.full_size_factor(config(1.0, [80, 112, 96])) == pytest.approx(1.0)
+    assert budget.full_size_factor(config(0.5, [80, 112, 96])) == 1.0          # never below an epoch pair
+    one = budget.final_validation_seconds(12, 2.0)
+    halfres = budget.final_validation_seconds(12, 2.0, budget.full_size_factor(config(2.0, [80, 112, 96])))
+    assert halfres - budget.FINAL_OVERHEAD_SECONDS == pytest.approx(8 * (one - budget.FINAL_OVERHEAD_SECONDS))
+
+
 def test_the_trainer_measures_real_steps_and_validation(train_env: dict[str, Path]) -> None:
     """The calibration steps are real training steps: logged, and the data position advances."""
     from nnreg.training.hyperparameters import TrainingHyperparameters
@@ -153,7 +170,7 @@ def test_continue_extends_an_unfinished_run(train_env: dict[str, Path], monkeypa
     result = CliRunner().invoke(main, ["901", "0", "--epochs", "2", "--iterations-per-epoch", "2", *ARGS])
     assert result.exit_code == 0, result.output
     fold = fold_folder(train_env)
-    state = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    state = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=True)
     state["init_args"]["hyperparameters"]["epochs"] = 200          # as if it had been stopped at epoch 2 of 200
     (fold / "checkpoint_final.pth").unlink()
     torch.save(state, fold / "checkpoint_latest.pth")

@@ -14,6 +14,12 @@ Two kinds, applied in the data workers (spatial first, then intensity, as nnU-Ne
   interpolation, zero outside the image, the background of the [0, 1]-normalised images).
 * **Intensity** (:class:`IntensityAugmenter`, hyperparameter ``augmentation``): noise, brightness, contrast,
   gamma, per image.
+* **Contrast** (:class:`ContrastRandomizer`, hyperparameter ``contrast_augmentation``, off by default): with
+  probability :data:`P_CONTRAST` per image, a new random contrast — a random piecewise-linear intensity curve
+  (monotonic or not, background kept at 0), then a smooth bias field, a gamma change, Gaussian blur and noise, the
+  result rescaled to [0, 1] — so that the network sees the same anatomy in contrasts it was never given
+  (T2-like, FLAIR-like or none real), as contrast-agnostic training does. Each image of a pair draws its own
+  contrast; the two stay a registration problem because the geometry is untouched.
 
 batchgenerators draws from numpy's and Python's global generators (the Gaussian noise variance comes from
 ``random.uniform``), so every transform runs with both seeded from the sample's seed and restored afterwards:
@@ -28,11 +34,14 @@ import random
 from typing import Iterator
 
 import numpy as np
+from scipy import ndimage
 from batchgenerators.transforms.abstract_transforms import Compose
 from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
                                                          ContrastAugmentationTransform, GammaTransform)
 from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform, TransposeAxesTransform
+
+from nnreg.utilities.intensity import bias_field, random_curve
 
 ROTATION_DEGREES = 10.0         # per axis, each image independently
 SCALE = (0.9, 1.1)              # isotropic
@@ -41,6 +50,12 @@ ELASTIC_SIGMA = (9.0, 13.0)     # smoothness of the elastic displacement, voxels
 P_ELASTIC, P_ROTATION, P_SCALE = 0.2, 0.2, 0.2     # per image (nnU-Net's rotation/scaling probabilities)
 P_MIRROR = 0.5                  # per pair; then each axis flipped with probability 1/2 (the same for both images)
 P_TRANSPOSE = 0.5               # per pair, among axes of equal length only (a shape never changes)
+P_CONTRAST = 0.5                # per image: a random new contrast (otherwise the image's own)
+CONTRAST_POINTS = 5             # control points of the random intensity curve on [0, 1]
+CONTRAST_BIAS = 0.3             # bias field amplitude at most
+CONTRAST_GAMMA = 0.4            # gamma = exp(U(-this, this))
+CONTRAST_BLUR = 1.0             # Gaussian blur sigma at most (voxels)
+CONTRAST_NOISE = 0.03           # noise standard deviation at most ([0, 1] intensities)
 
 
 @contextlib.contextmanager
@@ -77,6 +92,27 @@ class IntensityAugmenter:
         with seeded_global_rngs(seed):
             out = self.transforms(data=image[None, None].astype(np.float32, copy=True))["data"][0, 0]
         return np.ascontiguousarray(out, dtype=np.float32)
+
+
+class ContrastRandomizer:
+    """A random new contrast for a single (H, W, D) image in [0, 1] from an explicit seed (module docstring)."""
+
+    def __init__(self, probability: float = P_CONTRAST) -> None:
+        self.probability = probability
+
+    def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        if rng.random() >= self.probability:
+            return image
+        brain = image > 0
+        out = random_curve(np.clip(image, 0.0, 1.0), rng, CONTRAST_POINTS)
+        out = out * bias_field(image.shape, rng.uniform(0.0, CONTRAST_BIAS), rng)
+        out = np.clip(out, 0.0, None) ** math.exp(rng.uniform(-CONTRAST_GAMMA, CONTRAST_GAMMA))
+        out = ndimage.gaussian_filter(out, rng.uniform(0.0, CONTRAST_BLUR))
+        out = out + rng.normal(0.0, rng.uniform(0.0, CONTRAST_NOISE), out.shape)
+        out = np.where(brain, out, 0.0)
+        top = float(np.percentile(out[brain], 99.5)) if brain.any() else 1.0
+        return np.ascontiguousarray(np.clip(out / max(top, 1e-6), 0.0, 1.0), dtype=np.float32)
 
 
 def image_spatial_transform(shape: tuple[int, ...]) -> SpatialTransform:

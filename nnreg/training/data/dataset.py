@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from nnreg.preprocessing.storage import load_case
-from nnreg.training.data.augmentation import IntensityAugmenter, SpatialAugmenter
+from nnreg.training.data.augmentation import ContrastRandomizer, IntensityAugmenter, SpatialAugmenter
 from nnreg.training.data.pairs import PairSampler
 
 
 MAX_OPEN_ARRAYS = 16   # per process; a pair needs 2, re-opening a closed array costs one JSON read and open()
 SPATIAL_SEED_OFFSET = 1_000_003   # spatial draws use their own seeds, not the intensity transforms' ones
+CONTRAST_SEED_OFFSET = 2_000_003  # and so do the contrast draws
 
 
 class SampleLoadingError(RuntimeError):
@@ -35,12 +36,13 @@ class PairDataset(torch.utils.data.Dataset):
     """``dataset[k]`` = ``{"fixed", "moving": (1, H, W, D) float32 tensors, "index": k}``."""
 
     def __init__(self, folder: str | Path, sampler: PairSampler, augment: bool = True,
-                 max_open: int = MAX_OPEN_ARRAYS, spatial: bool = False) -> None:
+                 max_open: int = MAX_OPEN_ARRAYS, spatial: bool = False, contrast: bool = False) -> None:
         self.folder = Path(folder)
         self.sampler = sampler
         self.augment = augment
         self.spatial = spatial            # spatial augmentation (augmentation.SpatialAugmenter) before intensity
         self._spatial_augmenter: SpatialAugmenter | None = None
+        self.contrast = contrast          # a random new contrast per image (augmentation.ContrastRandomizer)
         self.max_open = max(1, int(max_open))
         self._augmenter: IntensityAugmenter | None = None
         self._cache: OrderedDict[str, Any] = OrderedDict()
@@ -80,6 +82,10 @@ class PairDataset(torch.utils.data.Dataset):
                 if self._spatial_augmenter is None:
                     self._spatial_augmenter = SpatialAugmenter()
                 fixed, moving = self._spatial_augmenter(fixed, moving, pair.augmentation_seed + SPATIAL_SEED_OFFSET)
+            if self.contrast:
+                randomizer = ContrastRandomizer()
+                fixed = randomizer(fixed, pair.augmentation_seed + CONTRAST_SEED_OFFSET)
+                moving = randomizer(moving, pair.augmentation_seed + CONTRAST_SEED_OFFSET + 1)
             if self.augment:
                 if self._augmenter is None:
                     self._augmenter = IntensityAugmenter()
