@@ -1,32 +1,39 @@
-"""Accuracy benchmark: the documented CPU recipe against classical registration, same pairs, same run, same metrics.
+"""Accuracy benchmark: the documented CPU recipe against the strongest fast registration tools, same pairs, same run,
+same metrics, with seeds and paired intervals.
 
-    python benchmarks/accuracy.py --dataset ../shared/data/OpenBrains80 --train-minutes 30 --output acc --json acc.json
+    pip install -e '.[bench]'        # Greedy, ConvexAdam, ANTs (a missing one is a table row, not a crash)
+    python benchmarks/accuracy.py --dataset ../shared/data/OpenBrains80 --train-minutes 30 --seeds 2 \\
+        --anchor-cache anchor_cache --output acc --json acc.json
+    python benchmarks/accuracy.py --dataset ../shared/data/OpenBrains80 --train-minutes 0 --methods zero \\
+        --anchors all --anchor-cache anchor_cache --output anchors80 --json anchors80.json   # anchors only
 
 On a Learn2Reg dataset with labels it runs, as subprocesses of the documented commands:
 
-1. ``nnreg_plan_and_preprocess -d ID --device cpu`` and ``nnreg_train ID all -c CONFIGURATION --device cpu
-   --time-budget M`` (training on the dataset's training images only; ``--configuration``, default ``3d_fullres``;
-   falls back to ``--epochs`` when this nnreg has no ``--time-budget``);
-2. ``nnreg_predict`` on the dataset's ``validation`` pairs without refinement (``--instance-optimization 0``,
-   method ``nnreg``) and with it (the plans' default, ``--instance-optimization N`` and
-   ``--instance-optimization-settings KEY=VALUE,...`` passed on; method ``nnreg_refined``);
-3. SimpleITK fast symmetric forces demons, 3 levels (shrink 4/2/1), on the same pairs (method ``demons``);
-4. ANTs SyN through ``antspyx`` when it is importable (method ``ants_syn``; the table says so when it is not);
-5. the zero field (method ``zero``), and ``nnreg_evaluate -c CONFIG`` (the dataset's official ``*_All_*`` config
-   unless ``--config``) for every method.
+1. ``nnreg_plan_and_preprocess -d ID --device cpu`` once, then for each of ``--seeds N`` seeds (12345, 12346, ...;
+   the first is ``nnreg_train``'s default) ``nnreg_train ID all -c CONFIGURATION --device cpu --seed S
+   --time-budget M`` (the training images only; ``--epochs`` when this nnreg has no ``--time-budget``);
+2. per seed, ``nnreg_predict`` on the ``validation`` pairs without refinement (``--instance-optimization 0``, method
+   ``nnreg``) and with it (the plans' default or ``--instance-optimization N`` / ``--instance-optimization-settings``;
+   method ``nnreg_refined``);
+3. the anchors of ``--anchors`` (default all; benchmarks/anchors.py: SimpleITK demons, Greedy with and without
+   ``-sv``, ConvexAdam with its defaults and the LUMIR brain settings, ANTs SyNQuick and the LUMIR SyN call), each
+   through its Python package with its documented settings; the ANTs fields (minutes per pair) are cached in
+   ``--anchor-cache DIR``, keyed by the pair's image contents and the settings, and reused with the seconds recorded
+   when they were computed;
+4. the zero field (method ``zero``), and ``nnreg_evaluate -c CONFIG`` (the dataset's ``*_All_*`` config unless
+   ``--config``) for every row.
 
-Fields go to ``OUTDIR/<method>/disp_<fix>_<mov>.nii.gz`` (voxel-unit pull fields on the fixed grid, the challenge
-format), metrics to ``OUTDIR/<method>/metrics.json``; the model, plans and logs to ``OUTDIR/work/``. The table is
-printed and the rows (``method, dice, hd95, tre, ndv, seconds_per_pair, train_minutes``) are written to ``--json``.
-``seconds_per_pair`` is the wall time of the method from image files to written fields divided by the number of
-pairs (for nnreg the whole ``nnreg_predict`` process, start-up and model loading included).
+Fields go to ``OUTDIR/<method>[_seed<S>]/disp_<fix>_<mov>.nii.gz`` (voxel-unit pull fields on the fixed grid), metrics
+to ``metrics.json`` beside them; the models, plans and logs to ``OUTDIR/work/``. Printed and in ``--json``: every row
+(``method, label, kind, seed, status, dice, hd95, tre, ndv`` (official NDV %), ``seconds_per_pair`` (files to written
+fields / pairs; nnreg: the whole ``nnreg_predict`` process), ``train_minutes``, ``per_pair_dice``), the mean ± std
+(min–max) over seeds per nnreg method (``summary``), and for every anchor the per-pair Dice of nnreg_refined (nnreg
+without it) minus the anchor's with a 10,000-resample bootstrap 95 % interval over pairs (``differences``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import os
 import re
 import subprocess
@@ -37,13 +44,18 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository root: benchmarks/ is importable
+
+from benchmarks import accuracy_report as report  # noqa: E402
+from benchmarks import anchors  # noqa: E402
+
 logger = logging.getLogger("nnreg.benchmarks.accuracy")
 
 BENCH_ID = 990                      # id given to a dataset folder not named DatasetXXX_Name
-DEMONS_SHRINK = (4, 2, 1)           # pyramid levels
-DEMONS_ITERATIONS = (100, 50, 25)   # per level
-DEMONS_SIGMA = 1.0                  # Gaussian smoothing of the update field (voxels of each level)
-METRICS = {"dice": "DSC", "hd95": "HD95", "tre": "TRE_lm", "ndv": "Non-diffeomorphic Volumes"}
+DEFAULT_SEED = 12345                # nnreg_train's default --seed: the first seed keeps the single-seed folders
+NNREG_METHODS = ("nnreg", "nnreg_refined")
+ROW_KEYS = ("method", "label", "kind", "seed", "status", "dice", "hd95", "tre", "ndv", "seconds_per_pair",
+            "train_minutes", "cached_pairs", "per_pair_dice")
 
 
 # -- dataset -------------------------------------------------------------------------------------------------
@@ -65,7 +77,7 @@ def validation_pairs(dataset: Path) -> list[tuple[Path, Path]]:
     """(fixed, moving) image paths of ``dataset.json``'s ``validation`` list."""
     from nnreg.inference.pairs import collect_pairs
 
-    return [(p.fixed, p.moving) for p in collect_pairs(str(dataset), "validation", None, None)]
+    return [(Path(p.fixed), Path(p.moving)) for p in collect_pairs(str(dataset), "validation", None, None)]
 
 
 def default_config(dataset: Path) -> Path | None:
@@ -97,126 +109,93 @@ def train_arguments(minutes: float, env: dict[str, str]) -> list[str]:
     return ["--epochs", str(max(1, round(minutes))), "--iterations-per-epoch", "20"]
 
 
-# -- classical methods -------------------------------------------------------------------------------------------
-def itk_to_voxel_field(displacement_mm: np.ndarray, geometry: Any) -> np.ndarray:
-    """ITK physical displacement (x, y, z mm, on the fixed grid, (i, j, k, 3)) -> voxel-unit pull field.
-
-    ITK maps fixed point ``p`` to ``p + d(p)`` in the moving image (a pull field); with ``A = Direction ·
-    diag(spacing)`` the voxel displacement is ``u = A^-1 d`` (the inverse of nnreg's ``--itk`` export).
-    """
-    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)
-    matrix = direction @ np.diag(np.asarray(geometry.spacing, dtype=np.float64))
-    return np.einsum("ab,ijkb->ijka", np.linalg.inv(matrix), displacement_mm).astype(np.float32)
+def seed_suffix(seed: int) -> str:
+    """Folder suffix of a seed's model, fields and train minutes: none for the default seed (single-seed layout)."""
+    return "" if seed == DEFAULT_SEED else f"_seed{seed}"
 
 
-def demons_field(fixed_path: Path, moving_path: Path) -> np.ndarray:
-    """SimpleITK fast symmetric forces demons, levels shrink 4/2/1, as a voxel-unit pull field (i, j, k, 3)."""
-    import SimpleITK as sitk
+# -- the rows ----------------------------------------------------------------------------------------------------
+def nnreg_rows(args: argparse.Namespace, methods: list[str], seeds: list[int], dataset: Path, dataset_id: int,
+               pairs: int, out: Path, env: dict[str, str], log: Path) -> list[dict[str, Any]]:
+    """Plan once, then per seed train (or reuse with ``--skip-training``) and predict without / with refinement."""
+    from nnreg.utilities.files import read_json, write_json
 
-    from nnreg.dataset.image_io import read_image
-    from nnreg.inference.resample import align_moving, to_sitk
-
-    fixed_array, geometry = read_image(fixed_path)
-    moving_array, moving_geometry = read_image(moving_path)
-    moving_array = align_moving(moving_array, moving_geometry, geometry, str(moving_path))
-    fixed = to_sitk(fixed_array.astype(np.float32), geometry)
-    moving = to_sitk(moving_array.astype(np.float32), geometry)
-    field = None
-    for shrink, iterations in zip(DEMONS_SHRINK, DEMONS_ITERATIONS):
-        if shrink > 1:
-            fixed_level = sitk.Shrink(sitk.SmoothingRecursiveGaussian(fixed, 0.5 * shrink * min(geometry.spacing)),
-                                      [shrink] * 3)
-            moving_level = sitk.Shrink(sitk.SmoothingRecursiveGaussian(moving, 0.5 * shrink * min(geometry.spacing)),
-                                       [shrink] * 3)
-        else:
-            fixed_level, moving_level = fixed, moving
-        if field is None:
-            initial = sitk.Image(fixed_level.GetSize(), sitk.sitkVectorFloat64, 3)
-            initial.CopyInformation(fixed_level)
-        else:
-            initial = sitk.Resample(field, fixed_level, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                    sitk.sitkVectorFloat64)
-        demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
-        demons.SetNumberOfIterations(iterations)
-        demons.SetSmoothDisplacementField(True)
-        demons.SetStandardDeviations(DEMONS_SIGMA)
-        field = demons.Execute(fixed_level, moving_level, initial)
-    displacement = sitk.GetArrayFromImage(field).transpose(2, 1, 0, 3)       # (i, j, k, 3) in mm (x, y, z)
-    return itk_to_voxel_field(displacement, geometry)
-
-
-def ants_available() -> bool:
-    try:
-        import ants  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    work = out / "work"
+    if not args.skip_training:
+        run(["nnreg_plan_and_preprocess", "-d", str(dataset_id), "--device", "cpu"], log, env)
+    rows = []
+    for seed in seeds:
+        suffix = seed_suffix(seed)
+        seed_env = dict(env, nnReg_results=str(work / f"results{suffix}"))
+        minutes_file = work / f"train_minutes{suffix}.json"
+        if not args.skip_training:
+            start = time.perf_counter()
+            run(["nnreg_train", str(dataset_id), "all", "-c", args.configuration, "--device", "cpu", "--seed",
+                 str(seed), *train_arguments(args.train_minutes, seed_env)], log, seed_env)
+            train_minutes = (time.perf_counter() - start) / 60
+            write_json({"train_minutes": train_minutes, "seed": seed}, minutes_file)
+        else:   # the measured minutes of the run that trained the model (the given budget if not recorded)
+            train_minutes = read_json(minutes_file)["train_minutes"] if minutes_file.is_file() else args.train_minutes
+        for method in (m for m in NNREG_METHODS if m in methods):
+            refinement = ["--instance-optimization", "0"] if method == "nnreg" else (
+                [] if args.instance_optimization is None else ["--instance-optimization", str(args.instance_optimization)])
+            if method == "nnreg_refined" and args.instance_optimization_settings:
+                refinement += ["--instance-optimization-settings", args.instance_optimization_settings]
+            folder = out / f"{method}{suffix}"
+            seconds = run(["nnreg_predict", "-i", str(dataset), "-o", str(folder), "-d", str(dataset_id),
+                           "-c", args.configuration, "--device", "cpu", *refinement], log, seed_env)
+            rows.append({"method": method, "label": "nnreg + refinement" if method == "nnreg_refined" else "nnreg",
+                         "kind": "nnreg", "seed": seed, "status": "ok", "folder": folder,
+                         "seconds_per_pair": seconds / max(1, pairs), "train_minutes": train_minutes})
+    return rows
 
 
-def ants_field(fixed_path: Path, moving_path: Path) -> np.ndarray:
-    """ANTs SyN (antspyx) as a voxel-unit pull field: the moving grid's voxel coordinates warped onto the fixed grid
-    by the estimated transforms (exact for linear interpolation of a linear function), minus the identity."""
-    import ants
+def anchor_rows(names: list[str], pairs: list[tuple[Path, Path]], out: Path, cache: Path | None,
+                log: Path) -> list[dict[str, Any]]:
+    """Each anchor on every pair (its fields in ``out/<name>``), or a "not installed" row when its package is not."""
+    rows = []
+    for name in names:
+        anchor = anchors.ANCHORS[name]
+        row: dict[str, Any] = {"method": name, "label": anchor.label, "kind": "anchor", "seed": None}
+        if not anchor.available():
+            rows.append({**row, "status": f"not installed (pip install {anchor.distribution})"})
+            logger.warning("%s: %s is not installed; its row says so", name, anchor.distribution)
+            continue
+        seconds, cached = [], 0
+        for k, (fixed, moving) in enumerate(pairs):
+            pair_seconds, hit = anchors.register_pair(anchor, fixed, moving, out / name, cache, log)
+            seconds.append(pair_seconds)
+            cached += hit
+            logger.info("%s: pair %d/%d %s (%.1f s)", name, k + 1, len(pairs), "from the cache" if hit else "done",
+                        pair_seconds)
+        rows.append({**row, "status": "ok", "folder": out / name, "seconds_per_pair": float(np.mean(seconds)),
+                     "cached_pairs": cached, "version": anchor.version(), "settings": anchor.settings})
+    return rows
 
-    fixed = ants.image_read(str(fixed_path))
-    moving = ants.image_read(str(moving_path))
-    result = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyN")
-    shape = moving.shape
-    field = []
-    for axis in range(3):
-        coordinate = np.broadcast_to(np.arange(shape[axis], dtype=np.float32).reshape(
-            [-1 if a == axis else 1 for a in range(3)]), shape).copy()
-        image = ants.from_numpy(coordinate, origin=moving.origin, spacing=moving.spacing, direction=moving.direction)
-        warped = ants.apply_transforms(fixed, image, result["fwdtransforms"], interpolator="linear")
-        field.append(warped.numpy() - np.arange(fixed.shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)]))
-    return np.stack(field, axis=-1).astype(np.float32)
 
-
-def write_fields(method: str, pairs: list[tuple[Path, Path]], out: Path) -> float:
-    """Register every pair with a classical ``method`` and write its fields; seconds per pair (files -> field)."""
+def zero_row(pairs: list[tuple[Path, Path]], out: Path) -> dict[str, Any]:
+    """The zero field for every pair (timed like the anchors: image header to written field)."""
     from nnreg.dataset.image_io import read_image, write_displacement
     from nnreg.inference.export import pair_outputs
 
-    out.mkdir(parents=True, exist_ok=True)
-    register = {"demons": demons_field, "ants_syn": ants_field}[method]
     start = time.perf_counter()
-    for k, (fixed, moving) in enumerate(pairs):
-        field = register(fixed, moving)
-        write_displacement(field, pair_outputs(out, fixed, moving).displacement, read_image(fixed)[1])
-        logger.info("%s: pair %d/%d done", method, k + 1, len(pairs))
-    return (time.perf_counter() - start) / max(1, len(pairs))
-
-
-def write_zero_fields(pairs: list[tuple[Path, Path]], out: Path) -> None:
-    from nnreg.dataset.image_io import read_image, write_displacement
-    from nnreg.inference.export import pair_outputs
-
-    out.mkdir(parents=True, exist_ok=True)
     for fixed, moving in pairs:
         geometry = read_image(fixed)[1]
         write_displacement(np.zeros((*geometry.shape, 3), np.float32), pair_outputs(out, fixed, moving).displacement,
                            geometry)
+    return {"method": "zero", "label": "zero displacement", "kind": "zero", "seed": None, "status": "ok",
+            "folder": out, "seconds_per_pair": (time.perf_counter() - start) / max(1, len(pairs))}
 
 
-# -- evaluation and report -------------------------------------------------------------------------------------------
-def read_metrics(path: Path) -> dict[str, float]:
-    """The mean of each benchmark metric from an ``nnreg_evaluate -o`` file (NaN where the config lacks it)."""
-    aggregates = json.loads(path.read_text())["aggregates"]
-    return {key: float(aggregates[name]["mean"]) if name in aggregates else math.nan for key, name in METRICS.items()}
-
-
-def format_table(rows: list[dict[str, Any]], notes: list[str]) -> str:
-    """The result as a markdown table (the layout of documentation/benchmarks.md)."""
-    def cell(value: Any, digits: int) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return ""
-        return f"{value:.{digits}f}"
-
-    lines = ["| method | Dice | HD95 | TRE (vox) | NDV % | s / pair | train min |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {cell(r['dice'], 4)} | {cell(r['hd95'], 2)} | {cell(r['tre'], 2)} | "
-                     f"{cell(r['ndv'], 4)} | {cell(r['seconds_per_pair'], 1)} | {cell(r['train_minutes'], 1)} |")
-    return "\n".join(lines + [f"\n{n}" for n in notes])
+def choose(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(nnreg/zero methods, anchor names): ``--methods`` may also name anchors (older commands); ``--anchors`` wins."""
+    named = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in named if m not in (*NNREG_METHODS, "zero") and m not in anchors.ANCHORS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)}")
+    in_methods = [m for m in named if m in anchors.ANCHORS]
+    chosen = args.anchors if args.anchors is not None else (",".join(in_methods) if in_methods else "all")
+    return [m for m in named if m not in anchors.ANCHORS], anchors.parse_anchors(chosen)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,76 +213,80 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configuration", default="3d_fullres",
                         help="nnreg configuration to train and predict with (e.g. 3d_halfres for 1 mm data on a CPU)")
     parser.add_argument("--skip-training", action="store_true",
-                        help="reuse the model already trained in OUTDIR/work (its measured train minutes are reported "
-                             "when that run recorded them, else --train-minutes)")
-    parser.add_argument("--methods", default="nnreg,nnreg_refined,demons,ants_syn,zero",
-                        help="comma-separated subset of nnreg, nnreg_refined, demons, ants_syn, zero")
+                        help="reuse the models already trained in OUTDIR/work (their measured train minutes are "
+                             "reported when those runs recorded them, else --train-minutes)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="independent nnreg trainings (nnreg_train --seed 12345, 12346, ...); rows per seed and "
+                             "their mean ± std (min–max)")
+    parser.add_argument("--methods", default="nnreg,nnreg_refined,zero",
+                        help="comma-separated subset of nnreg, nnreg_refined, zero (anchor names are accepted too "
+                             "and select those anchors when --anchors is not given)")
+    parser.add_argument("--anchors", default=None,
+                        help=f"all (default), none, or comma-separated: {', '.join(anchors.ANCHORS)}")
+    parser.add_argument("--anchor-cache", type=Path, default=None, metavar="DIR",
+                        help="reuse (and store) the fields of the slow anchors (ANTs) here, keyed by the pair's image "
+                             "contents and the settings, with the seconds recorded when they were computed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
 
-    from nnreg.utilities.files import read_json, write_json
+    from nnreg.utilities.files import write_json
 
+    methods, anchor_names = choose(args)
+    seeds = [DEFAULT_SEED + k for k in range(args.seeds)]
     dataset = args.dataset.expanduser().resolve()
     out = args.output.expanduser().resolve()
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
     config = args.config or default_config(dataset)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     dataset_id, _ = link_dataset(dataset, work / "raw")
     pairs = validation_pairs(dataset)
     env = dict(os.environ, nnReg_raw=str(work / "raw"), nnReg_preprocessed=str(work / "preprocessed"),
                nnReg_results=str(work / "results"))
-    notes: list[str] = []
-    rows: list[dict[str, Any]] = []
+    cache = args.anchor_cache.expanduser().resolve() if args.anchor_cache else None
 
-    if {"nnreg", "nnreg_refined"} & set(methods):
-        if not args.skip_training:
-            run(["nnreg_plan_and_preprocess", "-d", str(dataset_id), "--device", "cpu"], log, env)
-            train_start = time.perf_counter()
-            run(["nnreg_train", str(dataset_id), "all", "-c", args.configuration, "--device", "cpu",
-                 *train_arguments(args.train_minutes, env)], log, env)
-            train_minutes = (time.perf_counter() - train_start) / 60
-            write_json({"train_minutes": train_minutes}, work / "train_minutes.json")
-        else:   # the measured minutes of the run that trained the model (the given budget if not recorded)
-            recorded = work / "train_minutes.json"
-            train_minutes = read_json(recorded)["train_minutes"] if recorded.is_file() else args.train_minutes
-        for method in ("nnreg", "nnreg_refined"):
-            if method not in methods:
-                continue
-            refinement = ["--instance-optimization", "0"] if method == "nnreg" else (
-                [] if args.instance_optimization is None else ["--instance-optimization", str(args.instance_optimization)])
-            if method == "nnreg_refined" and args.instance_optimization_settings:
-                refinement += ["--instance-optimization-settings", args.instance_optimization_settings]
-            seconds = run(["nnreg_predict", "-i", str(dataset), "-o", str(out / method), "-d", str(dataset_id),
-                           "-c", args.configuration, "--device", "cpu", *refinement], log, env)
-            rows.append({"method": method, "seconds_per_pair": seconds / max(1, len(pairs)),
-                         "train_minutes": train_minutes})
-    for method in ("demons", "ants_syn"):
-        if method not in methods:
-            continue
-        if method == "ants_syn" and not ants_available():
-            notes.append("ANTs SyN: not run, antspyx is not installed (pip install antspyx).")
-            continue
-        rows.append({"method": method, "seconds_per_pair": write_fields(method, pairs, out / method),
-                     "train_minutes": None})
+    rows: list[dict[str, Any]] = []
+    if set(NNREG_METHODS) & set(methods):
+        rows += nnreg_rows(args, methods, seeds, dataset, dataset_id, len(pairs), out, env, log)
+    rows += anchor_rows(anchor_names, pairs, out, cache, work / "anchors.log")
     if "zero" in methods:
-        write_zero_fields(pairs, out / "zero")
-        rows.append({"method": "zero", "seconds_per_pair": None, "train_minutes": None})
+        rows.append(zero_row(pairs, out / "zero"))
 
     for row in rows:
-        metrics = out / row["method"] / "metrics.json"
-        command = ["nnreg_evaluate", "-i", str(out / row["method"]), "-d", str(dataset), "-o", str(metrics)]
+        if row["status"] != "ok":
+            continue
+        metrics = row["folder"] / "metrics.json"
+        command = ["nnreg_evaluate", "-i", str(row["folder"]), "-d", str(dataset), "-o", str(metrics)]
         run(command + (["-c", str(config)] if config else []), log, env)
-        row.update(read_metrics(metrics))
-    ordered = [{k: r.get(k) for k in ("method", "dice", "hd95", "tre", "ndv", "seconds_per_pair", "train_minutes")}
-               for r in rows]
-    notes.append(f"{len(pairs)} validation pairs of {dataset.name}; config {config.name if config else 'default'}; "
-                 f"nnreg configuration {args.configuration}.")
+        means, row["per_pair_dice"] = report.read_metrics(metrics)
+        row.update(means)
+    ordered = [{k: r.get(k) for k in ROW_KEYS} for r in rows]
+    reference = "nnreg_refined" if "nnreg_refined" in methods else "nnreg"
+    comparisons = report.differences(ordered, reference)
+    summary = report.summarize_seeds(ordered)
+
+    notes = [f"{len(pairs)} validation pairs of {dataset.name}; config {config.name if config else 'default'}; "
+             f"nnreg configuration {args.configuration}; seeds {', '.join(map(str, seeds))}."]
     if args.instance_optimization_settings:
         notes.append(f"nnreg_refined: --instance-optimization-settings {args.instance_optimization_settings}")
-    print(format_table(ordered, notes))
-    write_json({"dataset": str(dataset), "pairs": len(pairs), "notes": notes, "rows": ordered}, args.json)
+    notes += [f"{r['method']}: {r['cached_pairs']} of {len(pairs)} fields from {cache}, their seconds as recorded "
+              f"when computed." for r in rows if r.get("cached_pairs")]
+    print(report.format_table(ordered))
+    if len(seeds) > 1 and summary:
+        print("\nMean ± std (min–max) over seeds\n" + report.format_summary(summary))
+    if comparisons:
+        print(f"\nPaired per-pair Dice differences, bootstrap {report.BOOTSTRAP_LEVEL:.0%} interval over pairs "
+              f"({report.BOOTSTRAP_RESAMPLES} resamples, seed {report.BOOTSTRAP_SEED})\n"
+              + report.format_differences(comparisons))
+    print("\n" + "\n".join(notes))
+    versions = {r["method"]: r["version"] for r in rows if r.get("version")}
+    write_json({"dataset": str(dataset), "pairs": len(pairs), "seeds": seeds, "notes": notes, "rows": ordered,
+                "summary": summary, "differences": comparisons, "anchor_versions": versions,
+                "anchor_settings": {r["method"]: r["settings"] for r in rows if r.get("settings") is not None},
+                "bootstrap": {"resamples": report.BOOTSTRAP_RESAMPLES, "seed": report.BOOTSTRAP_SEED,
+                              "level": report.BOOTSTRAP_LEVEL}}, args.json)
     return 0
 
 

@@ -179,17 +179,28 @@ def _check_checkpoint(path: Path, name: str, zip_path: Path) -> None:
 
 
 def _move_into_place(staging: Path, models: list[str], targets: list[Path]) -> None:
-    """Rename each unpacked model folder onto its target; a replaced folder goes into ``staging`` (deleted after)."""
-    for model, target in zip(models, targets):
-        replaced = staging / f".replaced-{model}"
-        if target.exists():
-            target.rename(replaced)
-        try:
+    """Rename each unpacked model folder onto its target; a replaced folder goes into ``staging`` (deleted after).
+
+    All or nothing: when a rename fails, the models already moved go back into ``staging`` and every replaced
+    folder back to its place, so a failed ``--overwrite`` never loses the user's installed models."""
+    done: list[tuple[Path, Path, Path | None]] = []     # (unpacked folder, target, the target's old folder)
+    try:
+        for model, target in zip(models, targets):
+            replaced = staging / f".replaced-{model}"
+            had = target.exists()
+            if had:
+                target.rename(replaced)
+            done.append((staging / model, target, replaced if had else None))
             (staging / model).rename(target)
-        except OSError:
-            if replaced.exists():
+    except OSError as exc:
+        for source, target, replaced in reversed(done):
+            if target.exists() and not source.exists():
+                target.rename(source)
+            if replaced is not None and replaced.exists():
                 replaced.rename(target)
-            raise
+        failed = done[-1][1] if done else staging
+        raise ModelZipError(f"could not move the model into place ({exc}); the models installed before are as they "
+                            f"were", failed) from None
 
 
 def install_model_from_zip(zip_path: str | Path, results: Path, overwrite: bool = False,

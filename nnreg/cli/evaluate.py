@@ -32,13 +32,17 @@ logger = logging.getLogger("nnreg")
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None,
               help="Write metrics.json (official structure) here.")
 @click.option("--baseline-zero", is_flag=True, help="Also evaluate a zero field; show before -> after (with -o, also written to <name>_zero_displacement.json).")
-@click.option("--mask", "ndv_mask", type=click.Choice(["moving", "fixed"]), default="moving", show_default=True,
-              help="NDV mask: moving image > 0 (LUMIR 2024) or fixed image > 0 (LUMIR 2025).")
+@click.option("--mask", "ndv_mask", type=click.Choice(["moving", "fixed"]), default=None,
+              help="NDV mask: moving image > 0 (LUMIR 2024, the default) or fixed image > 0 (LUMIR 2025, the "
+                   "default with --lumir25).")
+@click.option("--lumir25", is_flag=True,
+              help="LUMIR 2025's evaluation: NDV masked by the fixed image, TRE robustness at the 70th percentile, "
+                   "per-set Dice (ID_dice, OOD_dice, MM_dice from the configs' names), eval_version 3.0.")
 @raw_option
 @verbose_option
 @user_errors_as_one_line
 def main(disp_dir: Path, dataset: str, configs: tuple[Path, ...], output: Path | None, baseline_zero: bool,
-         ndv_mask: str, raw: str | None, verbose: bool) -> None:
+         ndv_mask: str | None, lumir25: bool, raw: str | None, verbose: bool) -> None:
     """Evaluate displacement fields with the Learn2Reg/LUMIR metrics (Dice, HD95, TRE, NDV, SDlogJ)."""
     from nnreg.dataset.learn2reg import load_dataset
     from nnreg.dataset.locate import find_raw_dataset
@@ -60,12 +64,16 @@ def main(disp_dir: Path, dataset: str, configs: tuple[Path, ...], output: Path |
         logger.info(note)
     if not configs:
         parsed = [dataset_config(root)]
-    result = evaluate_folder(disp_dir, root, parsed, ndv_mask=ndv_mask, baseline_zero=baseline_zero)
+    protocol = "lumir25" if lumir25 else "lumir24"
+    ndv_mask = ndv_mask or ("fixed" if lumir25 else "moving")
+    result = evaluate_folder(disp_dir, root, parsed, ndv_mask=ndv_mask, baseline_zero=baseline_zero,
+                             protocol=protocol)
     click.echo(format_table(result))
     if output is not None:
         write_metrics(result, output)
         logger.info("wrote %s", output)
         if result.baseline is not None:
             zero = Path(output).with_name(f"{Path(output).stem}_zero_displacement.json")
-            write_metrics(EvaluationResult(f"{result.name} (zero displacement)", result.baseline), zero)
+            write_metrics(EvaluationResult(f"{result.name} (zero displacement)", result.baseline, None,
+                                           result.protocol, result.sets), zero)
             logger.info("wrote %s (the zero-displacement baseline, same structure)", zero)

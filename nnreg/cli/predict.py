@@ -12,7 +12,7 @@ from nnreg.utilities.errors import NnregError
 logger = logging.getLogger("nnreg")
 
 
-def _folds(values: tuple[str, ...]) -> list[str] | None:
+def parse_folds(values: tuple[str, ...]) -> list[str] | None:
     """``-f 0 1``, ``-f 0 -f 1`` or ``-f 0,1`` -> ["0", "1"]; nothing -> None (all folds present)."""
     folds = split_values(values)
     for fold in folds:
@@ -21,8 +21,8 @@ def _folds(values: tuple[str, ...]) -> list[str] | None:
     return folds or None
 
 
-def _model_folder(model: str | None, dataset: str | None, configuration: str | None, plans: str, trainer: str,
-                  results: str | None, device: str) -> Path:
+def model_folder_from_options(model: str | None, dataset: str | None, configuration: str | None, plans: str,
+                              trainer: str, results: str | None, device: str) -> Path:
     from nnreg.inference.model_folder import find_model_folder
     from nnreg.paths import results_folder
 
@@ -35,7 +35,7 @@ def _model_folder(model: str | None, dataset: str | None, configuration: str | N
     return find_model_folder(dataset, results_folder(results), trainer, plans, configuration, device)
 
 
-def _device(requested: str | None) -> tuple[str, str | None]:
+def choose_device(requested: str | None) -> tuple[str, str | None]:
     """The requested device, else cuda when available (as nnreg_train), else cpu; and the line that says why, for
     the caller to log once the inputs are checked (an input error stays the only line)."""
     if requested is not None:
@@ -128,12 +128,12 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
     labels = Path(warp_labels).expanduser() if warp_labels else None
     if labels is not None and not labels.is_dir():
         raise NnregError("--warp-labels folder does not exist", labels)
-    device, device_note = _device(device)
-    folder = _model_folder(model, dataset, configuration, plans, trainer, results, device)
+    device, device_note = choose_device(device)
+    folder = model_folder_from_options(model, dataset, configuration, plans, trainer, results, device)
     predictor = nnRegPredictor(device=device, num_threads=threads, channels_last=channels_last,
                                instance_optimization=instance_optimization, deterministic=deterministic,
                                instance_optimization_overrides=overrides)
-    predictor.initialize_from_trained_model_folder(folder, _folds(folds), checkpoint, configuration)
+    predictor.initialize_from_trained_model_folder(folder, parse_folds(folds), checkpoint, configuration)
     if device_note is not None:      # said once the model is read: an input error above stays the only line
         logger.info(device_note)
     options = ExportOptions(save_warped=save_warped, labels_folder=labels, itk=itk, qc=qc, inverse=inverse)

@@ -11,6 +11,8 @@ from nnreg.cli.common import preprocessed_option, results_option, user_errors_as
 
 # the names of nnreg.training.presets.PRESETS (not imported here: --help stays fast; a test keeps them equal)
 PRESET_NAMES = ("paper",)
+# nnreg.losses.similarity.SIMILARITIES, likewise
+SIMILARITY_NAMES = ("lncc", "mind")
 
 # CLI option -> hyperparameter; options left unset keep the default (or, with --c, the checkpoint's value)
 _HYPERPARAMETER_OPTIONS = {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch", "lr": "lr",
@@ -57,7 +59,7 @@ _HYPERPARAMETER_OPTIONS = {"epochs": "epochs", "iterations_per_epoch": "iteratio
 @click.option("--lambda-reg", type=float, default=None, help="Weight of the gradient regulariser (default 6).")
 @click.option("--lambda-ncc", type=float, default=None, help="Weight of the NCC loss (default 1).")
 @click.option("--ncc-window", type=int, default=None, help="Local NCC window (odd, default 9).")
-@click.option("--similarity", type=click.Choice(["lncc", "mind"]), default=None,
+@click.option("--similarity", type=click.Choice(SIMILARITY_NAMES), default=None,
               help="Similarity loss: local NCC (default) or MIND-SSC (contrast-agnostic, for multi-modal use).")
 @click.option("--val-pairs", type=click.IntRange(min=0), default=None, help="Validation pairs per epoch (default 8).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,

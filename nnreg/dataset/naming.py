@@ -2,8 +2,9 @@
 
 Images are ``<PREFIX>_<4-digit id>_<4-digit modality>.nii.gz`` (``LUMIRMRI_3455_0000.nii.gz``,
 ``OBR_0009_0000.nii.gz``). The official evaluator takes the id from characters ``[-16:-12]`` and the
-modality from ``[-11:-7]`` of the path, names displacement files ``disp_<fix>_<mov>.nii.gz`` (long form
-``disp_<fix>_<fixmod>_<mov>_<movmod>.nii.gz`` when the modalities differ) and keys cases
+modality from ``[-11:-7]`` of the path, names displacement files ``disp_<fix>_<mov>.nii.gz`` when the modalities
+are equal or are ``0000`` (fixed) and ``0001`` (moving) — LUMIR 2025's multi-modal pairs, whose evaluator looks
+for that short name only — and ``disp_<fix>_<fixmod>_<mov>_<movmod>.nii.gz`` otherwise, and keys cases
 ``"<fix>_<fixmod><--<mov>_<movmod>"``. Ground truth lives at the image path with ``images`` replaced by
 ``labels`` (segmentations) or ``landmarks`` (landmark blobs); nnreg applies that replacement to the path
 relative to the dataset root, so a root folder whose name contains "images" does not break it.
@@ -37,13 +38,23 @@ def challenge_id_and_modality(path: str | Path) -> tuple[str, str]:
     return strip_image_suffix(name), "0000"
 
 
-def displacement_filename(fixed: str | Path, moving: str | Path) -> str:
-    """``disp_<fix>_<mov>.nii.gz``, or the long form with modalities when they differ."""
+def short_name_allowed(fix_mod: str, mov_mod: str) -> bool:
+    """Whether the evaluator names the pair's field ``disp_<fix>_<mov>`` (module docstring)."""
+    return fix_mod == mov_mod or (fix_mod == "0000" and mov_mod == "0001")
+
+
+def displacement_stem(fixed: str | Path, moving: str | Path) -> str:
+    """``disp_<fix>_<mov>``, or the long form with modalities where the evaluator expects it."""
     fix_id, fix_mod = challenge_id_and_modality(fixed)
     mov_id, mov_mod = challenge_id_and_modality(moving)
-    if fix_mod == mov_mod:
-        return f"disp_{fix_id}_{mov_id}.nii.gz"
-    return f"disp_{fix_id}_{fix_mod}_{mov_id}_{mov_mod}.nii.gz"
+    if short_name_allowed(fix_mod, mov_mod):
+        return f"disp_{fix_id}_{mov_id}"
+    return f"disp_{fix_id}_{fix_mod}_{mov_id}_{mov_mod}"
+
+
+def displacement_filename(fixed: str | Path, moving: str | Path) -> str:
+    """The pair's challenge file name, :func:`displacement_stem` ``.nii.gz``."""
+    return f"{displacement_stem(fixed, moving)}.nii.gz"
 
 
 def case_key(fixed: str | Path, moving: str | Path) -> str:

@@ -38,8 +38,8 @@ def format_table(result: EvaluationResult) -> str:
         base = (result.baseline or {}).get(key, {})
         rows.append([key] + [_cell(case.get(n, {}).get("mean"), base.get(n, {}).get("mean"), with_baseline)
                              if n in case else "-" for n in names])
-    aggregates = aggregate(result.cases)
-    base_aggregates = aggregate(result.baseline) if result.baseline else {}
+    aggregates = aggregate(result.cases, result.protocol)
+    base_aggregates = aggregate(result.baseline, result.protocol) if result.baseline else {}
     rows.append(None)
     for label, key in AGGREGATE_ROWS:
         rows.append([label] + [_cell(aggregates[n][key], base_aggregates.get(n, {}).get(key), with_baseline)
@@ -52,6 +52,11 @@ def format_table(result: EvaluationResult) -> str:
             lines.append("  ".join("-" * w for w in widths))
             continue
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    for set_name in sorted(set(result.aggregates()) - set(names)):     # LUMIR 2025's per-set Dice
+        values = result.aggregates()[set_name]
+        lines.append(f"{set_name}: mean {_fmt(values['mean'])}, std {_fmt(values['std'])}, 30% {_fmt(values['30'])}")
+    if result.protocol == "lumir25" and "TRE_lm" in names:
+        lines.append("TRE_lm robustness (row 30%): the 70th percentile, as LUMIR 2025 reports it")
     if with_baseline:
         lines.append("cells: zero displacement -> submitted field")
     return "\n".join(lines)

@@ -8,6 +8,12 @@ when modalities differ and are not 0000/0001; ``.npz`` is tried first, as LUMIR 
 the cases that have it: ``mean``, ``std`` (population) and ``"30"`` (30th percentile, numpy's linear
 quantile), NaN/inf propagate as in numpy. As the official code, every displacement file is looked up
 before anything is evaluated.
+
+The LUMIR 2025 protocol (``protocol="lumir25"``, ``nnreg_evaluate --lumir25``) follows LUMIR25's ``evaluation.py``:
+NDV masked by the fixed image, the robustness figure of ``TRE_lm`` (lower is better) at the 70th percentile instead
+of the 30th, ``eval_version`` 3.0, and the Dice of each evaluation set apart — ``ID_dice`` (the
+``*LUMIR24_Segmentation*`` config), ``OOD_dice`` (``*HighField*``) and ``MM_dice`` (``*MultiModal*``), each
+``{"mean", "std", "30"}`` over that config's pairs.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ import numpy as np
 
 from nnreg.dataset.image_io import read_displacement
 from nnreg.dataset.learn2reg import load_dataset
-from nnreg.dataset.naming import challenge_id_and_modality
+from nnreg.dataset.naming import challenge_id_and_modality, short_name_allowed
+from nnreg.dataset.naming import displacement_stem as naming_stem
 from nnreg.evaluation.config import CasePlan, EvalPair, EvaluationConfig, EvaluationMethod, merge_configs
 from nnreg.evaluation.ground_truth import ground_truth_file, grid_of, image_file, load_volume
 from nnreg.evaluation.pair import NDV_MASKS, PairInputs, evaluate_methods
@@ -30,44 +37,69 @@ from nnreg.utilities.files import write_json
 logger = logging.getLogger(__name__)
 
 EVAL_VERSION = "2.0"  # the structure of L2R_LUMIR_Eval's metrics.json that nnreg reproduces
+EVAL_VERSIONS = {"lumir24": EVAL_VERSION, "lumir25": "3.0"}   # LUMIR25's evaluation.py writes 3.0
+PROTOCOLS = tuple(EVAL_VERSIONS)
+# LUMIR 2025's evaluation sets: a config file whose name contains the key gives the Dice aggregate named by the value
+LUMIR25_SETS = {"LUMIR24_Segmentation": "ID_dice", "HighField": "OOD_dice", "MultiModal": "MM_dice"}
 
 
 @dataclass
 class EvaluationResult:
-    """Per-case results in the official structure, plus the zero-displacement baseline when requested."""
+    """Per-case results in the official structure, plus the zero-displacement baseline when requested.
+    ``sets``: the case keys of each LUMIR 2025 evaluation set (``ID_dice`` ...) found among the configs."""
 
     name: str
     cases: dict[str, dict[str, dict[str, Any]]]
     baseline: dict[str, dict[str, dict[str, Any]]] | None = None
+    protocol: str = "lumir24"
+    sets: dict[str, list[str]] | None = None
+
+    def aggregates(self) -> dict[str, dict[str, float]]:
+        """The aggregates of :attr:`protocol` (module docstring)."""
+        out = aggregate(self.cases, self.protocol)
+        for set_name, keys in (self.sets or {}).items():
+            dice = {k: {"DSC": self.cases[k]["DSC"]} for k in keys if "DSC" in self.cases.get(k, {})}
+            if dice:
+                out[set_name] = aggregate(dice, self.protocol)["DSC"]
+        return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "aggregates": aggregate(self.cases), "cases": self.cases,
-                "eval_version": EVAL_VERSION}
+        return {"name": self.name, "aggregates": self.aggregates(), "cases": self.cases,
+                "eval_version": EVAL_VERSIONS[self.protocol]}
 
 
-def aggregate(cases: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    """Official aggregates: for each metric name (sorted), mean/std/30th percentile of the case means."""
+def robustness_quantile(metric: str, protocol: str = "lumir24") -> float:
+    """The quantile reported as ``"30"``: the 30th percentile, but the 70th for ``TRE_lm`` under LUMIR 2025
+    (the worse side of a lower-is-better metric, as LUMIR25's evaluation.py computes it)."""
+    return 0.7 if protocol == "lumir25" and metric == "TRE_lm" else 0.3
+
+
+def aggregate(cases: dict[str, dict[str, dict[str, Any]]], protocol: str = "lumir24") -> dict[str, dict[str, float]]:
+    """Official aggregates: for each metric name (sorted), mean/std/robustness quantile of the case means."""
     names = sorted({name for case in cases.values() for name in case})
     out = {}
     for name in names:
         values = np.array([case[name]["mean"] for case in cases.values() if name in case], dtype=np.float64)
         with np.errstate(invalid="ignore"):
             out[name] = {"mean": float(values.mean()), "std": float(values.std()),
-                         "30": float(np.quantile(values, 0.3))}
+                         "30": float(np.quantile(values, robustness_quantile(name, protocol)))}
     return out
 
 
-def _short_name_allowed(fix_mod: str, mov_mod: str) -> bool:
-    return fix_mod == mov_mod or (fix_mod == "0000" and mov_mod == "0001")
+def lumir25_sets(configs: list[EvaluationConfig]) -> dict[str, list[str]]:
+    """The case keys of each LUMIR 2025 evaluation set, from the configs' file names (:data:`LUMIR25_SETS`)."""
+    sets: dict[str, list[str]] = {}
+    for config in configs:
+        stem = config.path.name if config.path is not None else ""
+        for marker, set_name in LUMIR25_SETS.items():
+            if marker in stem:
+                sets.setdefault(set_name, []).extend(p.key for p in config.pairs)
+    return sets
 
 
 def displacement_stem(pair: EvalPair) -> str:
-    """Name (without extension) the official evaluator looks for."""
-    fix_id, fix_mod = challenge_id_and_modality(pair.fixed)
-    mov_id, mov_mod = challenge_id_and_modality(pair.moving)
-    if _short_name_allowed(fix_mod, mov_mod):
-        return f"disp_{fix_id}_{mov_id}"
-    return f"disp_{fix_id}_{fix_mod}_{mov_id}_{mov_mod}"
+    """Name (without extension) the official evaluator looks for (:func:`nnreg.dataset.naming.displacement_stem`)."""
+    return naming_stem(pair.fixed, pair.moving)
 
 
 def find_displacement(folder: Path, pair: EvalPair) -> Path:
@@ -84,7 +116,7 @@ def _landmark_kind(pair: EvalPair, dest: str) -> str:
     """Ground-truth folder kind for TRE; the official ``keypoints`` rule for different modalities."""
     _, fix_mod = challenge_id_and_modality(pair.fixed)
     _, mov_mod = challenge_id_and_modality(pair.moving)
-    if dest == "keypoints" and not _short_name_allowed(fix_mod, mov_mod):
+    if dest == "keypoints" and not short_name_allowed(fix_mod, mov_mod):
         low, high = sorted([int(fix_mod), int(mov_mod)])
         return f"{dest}{low}{high}"
     return dest
@@ -138,10 +170,14 @@ def _check_field(field: np.ndarray, path: Path, plan: CasePlan, root: Path) -> N
 
 
 def evaluate_folder(disp_dir: str | Path, root: str | Path, configs: list[EvaluationConfig],
-                    ndv_mask: str = "moving", baseline_zero: bool = False) -> EvaluationResult:
-    """Evaluate every pair of the (merged) configs; ``baseline_zero`` also evaluates a zero field per pair."""
+                    ndv_mask: str = "moving", baseline_zero: bool = False,
+                    protocol: str = "lumir24") -> EvaluationResult:
+    """Evaluate every pair of the (merged) configs; ``baseline_zero`` also evaluates a zero field per pair;
+    ``protocol`` chooses the aggregates (module docstring; the NDV mask is the caller's)."""
     if ndv_mask not in NDV_MASKS:
         raise NnregError(f"--mask must be one of {', '.join(NDV_MASKS)}, got {ndv_mask!r}")
+    if protocol not in PROTOCOLS:
+        raise NnregError(f"the evaluation protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     disp_dir, root = Path(disp_dir), Path(root)
     if not disp_dir.is_dir():
         raise NnregError("displacement folder does not exist", disp_dir)
@@ -163,7 +199,8 @@ def evaluate_folder(disp_dir: str | Path, root: str | Path, configs: list[Evalua
             baseline[plan.pair.key] = evaluate_methods(np.zeros_like(field), methods, inputs, ndv_mask)
         summary = ", ".join(f"{k} {v['mean']:.4f}" for k, v in cases[plan.pair.key].items())
         logger.info("[%d/%d] %s: %s", index, len(plans), plan.pair.key, summary)
-    return EvaluationResult(name, cases, baseline)
+    sets = lumir25_sets(configs) if protocol == "lumir25" else None
+    return EvaluationResult(name, cases, baseline, protocol, sets)
 
 
 def dataset_config(root: str | Path) -> EvaluationConfig:

@@ -44,12 +44,11 @@ import torch.nn.functional as F
 
 from nnreg.losses import gradient_l2, local_ncc_loss
 from nnreg.losses.mind import mind_descriptor_loss, mind_ssc
+from nnreg.losses.similarity import SIMILARITIES
 from nnreg.spatial import compose, integrate_velocity, jacobian_determinant, resize_field, warp
 from nnreg.utilities.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
-
-SIMILARITIES = ("lncc", "mind")
 
 
 @dataclass(frozen=True)

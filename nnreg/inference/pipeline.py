@@ -157,7 +157,8 @@ def _close_after_error(writer: BackgroundWriter, error: BaseException) -> None:
     except Exception as close_error:   # noqa: BLE001 - the first error is the one the user must see
         message = f"the writer also failed while stopping: {type(close_error).__name__}: {close_error}"
         logger.warning("%s (after %s: %s)", message, type(error).__name__, error)
-        error.add_note(message)
+        if hasattr(error, "add_note"):   # Python >= 3.11; on 3.10 the log line is the only trace
+            error.add_note(message)
 
 
 def select_part(pairs: list[PairSpec], num_parts: int = 1, part_id: int = 0) -> list[PairSpec]:

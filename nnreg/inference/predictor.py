@@ -21,7 +21,7 @@ from nnreg.inference.ensemble import EnsembleReport, ensemble_displacements
 from nnreg.inference.instance_optimization import (InstanceOptimization, RefinementReport, exponential_field,
                                                    refine_field)
 from nnreg.inference.model_folder import DEFAULT_CHECKPOINT, read_trained_model
-from nnreg.inference.preparation import PreparedPair, prepare_arrays
+from nnreg.inference.preparation import PreparedPair, prepare_arrays, with_training_reference
 from nnreg.planning.plans import ConfigurationPlan
 from nnreg.spatial import compose
 from nnreg.utilities.cpus import usable_cpus
@@ -91,8 +91,8 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
                 built[key] = build_network(architecture)
         networks = [built[json.dumps(a, sort_keys=True)] for a in architectures]
         self.folds = model.folds
-        self.manual_initialization(networks[0], model.configuration, model.fold_weights,
-                                   configuration_name=model.configuration_name)
+        self.manual_initialization(networks[0], with_training_reference(model.configuration, model.folder),
+                                   model.fold_weights, configuration_name=model.configuration_name)
         if len(built) > 1:
             self._fold_networks = [self._placed(n) for n in networks]
         return self

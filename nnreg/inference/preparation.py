@@ -7,7 +7,7 @@ This module is imported by reader worker processes: it holds plain functions of 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ from nnreg.dataset.image_io import Geometry, read_image
 from nnreg.inference.resample import align_moving
 from nnreg.planning.plans import ConfigurationPlan
 from nnreg.preprocessing.grid import GridMapping
-from nnreg.preprocessing.preprocessor import preprocess_image
+from nnreg.preprocessing.normalization import normalize, with_intensity_reference
+from nnreg.preprocessing.preprocessor import grid_mapping_for
 from nnreg.utilities.errors import NnregError
 
 
@@ -61,10 +62,25 @@ def prepare_arrays(fixed: np.ndarray, moving: np.ndarray, config: ConfigurationP
             raise NnregError(f"array shape {list(array.shape)} does not match its geometry {list(geometry.shape)}",
                              name)
     moving_on_fixed = align_moving(moving, moving_geometry, fixed_geometry, moving_name)
-    fixed_network, mapping = preprocess_image(fixed, fixed_geometry, config, fixed_name)
-    moving_network, _ = preprocess_image(moving_on_fixed, fixed_geometry, config, moving_name)
+    fixed_network, mapping = to_network(fixed, fixed_geometry, config, fixed_name)
+    moving_network, _ = to_network(moving_on_fixed, fixed_geometry, config, moving_name)
     return PreparedPair(fixed_network, moving_network, mapping, fixed_geometry, fixed, moving_on_fixed,
                         moving_geometry)
+
+
+def to_network(array: np.ndarray, geometry: Geometry, config: ConfigurationPlan,
+               name: str) -> tuple[np.ndarray, GridMapping]:
+    """Normalise (a foreign intensity range is one warning naming ``name``) and resample one checked image onto the
+    network grid, as the training data was preprocessed (:func:`nnreg.preprocessing.preprocessor.preprocess_image`)."""
+    mapping = grid_mapping_for(geometry, config)
+    return mapping.to_network(normalize(array, config.normalization, name), order=1), mapping
+
+
+def with_training_reference(config: ConfigurationPlan, model_folder: str | Path) -> ConfigurationPlan:
+    """``config`` whose fixed_range normalisation knows the training intensities (the model folder's
+    ``dataset_fingerprint.json``), so that an image in other units is mapped onto them instead of clipped."""
+    scheme = with_intensity_reference(config.normalization, Path(model_folder) / "dataset_fingerprint.json")
+    return config if scheme is config.normalization else replace(config, normalization=scheme)
 
 
 def prepare_files(fixed_path: str | Path, moving_path: str | Path, config: ConfigurationPlan) -> PreparedPair:

@@ -23,10 +23,8 @@ import torch.nn.functional as F
 from nnreg.losses.mind import mind_loss
 from nnreg.losses.ncc import local_ncc_loss
 from nnreg.losses.regularization import gradient_l2
+from nnreg.losses.similarity import SIMILARITIES
 from nnreg.spatial import warp
-
-
-SIMILARITIES = ("lncc", "mind")
 
 
 def level_weights(num_levels: int) -> list[float]:

@@ -164,9 +164,10 @@ class CascadeRegNet(RegistrationNetwork):
                 m = warp(m, u, padding="border")
             x = pair_features(f, m)
             del f, m
-            for layer in self.heads[key]:  # rebinding x frees each intermediate early in inference
+            head = self.heads[key]
+            for layer in list(head)[:-1]:  # rebinding x frees each intermediate early in inference
                 x = layer(x)
-            v = to_spatial(x)  # float32 under bf16 autocast: fields are integrated and composed in float32
+            v = to_spatial(head.velocity(x))  # float32 under bf16 autocast: integrated and composed in float32
             del x
             if key in self.bilateral and self.bilateral_on == "velocity":
                 v = self.bilateral[key](v, guides[level - self.skip_levels])

@@ -28,6 +28,12 @@ def pair_features(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def velocity_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` with autocast off and ``x`` in the layer's weight dtype: a velocity is never computed in bf16."""
+    with autocast_disabled(x.device):
+        return layer(x.to(layer.weight.dtype))
+
+
 class FlowHead(nn.Sequential):
     """Conv stack mapping paired features (2·sc channels) to a 3-channel velocity in voxel units."""
 
@@ -46,8 +52,12 @@ class FlowHead(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - nn.Sequential's, last layer in float32
         for layer in list(self)[:-1]:
             x = layer(x)
-        with autocast_disabled(x.device):
-            return self.last(x.float())
+        return self.velocity(x)
+
+    def velocity(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer applied to ``x`` (the output of the layers before it) in the weights' dtype, float32 even
+        under bf16 autocast; callers that run the other layers themselves (the cascade) end with this."""
+        return velocity_layer(self.last, x)
 
     @property
     def last(self) -> nn.Conv3d:

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nnreg.networks.base import RegistrationNetwork
-from nnreg.networks.flow_head import LAST_LAYER_STD
+from nnreg.networks.flow_head import LAST_LAYER_STD, velocity_layer
 from nnreg.networks.output import LevelOutput, RegistrationOutput
 from nnreg.spatial import integrate_velocity
 from nnreg.spatial.precision import to_spatial
@@ -88,7 +88,7 @@ class VoxelMorph(RegistrationNetwork):
             x = torch.cat([x, skip], dim=1)
         for block in self.refine:
             x = block(x)
-        velocity = to_spatial(self.flow(x))  # float32 under bf16 autocast, like every field
+        velocity = to_spatial(velocity_layer(self.flow, x))  # computed in float32 under bf16 autocast
         del x
         displacement = integrate_velocity(velocity, self.integration_steps)
         return RegistrationOutput(displacement=displacement, levels=[LevelOutput(velocity, displacement, 1)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from nnreg.losses.similarity import SIMILARITIES
 from nnreg.utilities.errors import ConfigurationError
 
 
@@ -48,7 +49,7 @@ class TrainingHyperparameters:
             (self.iterations_per_epoch >= 1, "iterations_per_epoch must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.ncc_window >= 1 and self.ncc_window % 2 == 1, "ncc_window must be an odd number >= 1"),
-            (self.similarity in ("lncc", "mind"), "similarity must be 'lncc' or 'mind'"),
+            (self.similarity in SIMILARITIES, f"similarity must be one of {', '.join(SIMILARITIES)}"),
             (self.lambda_ncc >= 0 and self.lambda_reg >= 0, "lambda_ncc and lambda_reg must be >= 0"),
             (self.val_pairs >= 0 and self.final_val_max_pairs >= 0, "validation pair counts must be >= 0"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),

@@ -42,7 +42,10 @@ def test_a_learn2reg_download_named_json_is_found(tiny_dataset: Path, tmp_path: 
 def test_official_naming_rules() -> None:
     assert challenge_id_and_modality("imagesVal/LUMIRMRI_3455_0000.nii.gz") == ("3455", "0000")
     assert displacement_filename("a/LUMIRMRI_3455_0000.nii.gz", "a/LUMIRMRI_3454_0000.nii.gz") == "disp_3455_3454.nii.gz"
-    assert displacement_filename("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz") == "disp_0001_0000_0002_0001.nii.gz"
+    # LUMIR 2025: a T1 fixed (0000) and a 0001 moving image keep the short name, the only one its evaluator reads
+    assert displacement_filename("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz") == "disp_0001_0002.nii.gz"
+    assert displacement_filename("a/X_0001_0001.nii.gz", "a/X_0002_0000.nii.gz") == "disp_0001_0001_0002_0000.nii.gz"
+    assert displacement_filename("a/X_0001_0000.nii.gz", "a/X_0002_0002.nii.gz") == "disp_0001_0000_0002_0002.nii.gz"
     assert case_key("OBR_0009_0000.nii.gz", "OBR_0008_0000.nii.gz") == "0009_0000<--0008_0000"
 
 

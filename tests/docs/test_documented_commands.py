@@ -27,6 +27,7 @@ COMMANDS = {
     "nnreg_apply": "nnreg.cli.apply",
     "nnreg_export_model_to_zip": "nnreg.cli.export_model",
     "nnreg_install_pretrained_model_from_zip": "nnreg.cli.install_model",
+    "nnreg_register": "nnreg.cli.register",
 }
 _FENCE = re.compile(r"```(?:bash|sh|shell|console)\n(.*?)```", re.S)
 _SIMPLE_TYPES = (click.types.IntParamType, click.types.FloatParamType, click.Choice, click.types.BoolParamType)

@@ -178,3 +178,53 @@ def test_a_config_in_neither_folder_is_one_line_naming_both(tiny_root: Path, zer
     monkeypatch.chdir(tmp_path)
     line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", "nothing.json"))
     assert "nothing.json" in line and str(tmp_path) in line and str(tiny_root) in line
+
+
+def test_lumir25_protocol(tiny_root: Path, zero_fields: Path, tmp_path: Path) -> None:
+    """``--lumir25``: eval_version 3.0, TRE robustness at the 70th percentile, Dice per evaluation set named by the
+    config file (MM_dice for a *MultiModal* config), NDV masked by the fixed image; the 2024 run keeps the 30th."""
+    config = json.loads((tiny_root / "config.json").read_text())
+    multimodal = dict(config, eval_pairs=config["eval_pairs"][:1],
+                      evaluation_methods=[m for m in config["evaluation_methods"] if m["metric"] != "tre"])
+    (tiny_root / "T_VAL_MultiModal_Segmentation_evaluation_config.json").write_text(json.dumps(multimodal))
+    (tiny_root / "T_VAL_LUMIR24_Landmark_evaluation_config.json").write_text(json.dumps(config))
+    shifted = np.zeros(SHAPE + (3,), np.float32)
+    shifted[3:9, 3:8, 3:8, 0] = -1.0               # pair 3<-2: the moved landmark blob lands on the fixed one
+    write_displacement(shifted, zero_fields / "disp_0003_0002.nii.gz")
+    args = ["-i", zero_fields, "-d", tiny_root, "-c", "T_VAL_LUMIR24_Landmark_evaluation_config.json",
+            "T_VAL_MultiModal_Segmentation_evaluation_config.json"]
+    result = run(*args, "-o", tmp_path / "25.json", "--lumir25")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "25.json").read_text())
+    assert data["eval_version"] == "3.0"
+    tre = [case["TRE_lm"]["mean"] for case in data["cases"].values()]
+    assert sorted(tre) == [0.0, 0.5]
+    assert data["aggregates"]["TRE_lm"]["30"] == pytest.approx(float(np.quantile(tre, 0.7)))
+    first = data["cases"]["0002_0000<--0001_0000"]["DSC"]["mean"]
+    assert data["aggregates"]["MM_dice"] == {"mean": pytest.approx(first), "std": 0.0, "30": pytest.approx(first)}
+    assert "MM_dice" in result.output
+    assert run(*args, "-o", tmp_path / "24.json").exit_code == 0
+    data24 = json.loads((tmp_path / "24.json").read_text())
+    assert data24["eval_version"] == "2.0" and "MM_dice" not in data24["aggregates"]
+    assert data24["aggregates"]["TRE_lm"]["30"] == pytest.approx(float(np.quantile(tre, 0.3)))
+
+
+def test_lumir25_masks_ndv_by_the_fixed_image(tiny_root: Path, tmp_path: Path) -> None:
+    from nnreg.evaluation.runner import evaluate_folder
+    from nnreg.evaluation.config import load_config
+
+    folder = tmp_path / "fold"
+    field = np.zeros(SHAPE + (3,), np.float32)
+    field[7:9, 5:7, 6:8, 0] = -2.5                 # a fold where only the fixed image has foreground
+    for fix, mov in (("0002", "0001"), ("0003", "0002")):
+        write_displacement(field, folder / f"disp_{fix}_{mov}.nii.gz")
+    config = load_config(tiny_root / "config.json")
+    run25 = run("-i", folder, "-d", tiny_root, "-c", tiny_root / "config.json", "-o", tmp_path / "a.json",
+                "--lumir25")
+    assert run25.exit_code == 0, run25.output
+    fixed_mask = evaluate_folder(folder, tiny_root, [config], ndv_mask="fixed")
+    ndv25 = json.loads((tmp_path / "a.json").read_text())["cases"]["0002_0000<--0001_0000"]
+    moving_mask = evaluate_folder(folder, tiny_root, [config], ndv_mask="moving")
+    key, name = "0002_0000<--0001_0000", "Non-diffeomorphic Volumes"
+    assert ndv25[name]["mean"] == pytest.approx(fixed_mask.cases[key][name]["mean"])
+    assert fixed_mask.cases[key][name]["mean"] != pytest.approx(moving_mask.cases[key][name]["mean"])

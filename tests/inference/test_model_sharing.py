@@ -153,6 +153,39 @@ def test_manifest_lists_the_folds_of_each_configuration(model: dict[str, Any], t
     assert manifest["folds"] == {"3d_fullres": ["0", "1", "2"], "3d_halfres": ["1"]}
 
 
+def test_a_failed_overwrite_of_two_models_restores_both(model: dict[str, Any], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--overwrite`` of a two-model zip whose second rename fails: both installed models are as they were."""
+    results = tmp_path / "results"
+    shutil.copytree(model["results"], results)
+    write_model_folder(results, model["plans"], "3d_halfres", folds=("1",),
+                       architecture=default_architecture(2, base_channels=8))
+    archive = tmp_path / "two.zip"
+    assert _invoke(export_main, "-d", "901", "-c", "3d_fullres", "3d_halfres", "-o", archive,
+                   "--results", results).exit_code == 0
+    installed = sorted((results / "Dataset901_Tiny").glob("*__*"))
+    assert len(installed) == 2
+    for folder in installed:
+        (folder / "mine.txt").write_text(folder.name)        # the user's copies, told apart from the zip's
+    original_rename = Path.rename
+    moved = []
+
+    def failing_rename(self: Path, target: Path) -> Path:
+        if self.name == installed[1].name and Path(target) == installed[1]:   # the second model's move into place
+            raise OSError("disk gone")
+        moved.append(self)
+        return original_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    result = _invoke(install_main, archive, "--results", results, "--overwrite")
+    monkeypatch.setattr(Path, "rename", original_rename)
+    _one_line_error(result, "disk gone", "as they were")
+    assert moved
+    for folder in installed:
+        assert (folder / "mine.txt").read_text() == folder.name
+    assert not list((results / "Dataset901_Tiny").glob(".nnreg-install-*"))
+
+
 # -- hostile zips: each refused in one line before anything lands in the results folder --------------------------
 
 def _members(source: Path) -> dict[str, bytes]:

@@ -75,6 +75,27 @@ def test_a_failing_close_does_not_hide_the_original_error(tmp_path: Path, monkey
     assert any("close failed" in note for note in getattr(info.value, "__notes__", [])), "not noted on the error"
 
 
+class _ErrorWithoutNotes(NnregError):
+    """An error as Python 3.10 makes it (nnreg supports 3.10): no ``add_note``."""
+
+    @property
+    def add_note(self) -> None:  # type: ignore[override]
+        raise AttributeError("add_note")
+
+
+def test_the_original_error_survives_a_failing_close_without_add_note(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor = _predictor()
+
+    def broken(prepared: object) -> np.ndarray:
+        raise _ErrorWithoutNotes("the network failed on this pair")
+
+    monkeypatch.setattr(predictor, "predict_prepared", broken)
+    monkeypatch.setattr(pipeline, "BackgroundWriter", _WriterThatFailsToClose)
+    with pytest.raises(_ErrorWithoutNotes, match="the network failed on this pair"):
+        predict_pairs(predictor, _pairs(tmp_path), tmp_path / "out", num_writers=1, progress=False)
+
+
 def test_a_failing_close_after_success_is_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "BackgroundWriter", _WriterThatFailsToClose)
     with pytest.raises(RuntimeError, match="close failed"):

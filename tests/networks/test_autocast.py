@@ -102,3 +102,22 @@ def test_the_flow_head_predicts_a_float32_velocity_under_autocast() -> None:
     assert velocity.dtype == torch.float32
     expected = head.last(hidden.float())
     assert torch.allclose(velocity, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["backbone", "VoxelMorph"])
+def test_the_velocity_layer_of_a_whole_network_runs_in_float32_under_autocast(name: str) -> None:
+    """Not only a FlowHead called on its own: the cascade runs its heads layer by layer (to free intermediates), and
+    VoxelMorph has its own velocity convolution; in both the last convolution must see and return float32."""
+    torch.manual_seed(3)
+    model = build_network(tiny_architecture(name))
+    layers = [head.last for head in model.heads.values()] if name == "backbone" else [model.flow]
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    hooks = [layer.register_forward_hook(lambda _m, args, out: seen.append((args[0].dtype, out.dtype)))
+             for layer in layers]
+    try:
+        _bf16_forward(model)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) == (TINY_LEVELS if name == "backbone" else 1)
+    assert all(pair == (torch.float32, torch.float32) for pair in seen), seen

@@ -97,6 +97,10 @@ def test_the_similarity_option_reaches_the_loss(monkeypatch: pytest.MonkeyPatch)
     assert CliRunner().invoke(main, ["901", "0", "--similarity", "mi"]).exit_code != 0
     with pytest.raises(ConfigurationError, match="similarity"):
         TrainingHyperparameters(similarity="ssd")
+    from nnreg.cli.train import SIMILARITY_NAMES
+    from nnreg.losses.similarity import SIMILARITIES
+
+    assert SIMILARITY_NAMES == SIMILARITIES          # the CLI's copy (kept import-free for a fast --help)
 
     class Output:
         displacement = torch.zeros((1, 3, 12, 12, 12))

@@ -1,0 +1,131 @@
+"""Writing ``nnreg_register``'s files: warped image, Learn2Reg field, ITK transforms, inverse, labels, QC, log.
+
+Conventions: see :mod:`nnreg.registration.transforms`. Every file is written atomically
+(:func:`nnreg.utilities.files.atomic_path`); images as gzip level 1 NIfTI with the fixed (or, for the inverse, the
+moving) image's geometry. The warped image is trilinear (0 outside the moving image), label maps nearest neighbour
+exactly as the Learn2Reg evaluator warps them.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from nnreg.alignment.grids import physical_to_index, voxel_centres
+from nnreg.alignment.sampling import sample_at_indices
+from nnreg.dataset.image_io import Geometry, read_image, write_displacement
+from nnreg.evaluation.warp import nearest_indices, sample_coordinates, warp_with_indices
+from nnreg.inference.export import IMAGE_COMPRESSION_LEVEL, write_image_fast
+from nnreg.inference.resample import align_moving
+from nnreg.registration.normalization import normalise
+from nnreg.registration.pipeline import Registration
+from nnreg.registration.transforms import (affine_transform, apply_matrix, displacement_image,
+                                           forward_on_fixed_grid, inverse_on_moving_grid)
+from nnreg.utilities.files import atomic_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Which files to write (None = not requested)."""
+
+    warped: Path | None = None
+    field: Path | None = None
+    transform: str | None = None           # prefix: <prefix>0GenericAffine.mat, <prefix>1Warp.nii.gz
+    warped_labels: Path | None = None
+    qc: Path | None = None
+    log: Path | None = None
+    inverse_field: Path | None = None      # Learn2Reg inverse on the moving grid (with --inverse)
+    inverse_warped: Path | None = None     # the fixed image warped onto the moving grid (with --inverse)
+
+    @classmethod
+    def in_folder(cls, folder: Path, labels: bool, inverse: bool) -> "OutputPaths":
+        return cls(folder / "warped.nii.gz", folder / "field.nii.gz", str(folder / "transform"),
+                   folder / "warped_labels.nii.gz" if labels else None, folder / "qc.png", folder / "register.log",
+                   folder / "inverse_field.nii.gz" if inverse else None,
+                   folder / "inverse_warped.nii.gz" if inverse else None)
+
+
+def transform_files(prefix: str) -> tuple[Path, Path, Path]:
+    """(affine .mat, displacement field, inverse displacement field) of a ``--transform`` prefix (ANTs names)."""
+    return Path(f"{prefix}0GenericAffine.mat"), Path(f"{prefix}1Warp.nii.gz"), Path(f"{prefix}1InverseWarp.nii.gz")
+
+
+def _write_itk_image(image: sitk.Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), True, IMAGE_COMPRESSION_LEVEL)
+
+
+def _sample(array: np.ndarray, field: np.ndarray, mode: str = "bilinear") -> np.ndarray:
+    """``array(x + u(x))`` with the field's coordinates computed in float64 (0 outside)."""
+    image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    index = torch.from_numpy(sample_coordinates(field)).permute(1, 2, 3, 0)
+    with torch.no_grad():
+        return sample_at_indices(image, index, mode).numpy()
+
+
+def write_outputs(registration: Registration, fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
+                  moving_geometry: Geometry, paths: OutputPaths, moving_labels: Path | None = None) -> list[str]:
+    """Write every requested file; returns log lines (what was written, how long it took)."""
+    began, written = time.perf_counter(), []
+    field, displacement = forward_on_fixed_grid(registration, fixed_geometry, moving_geometry)
+    warped = _sample(moving, field) if paths.warped is not None or paths.qc is not None else None
+    if paths.field is not None:
+        write_displacement(field, paths.field, fixed_geometry)
+        written.append(paths.field)
+    if paths.warped is not None and warped is not None:
+        write_image_fast(warped, fixed_geometry, paths.warped)
+        written.append(paths.warped)
+    if paths.transform is not None:
+        affine_path, warp_path, inverse_path = transform_files(paths.transform)
+        with atomic_path(affine_path) as tmp:
+            sitk.WriteTransform(affine_transform(registration), str(tmp))
+        _write_itk_image(sitk.Cast(displacement_image(displacement, fixed_geometry), sitk.sitkVectorFloat32),
+                         warp_path)
+        written += [affine_path, warp_path]
+    if paths.warped_labels is not None and moving_labels is not None:
+        labels, label_geometry = read_image(moving_labels, dtype=np.int32)
+        labels = align_moving(labels, label_geometry, moving_geometry, str(moving_labels), labels=True)
+        out = warp_with_indices(labels, nearest_indices(field, labels.shape))
+        write_image_fast(out.astype(np.int16 if np.abs(labels).max() < 2**15 else np.int32), fixed_geometry,
+                         paths.warped_labels)
+        written.append(paths.warped_labels)
+    if paths.inverse_field is not None or paths.inverse_warped is not None:
+        inverse, inverse_displacement = inverse_on_moving_grid(registration, fixed_geometry, moving_geometry)
+        if paths.inverse_field is not None:
+            write_displacement(inverse, paths.inverse_field, moving_geometry)
+            written.append(paths.inverse_field)
+        if paths.inverse_warped is not None:
+            write_image_fast(_sample(fixed, inverse), moving_geometry, paths.inverse_warped)
+            written.append(paths.inverse_warped)
+        if paths.transform is not None:
+            inverse_path = transform_files(paths.transform)[2]
+            _write_itk_image(sitk.Cast(displacement_image(inverse_displacement, fixed_geometry),
+                                       sitk.sitkVectorFloat32), inverse_path)
+            written.append(inverse_path)
+    if paths.qc is not None and warped is not None:
+        _write_qc(registration, fixed, fixed_geometry, moving, moving_geometry, warped, displacement, paths.qc)
+        written.append(paths.qc)
+    return [f"wrote {p}" for p in written] + [f"outputs: {time.perf_counter() - began:.1f} s"]
+
+
+def _write_qc(registration: Registration, fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
+              moving_geometry: Geometry, warped: np.ndarray, displacement: np.ndarray, path: Path) -> None:
+    """QC figure: moving after the affine stage, fixed, warped, and the deformable part's grid and Jacobian."""
+    from nnreg.inference.qc import write_qc_figure
+
+    points = torch.from_numpy(voxel_centres(fixed_geometry))
+    with torch.no_grad():
+        index = apply_matrix(physical_to_index(moving_geometry) @ registration.affine.homogeneous, points)
+        affine_only = sample_at_indices(torch.from_numpy(np.ascontiguousarray(moving, np.float32))[None, None],
+                                        index).numpy()
+    to_voxels = np.linalg.inv(np.asarray(fixed_geometry.direction).reshape(3, 3) * np.asarray(fixed_geometry.spacing))
+    deformable = np.einsum("...r,cr->...c", displacement, to_voxels).astype(np.float32)
+    write_qc_figure(normalise(fixed, "fixed"), normalise(affine_only, "moving"), normalise(warped, "warped"),
+                    deformable, path, title="nnreg_register (moving after the affine stage; deformable part)")

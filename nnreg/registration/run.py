@@ -1,0 +1,112 @@
+"""One ``nnreg_register`` run: read the files, register, write the outputs and the log (the CLI is a thin shell)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nnreg.alignment.affine import AffineSettings
+from nnreg.dataset.image_io import read_image
+from nnreg.registration.outputs import OutputPaths, transform_files, write_outputs
+from nnreg.registration.pipeline import RegistrationSettings, register_images
+from nnreg.utilities.errors import NnregError
+from nnreg.utilities.files import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """The command line of ``nnreg_register``."""
+
+    fixed: str
+    moving: str
+    output: str | None = None
+    warped: str | None = None
+    field: str | None = None
+    transform: str | None = None
+    moving_labels: str | None = None
+    fixed_mask: str | None = None
+    moving_mask: str | None = None
+    inverse: bool = False
+    similarity: str = "ncc"
+    working_spacing: float = 2.0
+    affine_only: bool = False
+    threads: int | None = None
+    model: str | None = None                 # a trained model folder: its network starts the deformable stage
+    folds: list[str] | None = None           # None = every fold present
+    checkpoint: str = "checkpoint_final.pth"
+    configuration: str | None = None
+    device: str = "cpu"
+
+
+def output_paths(request: RunRequest) -> OutputPaths:
+    """The files to write: everything in ``--output``, single files from ``--warped/--field/--transform``."""
+    if request.output is None and not (request.warped or request.field or request.transform):
+        raise NnregError("nothing to write: give -o OUTDIR and/or --warped FILE, --field FILE, --transform PREFIX")
+    paths = OutputPaths()
+    if request.output is not None:
+        paths = OutputPaths.in_folder(Path(request.output), request.moving_labels is not None, request.inverse)
+    elif request.moving_labels is not None or request.inverse:
+        raise NnregError("--moving-labels and --inverse write into the -o folder: give -o OUTDIR")
+    overrides = {"warped": Path(request.warped) if request.warped else None,
+                 "field": Path(request.field) if request.field else None, "transform": request.transform}
+    paths = dataclasses.replace(paths, **{k: v for k, v in overrides.items() if v is not None})
+    inputs = {Path(p).resolve() for p in (request.fixed, request.moving, request.moving_labels, request.fixed_mask,
+                                          request.moving_mask) if p}
+    targets = [p for p in (paths.warped, paths.field, paths.warped_labels, paths.inverse_field, paths.inverse_warped)
+               if p is not None]
+    if paths.transform is not None:
+        targets += list(transform_files(paths.transform))
+    for target in targets:
+        if target.resolve() in inputs:
+            raise NnregError("refusing to overwrite an input file; choose another output", target)
+    return paths
+
+
+def run_registration(request: RunRequest) -> list[str]:
+    """Register the request's pair and write its files; returns the summary lines (also in ``register.log``)."""
+    began = time.perf_counter()
+    paths = output_paths(request)
+    if request.threads is not None:
+        torch.set_num_threads(request.threads)
+    fixed, fixed_geometry = read_image(request.fixed)
+    moving, moving_geometry = read_image(request.moving)
+    masks = [None if p is None else read_image(p)[0] for p in (request.fixed_mask, request.moving_mask)]
+    settings = RegistrationSettings(working_spacing=request.working_spacing,
+                                    affine=AffineSettings(similarity=request.similarity))
+    if request.affine_only:
+        settings = dataclasses.replace(settings, deformable=settings.deformable.with_steps(0))
+    lines = [f"fixed {request.fixed}: {list(fixed_geometry.shape)} @ {[round(s, 3) for s in fixed_geometry.spacing]} "
+             f"mm; moving {request.moving}: {list(moving_geometry.shape)} @ "
+             f"{[round(s, 3) for s in moving_geometry.spacing]} mm (read in {time.perf_counter() - began:.1f} s)"]
+    predictor = None
+    if request.model is not None and not request.affine_only:
+        from nnreg.inference.predictor import nnRegPredictor
+
+        predictor = nnRegPredictor(device=request.device, num_threads=request.threads).\
+            initialize_from_trained_model_folder(request.model, request.folds, request.checkpoint,
+                                                 request.configuration)
+        lines.append(f"model {request.model}: configuration {predictor.configuration_name}, fold(s) "
+                     f"{', '.join(predictor.folds)}, refinement {predictor.instance_optimization.to_json()}")
+    registration = register_images(fixed, fixed_geometry, moving, moving_geometry, settings, masks[0], masks[1],
+                                   (request.fixed, request.moving), predictor)
+    lines += registration.log
+    lines += write_outputs(registration, fixed, fixed_geometry, moving, moving_geometry, paths,
+                           Path(request.moving_labels) if request.moving_labels else None)
+    lines.append(f"total: {time.perf_counter() - began:.1f} s")
+    if paths.log is not None:
+        with atomic_path(paths.log) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+        write_json({"fixed": request.fixed, "moving": request.moving, "model": request.model,
+                    "seconds": time.perf_counter() - began,
+                    "overlap": registration.overlap, "similarity": registration.similarity,
+                    "affine_matrix": registration.affine.matrix.tolist(),
+                    "affine_centre": registration.affine.centre.tolist(),
+                    "affine_translation": registration.affine.translation.tolist(), "log": lines},
+                   paths.log.with_suffix(".json"))
+    return lines

@@ -1,0 +1,92 @@
+"""The registration's whole transform evaluated on the user's own grids, and as ITK transforms.
+
+Conventions: see :mod:`nnreg.alignment.grids` (LPS mm, ``(i, j, k)`` arrays) and :mod:`nnreg.registration.pipeline`:
+a fixed point ``p`` maps to the moving point ``T(p + d(p))``, ``T`` the affine, ``d`` the deformable displacement
+(mm) sampled from the working grid (trilinear, edge values outside). Written as
+
+* a **Learn2Reg field** on the fixed image's own grid: ``u(x) = z(x) - x`` with ``z`` the moving image's voxel index
+  of ``T(p(x) + d(p(x)))`` (pull, voxel units, array axes; ``warped(x) = moving(x + u(x))``);
+* **ITK transforms**: ``T`` as an ``AffineTransform`` (ANTs' ``PREFIX0GenericAffine.mat``) and ``d`` as a
+  displacement field image on the fixed grid (``PREFIX1Warp.nii.gz``); ITK's composite applies the last added
+  transform first, so ``CompositeTransform([affine, displacement])`` maps ``p`` to ``T(p + d(p))``, and
+  ``antsApplyTransforms -t PREFIX1Warp.nii.gz -t PREFIX0GenericAffine.mat`` is the same transform;
+* the **inverse**: ``p = q' + w(q')`` with ``q' = T^-1(q)`` and ``w`` the inverse of ``d`` (fixed-point inversion
+  on the working grid), ``PREFIX1InverseWarp.nii.gz`` on the fixed grid; ``CompositeTransform([inverse warp,
+  T^-1])`` maps a moving point to its fixed point (ANTs: ``-t [PREFIX0GenericAffine.mat,1] -t
+  PREFIX1InverseWarp.nii.gz``), and a Learn2Reg inverse field lives on the moving image's grid.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from nnreg.alignment.grids import index_to_physical, physical_to_index, voxel_centres
+from nnreg.alignment.sampling import sample_field_at
+from nnreg.dataset.image_io import Geometry
+from nnreg.registration.pipeline import Registration
+from nnreg.spatial import invert_displacement
+
+
+def millimetre_field(field: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """A voxel-unit field ``(1, 3, H, W, D)`` on ``geometry`` in LPS mm: ``Direction @ diag(spacing) @ u``."""
+    matrix = torch.as_tensor(index_to_physical(geometry)[:3, :3], dtype=field.dtype)
+    return torch.einsum("rc,bc...->br...", matrix, field)
+
+
+def affine_transform(registration: Registration) -> sitk.AffineTransform:
+    """The affine stage as ITK's ``AffineTransform`` (centre, matrix, translation)."""
+    transform = sitk.AffineTransform(3)
+    transform.SetCenter([float(c) for c in registration.affine.centre])
+    transform.SetMatrix([float(a) for a in registration.affine.matrix.ravel()])
+    transform.SetTranslation([float(t) for t in registration.affine.translation])
+    return transform
+
+
+def apply_matrix(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (4x4) applied to points ``(..., 3)`` (float64)."""
+    m = torch.as_tensor(matrix, dtype=torch.float64)
+    return points @ m[:3, :3].T + m[:3, 3]
+
+
+def forward_on_fixed_grid(registration: Registration, fixed: Geometry, moving: Geometry
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(Learn2Reg field ``(H, W, D, 3)`` float32 in moving voxels, deformable displacement ``d`` in mm on the fixed
+    grid ``(H, W, D, 3)`` float32)."""
+    with torch.no_grad():
+        points = torch.from_numpy(voxel_centres(fixed))
+        d = sample_field_at(millimetre_field(registration.field.double(), registration.working),
+                            registration.working, points)
+        moved = apply_matrix(physical_to_index(moving) @ registration.affine.homogeneous, points + d)
+        index = torch.from_numpy(voxel_centres(_index_geometry(fixed)))
+        return (moved - index).float().numpy(), d.float().numpy()
+
+
+def inverse_on_moving_grid(registration: Registration, fixed: Geometry, moving: Geometry
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """(Learn2Reg inverse field on the moving grid in fixed voxels, inverse deformable displacement ``w`` in mm on
+    the fixed grid), both ``(H, W, D, 3)`` float32."""
+    with torch.no_grad():
+        inverse_w = millimetre_field(invert_displacement(registration.field.double()), registration.working)
+        on_fixed = sample_field_at(inverse_w, registration.working, torch.from_numpy(voxel_centres(fixed)))
+        points = apply_matrix(np.linalg.inv(registration.affine.homogeneous),
+                               torch.from_numpy(voxel_centres(moving)))
+        back = points + sample_field_at(inverse_w, registration.working, points)
+        index = torch.from_numpy(voxel_centres(_index_geometry(moving)))
+        field = apply_matrix(physical_to_index(fixed), back) - index
+        return field.float().numpy(), on_fixed.float().numpy()
+
+
+def _index_geometry(geometry: Geometry) -> Geometry:
+    """A grid whose physical points are its voxel indices (for index arrays)."""
+    return Geometry(geometry.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def displacement_image(displacement_mm: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """An ``(H, W, D, 3)`` mm displacement on ``geometry`` as an ITK vector image (float64, for the transform)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(displacement_mm.transpose(2, 1, 0, 3), dtype=np.float64),
+                                   isVector=True)
+    image.SetSpacing(tuple(float(s) for s in geometry.spacing))
+    image.SetOrigin(tuple(float(o) for o in geometry.origin))
+    image.SetDirection(tuple(float(d) for d in geometry.direction))
+    return image

@@ -1,0 +1,110 @@
+"""benchmarks/register.py on tiny synthetic images: the perturbed-pair generator is reproducible by seed and keeps the
+image, its labels and its landmarks consistent (checked against an independent resampling), a missing anchor package
+is a table row, and one real ``nnreg_register`` run is scored end to end."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from nnreg.dataset.image_io import Geometry, read_image
+from tests.benchmarks.conftest import load_benchmark
+from tests.synthetic import make_learn2reg_dataset, make_subject
+
+register = load_benchmark("register")
+from benchmarks import register_pairs as pairs  # noqa: E402  (importable once the benchmark put the root on sys.path)
+
+# anisotropic spacing and a permuted, flipped direction: an axis-order or mm/voxel slip shows
+GEOMETRY = Geometry((28, 32, 24), (1.5, 1.0, 1.25), (3.0, -4.0, 5.0), (0, 1, 0, -1, 0, 0, 0, 0, 1))
+
+
+def _subject() -> tuple[np.ndarray, np.ndarray]:
+    image, labels = make_subject(GEOMETRY.shape, 3)
+    return image.astype(np.float32), labels.astype(np.int32)
+
+
+def _physical_points(geometry: Geometry) -> np.ndarray:
+    matrix = np.asarray(geometry.direction, float).reshape(3, 3) * np.asarray(geometry.spacing)
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in geometry.shape], indexing="ij"), -1).reshape(-1, 3)
+    return index @ matrix.T + np.asarray(geometry.origin)
+
+
+def _to_index(points: np.ndarray, geometry: Geometry) -> np.ndarray:
+    matrix = np.asarray(geometry.direction, float).reshape(3, 3) * np.asarray(geometry.spacing)
+    return np.linalg.solve(matrix, (points - np.asarray(geometry.origin)).T)
+
+
+def test_generator_is_reproducible_by_seed() -> None:
+    image, labels = _subject()
+    a = pairs.perturb(image, GEOMETRY, labels, labels, pairs.Perturbation(), seed=7, index=1)
+    b = pairs.perturb(image, GEOMETRY, labels, labels, pairs.Perturbation(), seed=7, index=1)
+    c = pairs.perturb(image, GEOMETRY, labels, labels, pairs.Perturbation(), seed=8, index=1)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.scanner_image, b.scanner_image)
+    assert a.record == b.record
+    assert not np.array_equal(a.image, c.image) and a.record["rotation_deg"] != c.record["rotation_deg"]
+    assert np.array_equal(image, _subject()[0])                      # the input is not modified
+
+
+def test_affine_part_follows_the_recorded_parameters() -> None:
+    """Without the warp, ``S(p) = R K (p - c) + c + t`` rebuilt from the record alone (independent of ITK)."""
+    rng = np.random.default_rng([3, 0])
+    transform, record = pairs.random_transform(GEOMETRY, pairs.Perturbation(warp=0.0), rng)
+    ax, ay, az = np.radians(record["rotation_deg"])
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    matrix, centre = rz @ ry @ rx @ np.diag(record["scale"]), np.asarray(record["centre_mm"])
+    for p in _physical_points(GEOMETRY)[::997]:
+        expected = matrix @ (p - centre) + centre + np.asarray(record["shift_mm"])
+        np.testing.assert_allclose(transform.TransformPoint([float(x) for x in p]), expected, atol=2e-3)
+
+
+def test_perturbed_labels_are_the_images_own_labels_transformed() -> None:
+    image, labels = _subject()
+    moved = pairs.perturb(image, GEOMETRY, labels, labels, pairs.Perturbation(), seed=0, index=0)
+    transform, _ = pairs.random_transform(GEOMETRY, pairs.Perturbation(), np.random.default_rng([0, 0]))
+    # independent resampling: S(p) per voxel, then scipy on the original arrays (nearest / linear, 0 outside)
+    points = np.array([transform.TransformPoint([float(x) for x in p]) for p in _physical_points(GEOMETRY)])
+    index = _to_index(points, GEOMETRY)
+    nearest = ndimage.map_coordinates(labels, index, order=0, mode="constant", cval=0).reshape(GEOMETRY.shape)
+    linear = ndimage.map_coordinates(image, index, order=1, mode="constant", cval=0).reshape(GEOMETRY.shape)
+    assert np.mean(moved.labels == nearest) > 0.995                  # ties at exactly half a voxel may differ
+    np.testing.assert_allclose(moved.image, linear, atol=1e-2 * image.max())
+    np.testing.assert_array_equal(moved.labels, moved.landmarks)     # landmarks go through the same transform
+    assert moved.record["warp_max_mm"] == 5.0 and set(np.unique(moved.labels)) <= set(np.unique(labels))
+    # where the label is constant around a voxel, the moved image has that label's intensity
+    intensity = {int(v): float(np.median(image[labels == v])) for v in np.unique(labels)}
+    interior = ndimage.minimum_filter(moved.labels, 3) == ndimage.maximum_filter(moved.labels, 3)
+    expected = np.vectorize(intensity.get)(moved.labels)
+    assert np.mean(np.abs(moved.image - expected)[interior] < 1e-2 * image.max()) > 0.98
+    assert moved.scanner_image.max() > 3 * image.max()               # units x4 (with bias, gamma and noise)
+
+
+def test_missing_anchor_package_is_a_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(register.PACKAGES, "greedy", ("no_such_package_for_nnreg", "picsl-greedy"))
+    row = register.run_method("greedy", [], "geometry", tmp_path, None, None)
+    assert row["status"].startswith("not installed") and "picsl-greedy" in row["status"]
+    assert "not installed" in register.format_rows([row])
+
+
+def test_nnreg_register_end_to_end_is_scored(tmp_path: Path) -> None:
+    dataset = make_learn2reg_dataset(tmp_path / "data", n_train=2, n_val=2)
+    out = tmp_path / "bench"
+    code = register.main(["--dataset", str(dataset), "--split", "train", "--pairs", "1", "--methods", "nnreg,zero",
+                          "--sets", "geometry", "--threads", "1", "--output", str(out), "--json",
+                          str(tmp_path / "r.json")])
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    rows = {row["method"]: row for row in result["rows"]}
+    assert rows["nnreg"]["status"] == "ok" and rows["zero"]["status"] == "ok"
+    assert rows["nnreg"]["dice"] > rows["zero"]["dice"] + 0.1         # the perturbation is undone, not ignored
+    assert rows["nnreg"]["ndv"] is not None and rows["nnreg"]["seconds"] > 0
+    assert (out / "geometry" / "nnreg" / "pair00" / "register.log").is_file()
+    moving = read_image(result["pairs"][0]["moving"]["geometry"])[0]
+    assert moving.shape == (32, 40, 32) and moving.max() > 0

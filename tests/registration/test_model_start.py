@@ -1,0 +1,125 @@
+"""``nnreg_register -m MODEL_FOLDER``: a trained model's network starts the deformable stage; the outputs are the
+same files as without a model, and the written ITK transforms reproduce the warped image (SimpleITK)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from nnreg.cli.register import main
+from nnreg.dataset.image_io import read_displacement
+from nnreg.networks import default_architecture
+from tests.inference.helpers import invoke_cli, planned_dataset, write_model_folder
+from tests.registration.conftest import read, write_pair
+
+SMALL = default_architecture(2, base_channels=8)   # random weights in the trainer's format: the plumbing is tested
+
+
+@pytest.fixture(scope="module")
+def with_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The phantom pair (moving on a permuted, anisotropic grid) registered with a tiny fixed_range model."""
+    base = tmp_path_factory.mktemp("register_model")
+    _, plans = planned_dataset(base, n_train=5, n_val=2)
+    model = write_model_folder(base / "results", plans, "3d_fullres", architecture=SMALL,
+                               preprocessed=base / "preprocessed" / plans.dataset_name)
+    fixed, moving, labels = write_pair(base / "inputs", reorient=True)
+    out = base / "out"
+    result = invoke_cli(main, "--fixed", fixed, "--moving", moving, "-o", out, "--moving-labels", labels,
+                        "--inverse", "-m", model, "-f", "0")
+    assert result.exit_code == 0, result.output + result.stderr
+    return {"fixed": fixed, "moving": moving, "out": out}
+
+
+def _brain(fixed: np.ndarray) -> np.ndarray:
+    return ndimage.binary_erosion(fixed > 0, iterations=2)
+
+
+def test_model_path_writes_the_same_outputs(with_model) -> None:
+    names = {p.name for p in with_model["out"].iterdir()}
+    assert {"warped.nii.gz", "field.nii.gz", "transform0GenericAffine.mat", "transform1Warp.nii.gz",
+            "transform1InverseWarp.nii.gz", "inverse_field.nii.gz", "inverse_warped.nii.gz", "warped_labels.nii.gz",
+            "qc.png", "register.log", "register.json"} <= names
+    log = (with_model["out"] / "register.log").read_text()
+    assert "network grid:" in log and "network: 3d_fullres" in log and "affine:" in log, log
+    fixed, _ = read(with_model["fixed"])
+    assert read_displacement(with_model["out"] / "field.nii.gz").shape == fixed.shape + (3,)
+
+
+def test_model_field_convention_matches_scipy(with_model) -> None:
+    """warped(x) = moving(x + u(x)) with the model path's Learn2Reg field, as scipy computes it."""
+    fixed, _ = read(with_model["fixed"])
+    moving, _ = read(with_model["moving"])
+    warped, _ = read(with_model["out"] / "warped.nii.gz")
+    field = read_displacement(with_model["out"] / "field.nii.gz")
+    coords = np.stack(np.meshgrid(*[np.arange(n) for n in fixed.shape], indexing="ij")) + field.transpose(3, 0, 1, 2)
+    reference = ndimage.map_coordinates(moving.astype(np.float64), coords, order=1, mode="constant")
+    assert np.abs(warped - reference)[_brain(fixed)].max() <= 1e-3 * np.ptp(moving)
+
+
+def test_model_itk_transforms_reproduce_the_warped_image(with_model) -> None:
+    """SimpleITK applying [affine, displacement] (last added first) gives the model path's warped image."""
+    fixed, fixed_image = read(with_model["fixed"])
+    moving_image = sitk.ReadImage(str(with_model["moving"]))
+    warped, _ = read(with_model["out"] / "warped.nii.gz")
+    affine = sitk.ReadTransform(str(with_model["out"] / "transform0GenericAffine.mat"))
+    field = sitk.Cast(sitk.ReadImage(str(with_model["out"] / "transform1Warp.nii.gz")), sitk.sitkVectorFloat64)
+    composite = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(field)])
+    itk = sitk.GetArrayFromImage(sitk.Resample(moving_image, fixed_image, composite, sitk.sitkLinear, 0.0,
+                                               sitk.sitkFloat32)).transpose(2, 1, 0)
+    moving_range = float(np.ptp(sitk.GetArrayViewFromImage(moving_image)))
+    assert np.abs(itk - warped)[_brain(fixed)].max() <= 1e-3 * moving_range
+
+
+def test_model_path_refines_from_the_network_and_aligns(with_model) -> None:
+    """The deformable stage is the predictor's refinement from the network's field, and the pair ends aligned."""
+    log = (with_model["out"] / "register.log").read_text()
+    assert "deformable (from the network's field):" in log, log
+    fixed, _ = read(with_model["fixed"])
+    warped, _ = read(with_model["out"] / "warped.nii.gz")
+    brain = _brain(fixed)
+    assert np.corrcoef(warped[brain], fixed[brain])[0, 1] > 0.8
+
+
+def test_network_field_maps_back_as_nnreg_predict_does(tmp_path: Path) -> None:
+    """A known network-grid field (oracle network, no refinement) with a pure shift as the affine: the Learn2Reg
+    field on the fixed grid is ``nnreg_predict``'s original-grid field plus the shift, so the network grid's
+    physical placement (:func:`network_geometry`) and the composition with the affine are right."""
+    from nnreg.alignment.affine import AffineResult
+    from nnreg.dataset.image_io import Geometry
+    from nnreg.inference import nnRegPredictor
+    from nnreg.planning.plans import Plans
+    from nnreg.registration.network import network_stage
+    from nnreg.registration.pipeline import Registration
+    from nnreg.registration.transforms import forward_on_fixed_grid
+    from tests.inference.helpers import OracleNet, smooth_field
+
+    _, plans = planned_dataset(tmp_path, n_train=5, n_val=2)
+    config = Plans.from_json(plans.to_json()).configuration("3d_halfres")
+    oracle = smooth_field(tuple(config.shape), amplitude=1.5).transpose(3, 0, 1, 2)
+    predictor = nnRegPredictor(instance_optimization=0).manual_initialization(OracleNet(oracle), config)
+    rng = np.random.default_rng(0)
+    fixed = rng.random((32, 40, 32)).astype(np.float32) * 200
+    fixed_geometry = Geometry((32, 40, 32), (1.0, 1.0, 1.0), (3.0, -2.0, 1.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    moving_geometry = Geometry((30, 36, 34), (1.2, 1.1, 0.9), (-1.0, 0.5, 2.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    moving = rng.random(moving_geometry.shape).astype(np.float32) * 200
+    shift = np.array([2.0, -1.5, 0.5])
+    affine = AffineResult(np.eye(3), np.zeros(3), shift, 0.0)
+    geometry, field, fixed_n, moving_n, _, _ = network_stage(predictor, fixed, fixed_geometry, moving,
+                                                             moving_geometry, affine, ("fixed", "moving"))
+    registration = Registration(affine, geometry, field, fixed_n, moving_n, 1.0)
+    learn2reg, _ = forward_on_fixed_grid(registration, fixed_geometry, moving_geometry)
+    expected = predictor.predict_pair(fixed, fixed, fixed_geometry, fixed_geometry)   # fixed voxels, fixed grid
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in fixed_geometry.shape], indexing="ij"), -1)
+    physical = np.asarray(fixed_geometry.origin) + (index + expected) * np.asarray(fixed_geometry.spacing) + shift
+    want = (physical - np.asarray(moving_geometry.origin)) / np.asarray(moving_geometry.spacing) - index
+    assert np.abs(learn2reg - want).max() < 1e-3
+
+
+def test_model_and_dataset_together_is_one_line(tmp_path: Path) -> None:
+    fixed, moving, _ = write_pair(tmp_path / "in")
+    result = invoke_cli(main, "--fixed", fixed, "--moving", moving, "-o", tmp_path / "out", "-m", tmp_path,
+                        "-d", "901")
+    assert result.exit_code == 2 and "either -m MODEL_FOLDER or -d DATASET" in result.stderr, result.stderr

@@ -1,0 +1,94 @@
+"""nnreg_register's files: the Learn2Reg field convention (scipy), the ITK round trip (SimpleITK), the inverse,
+nearest-neighbour labels, and that registration actually registers."""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from nnreg.dataset.image_io import read_displacement
+from nnreg.evaluation.overlap import dice
+from nnreg.evaluation.warp import warp_nearest
+from tests.registration.conftest import read
+
+
+def _brain(fixed: np.ndarray) -> np.ndarray:
+    return ndimage.binary_erosion(fixed > 0, iterations=2)
+
+
+def test_outputs_written(registered):
+    names = {p.name for p in registered["out"].iterdir()}
+    assert {"warped.nii.gz", "field.nii.gz", "transform0GenericAffine.mat", "transform1Warp.nii.gz",
+            "transform1InverseWarp.nii.gz", "inverse_field.nii.gz", "inverse_warped.nii.gz", "warped_labels.nii.gz",
+            "qc.png", "register.log", "register.json"} <= names
+    assert not [n for n in names if ".tmp-" in n]
+
+
+def test_field_convention_matches_scipy(registered):
+    """warped(x) = moving(x + u(x)), x a fixed voxel, x + u(x) in the moving image's voxel indices."""
+    fixed, _ = read(registered["fixed"])
+    moving, _ = read(registered["moving"])
+    warped, _ = read(registered["out"] / "warped.nii.gz")
+    field = read_displacement(registered["out"] / "field.nii.gz")
+    assert field.shape == fixed.shape + (3,)
+    coords = np.stack(np.meshgrid(*[np.arange(n) for n in fixed.shape], indexing="ij")) + field.transpose(3, 0, 1, 2)
+    reference = ndimage.map_coordinates(moving.astype(np.float64), coords, order=1, mode="constant")
+    brain = _brain(fixed)
+    assert np.abs(warped - reference)[brain].max() <= 1e-3 * np.ptp(moving)
+
+
+def test_itk_transforms_reproduce_the_warped_image(registered):
+    """SimpleITK applying [affine, displacement] (last added first) gives nnreg's warped image."""
+    fixed, fixed_image = read(registered["fixed"])
+    moving_image = sitk.ReadImage(str(registered["moving"]))
+    warped, _ = read(registered["out"] / "warped.nii.gz")
+    affine = sitk.ReadTransform(str(registered["out"] / "transform0GenericAffine.mat"))
+    field = sitk.Cast(sitk.ReadImage(str(registered["out"] / "transform1Warp.nii.gz")), sitk.sitkVectorFloat64)
+    composite = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(field)])
+    itk = sitk.GetArrayFromImage(sitk.Resample(moving_image, fixed_image, composite, sitk.sitkLinear, 0.0,
+                                               sitk.sitkFloat32)).transpose(2, 1, 0)
+    brain = _brain(fixed)
+    moving_range = float(np.ptp(sitk.GetArrayViewFromImage(moving_image)))
+    assert np.abs(itk - warped)[brain].max() <= 1e-3 * moving_range
+
+
+def test_registration_aligns_the_pair(registered):
+    fixed, _ = read(registered["fixed"])
+    moving, _ = read(registered["moving"])
+    warped, _ = read(registered["out"] / "warped.nii.gz")
+    brain = _brain(fixed)
+    correlation = np.corrcoef(warped[brain], fixed[brain])[0, 1]
+    assert correlation > 0.9, correlation
+
+
+def test_labels_are_warped_by_nearest_neighbour_as_the_evaluator(registered):
+    labels, _ = read(registered["labels"])
+    warped_labels, _ = read(registered["out"] / "warped_labels.nii.gz")
+    field = read_displacement(registered["out"] / "field.nii.gz")
+    assert np.array_equal(warped_labels, warp_nearest(labels, field).astype(warped_labels.dtype))
+    fixed_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(registered["fixed"]))).transpose(2, 1, 0) > 0
+    assert dice(fixed_labels.astype(int), (warped_labels > 0).astype(int), [1]) > 0.9
+
+
+def test_inverse_transforms_undo_the_forward_ones(registered):
+    """T_inv(T(p)) = p for fixed brain points (ITK composites), and the Learn2Reg inverse field maps back."""
+    fixed, fixed_image = read(registered["fixed"])
+    out = registered["out"]
+    affine = sitk.ReadTransform(str(out / "transform0GenericAffine.mat"))
+    forward = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(
+        sitk.Cast(sitk.ReadImage(str(out / "transform1Warp.nii.gz")), sitk.sitkVectorFloat64))])
+    inverse = sitk.CompositeTransform([sitk.DisplacementFieldTransform(
+        sitk.Cast(sitk.ReadImage(str(out / "transform1InverseWarp.nii.gz")), sitk.sitkVectorFloat64)),
+        affine.GetInverse()])
+    index = np.argwhere(_brain(fixed))[::50]
+    errors = []
+    for i in index:
+        p = fixed_image.TransformContinuousIndexToPhysicalPoint(i.tolist())
+        errors.append(np.linalg.norm(np.subtract(inverse.TransformPoint(forward.TransformPoint(p)), p)))
+    assert np.mean(errors) < 0.1 and np.max(errors) < 0.5, (np.mean(errors), np.max(errors))
+    # Learn2Reg inverse on the moving grid: fixed index of moving voxel z; chain with the forward field.
+    field = read_displacement(out / "field.nii.gz")
+    inverse_field = read_displacement(out / "inverse_field.nii.gz")
+    z = index + field[tuple(index.T)]                      # moving indices of fixed voxels x
+    back = z + np.stack([ndimage.map_coordinates(inverse_field[..., c], z.T, order=1) for c in range(3)], axis=1)
+    assert np.linalg.norm(back - index, axis=1).mean() < 0.2
