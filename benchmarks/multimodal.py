@@ -14,8 +14,10 @@ Methods (each a voxel-unit pull field on the fixed grid, scored with :func:`nnre
 and HD95 over the labels of the dataset's official ``*_All_*`` config, NDV with the moving-image mask):
 
 * ``refine_lncc`` / ``refine_mind``: nnreg's refinement (:func:`nnreg.inference.instance_optimization.refine_field`)
-  from the identity with the settings new 2 mm plans record (:data:`REFINEMENT`) and the similarity local NCC or
-  MIND-SSC; images scaled to [0, 1] by their 99.5th percentile;
+  from the identity with the settings new 2 mm plans record (:data:`REFINEMENT`), local NCC, or MIND-SSC with the
+  multi-modal default :data:`nnreg.inference.instance_optimization.MULTIMODAL_REFINEMENT` (what ``nnreg_predict``
+  uses for a pair of two modalities); ``--mind-settings KEY=VALUE,...`` replaces keys of the MIND rows (tuning);
+  images scaled to [0, 1] by their 99.5th percentile;
 * ``nnreg_lncc`` / ``nnreg_mind`` (``--model``): ``nnreg_predict -m MODEL`` on a pairs file, its recorded refinement
   with ``similarity=lncc`` / ``mind``;
 * anchors from ``benchmarks/anchors.py`` (``--anchors``; default ``demons`` and ``ants_syn_mi``, ANTs SyN with Mattes
@@ -49,7 +51,8 @@ from nnreg.dataset.learn2reg import load_dataset  # noqa: E402
 from nnreg.dataset.naming import displacement_filename  # noqa: E402
 from nnreg.evaluation import evaluate_pair  # noqa: E402
 from nnreg.example.contrast import synthetic_contrast  # noqa: E402
-from nnreg.inference.instance_optimization import InstanceOptimization, refine_field  # noqa: E402
+from nnreg.inference.instance_optimization import (MULTIMODAL_REFINEMENT, InstanceOptimization,  # noqa: E402
+                                                   parse_overrides, refine_field)
 
 logger = logging.getLogger("nnreg.benchmarks.multimodal")
 
@@ -101,9 +104,11 @@ def unit_range(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.clip(image / max(top, 1e-6), 0, 1).astype(np.float32))[None, None]
 
 
-def refinement_method(similarity: str) -> Callable[[Path, Path, Path], float]:
+def refinement_method(similarity: str, mind_settings: dict[str, Any]) -> Callable[[Path, Path, Path], float]:
     """A method that refines from the identity with ``similarity``; returns its seconds from files to field."""
     settings = replace(REFINEMENT, similarity=similarity)
+    if similarity == "mind":
+        settings = settings.with_overrides({**MULTIMODAL_REFINEMENT, **mind_settings})
 
     def run(fixed_path: Path, moving_path: Path, target: Path) -> float:
         start = time.perf_counter()
@@ -184,8 +189,9 @@ def format_table(table: list[dict[str, Any]], missing: list[str]) -> str:
 
 
 def methods_of(args: argparse.Namespace) -> tuple[dict[str, Callable[[Path, Path, Path], float]], list[str]]:
+    mind_settings = parse_overrides(args.mind_settings)
     methods: dict[str, Callable[[Path, Path, Path], float]] = {
-        f"refine_{s}": refinement_method(s) for s in args.similarities}
+        f"refine_{s}": refinement_method(s, mind_settings) for s in args.similarities}
     if args.model is not None:
         methods.update({f"nnreg_{s}": nnreg_predict_method(args.model, s, args.output / "work")
                         for s in args.similarities})
@@ -209,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--split", choices=["val", "train"], default="val")
     parser.add_argument("--max-pairs", type=int, default=None)
     parser.add_argument("--similarities", nargs="+", default=["lncc", "mind"], choices=["lncc", "mind"])
+    parser.add_argument("--mind-settings", default="", help="KEY=VALUE,... replacing keys of the refine_mind rows")
     parser.add_argument("--model", type=Path, default=None, help="a trained nnreg model folder (nnreg_predict -m)")
     parser.add_argument("--anchors", default="demons,ants_syn_mi", help="comma-separated benchmarks/anchors.py names")
     parser.add_argument("--anchor-cache", type=Path, default=None, help="reuse slow anchors' fields from here")
@@ -239,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = summarise(rows)
     logger.info("\n%s", format_table(table, missing))
     result = {"split": args.split, "dataset": str(args.dataset), "refinement": REFINEMENT.to_json(),
+              "mind_settings": {**MULTIMODAL_REFINEMENT, **parse_overrides(args.mind_settings)},
               "not_installed": missing, "table": table, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

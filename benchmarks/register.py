@@ -16,15 +16,20 @@ gamma, noise; same ground truth). The generated files go to ``OUTDIR/pairs/`` wi
 
 Methods, all in the same run, each giving a Learn2Reg field (voxels, pull, fixed grid) scored by
 ``nnreg.evaluation.evaluate_pair`` (``nnreg_evaluate``'s functions; the dataset's evaluation-config labels; NDV
-masked by the moving image, LUMIR 2024) with seconds per pair from the image files to written outputs:
+masked by the moving image, LUMIR 2024) with seconds per pair from the image files to written outputs (wall, and
+CPU seconds of this process and its children, the fairer clock on a shared machine):
 
 * ``nnreg``: the ``nnreg_register --fixed F --moving M -o DIR [--threads N]`` command as a subprocess (its seconds
   are the whole process, Python start-up included; ``register.log``'s own total is in the JSON);
 * ``ants``: antspyx ``antsRegistrationSyNQuick[s]`` (rigid + affine + SyN), transforms composed into one field;
 * ``greedy``: picsl-greedy, ``-a -dof 12 -ia-image-centers`` then deformable ``-it`` (``-m NCC 2x2x2``, 100x50x10
   both), composed with ``-rc``;
-* ``demons``: SimpleITK affine (centred initialiser, Mattes MI, shrink 4/2/1) then benchmarks/anchors.py's demons;
-* ``zero``: the zero field.
+* ``demons``: SimpleITK affine (centred initialiser, Mattes MI, shrink 4/2/1), histogram matching (SimpleITK's demons
+  examples do it: demons compares intensities), then benchmarks/anchors.py's demons;
+* ``zero``: the zero field;
+* with ``--deformable-settings "steps=60,integration_steps=3" ...`` (tuning), one more row per setting string:
+  nnreg's pipeline in this process (``register_images`` with the deformable stage's settings overridden, the field
+  written as ``nnreg_register`` writes it; seconds without the process start-up).
 """
 from __future__ import annotations
 
@@ -189,7 +194,9 @@ def _demons(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[
 
     fix, mov, geometry = _images(fixed, moving)
     affine = sitk_affine(fix, mov)
-    moved = sitk.GetArrayFromImage(sitk.Resample(mov, fix, affine, sitk.sitkLinear, 0.0)).transpose(2, 1, 0)
+    moved_image = sitk.Resample(mov, fix, affine, sitk.sitkLinear, 0.0)
+    moved_image = sitk.HistogramMatching(moved_image, fix, 1024, 7, True)   # demons compares intensities directly
+    moved = sitk.GetArrayFromImage(moved_image).transpose(2, 1, 0)
     f = sitk.GetArrayFromImage(fix).transpose(2, 1, 0)
     d_voxels = anchors.demons(f, moved, geometry, anchors.DEMONS_SETTINGS)   # on the fixed grid, after the affine
     matrix = np.asarray(geometry.direction).reshape(3, 3) * np.asarray(geometry.spacing)
@@ -201,6 +208,28 @@ def _demons(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[
                                               fix.GetSpacing(), fix.GetDirection())
     assert isinstance(geometry, Geometry)
     return anchors.sitk_field_to_voxels(total, geometry), {}
+
+
+def nnreg_variant(overrides: str) -> Callable[..., tuple[np.ndarray, dict[str, Any]]]:
+    """nnreg's pipeline in this process with the deformable settings ``overrides`` (``KEY=VALUE,...``)."""
+    from nnreg.inference.instance_optimization import parse_overrides
+    from nnreg.registration.pipeline import RegistrationSettings
+
+    settings = RegistrationSettings()
+    settings = RegistrationSettings(deformable=settings.deformable.with_overrides(parse_overrides(overrides)))
+
+    def run(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+        from nnreg.dataset.image_io import read_image
+        from nnreg.registration.pipeline import register_images
+        from nnreg.registration.transforms import forward_on_fixed_grid
+
+        f, f_geometry = read_image(fixed)
+        m, m_geometry = read_image(moving)
+        registration = register_images(f, f_geometry, m, m_geometry, settings)
+        (out / "register.log").write_text("\n".join(registration.log) + "\n")
+        return forward_on_fixed_grid(registration, f_geometry, m_geometry)[0], {}
+
+    return run
 
 
 def _zero(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -257,34 +286,45 @@ def score(field: np.ndarray, record: dict[str, Any], moving_image: Path, labels:
                          moving_image=load_volume(moving_image, "moving image"), labels=labels)
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (nnreg_register runs as a child): on a shared machine
+    a fairer clock than wall seconds."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def run_method(method: str, records: list[dict[str, Any]], image_set: str, out: Path, threads: int | None,
                labels: list[float] | None) -> dict[str, Any]:
     """One table row: every pair registered and scored; 'not installed' / 'failed' rows instead of a crash."""
     from nnreg.dataset.image_io import write_displacement
 
-    row: dict[str, Any] = {"set": image_set, "method": method, "label": LABELS[method], "status": "ok", "pairs": []}
+    label = LABELS.get(method, f"nnreg in-process {method}")
+    row: dict[str, Any] = {"set": image_set, "method": method, "label": label, "status": "ok", "pairs": []}
     if not available(method):
         row["status"] = f"not installed (pip install {PACKAGES[method][1]})"
         return row
     for index, record in enumerate(records):
         fixed, moving = Path(record["fixed"]), Path(record["moving"][image_set])
-        folder = out / image_set / method / f"pair{index:02d}"
+        folder = out / image_set / method.replace("=", "-").replace(",", "_") / f"pair{index:02d}"
         folder.mkdir(parents=True, exist_ok=True)
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), _cpu_seconds()
         try:
-            field, extra = RUNNERS[method](fixed, moving, folder, threads)
+            runner = RUNNERS[method] if method in RUNNERS else nnreg_variant(method)
+            field, extra = runner(fixed, moving, folder, threads)
             if method != "nnreg":
                 write_displacement(field, folder / "field.nii.gz")
         except Exception as exc:  # an anchor's own failure is its row's status, the others still run
             logger.warning("%s on pair %d failed: %s", method, index, exc)
             row["status"] = f"failed: {str(exc).strip().splitlines()[-1][:80] if str(exc).strip() else type(exc)}"
             return row
-        seconds = time.perf_counter() - began
+        seconds, cpu = time.perf_counter() - began, _cpu_seconds() - cpu
         metrics = score(field, record, moving, labels)
-        row["pairs"].append({"pair": index, "seconds": seconds, **metrics, **extra})
+        row["pairs"].append({"pair": index, "seconds": seconds, "cpu_seconds": cpu, **metrics, **extra})
         logger.info("%s %s pair %d: %s (%.1f s)", image_set, method, index,
                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), seconds)
-    for key in ("dice", "hd95", "tre", "ndv", "seconds", "log_seconds"):
+    for key in ("dice", "hd95", "tre", "ndv", "seconds", "cpu_seconds", "log_seconds"):
         values = [p[key] for p in row["pairs"] if p.get(key) is not None]
         row[key] = float(np.mean(values)) if values else None
     return row
@@ -295,12 +335,13 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     def cell(value: Any, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    lines = [f"{'set':9s} {'method':40s} {'Dice':>6s} {'HD95':>6s} {'TRE':>6s} {'NDV %':>7s} {'s/pair':>7s}  status",
-             "-" * 96]
+    lines = [f"{'set':9s} {'method':48s} {'Dice':>6s} {'HD95':>6s} {'TRE':>6s} {'NDV %':>7s} {'s/pair':>7s} "
+             f"{'CPU s':>6s}  status",
+             "-" * 112]
     for row in rows:
-        lines.append(f"{row['set']:9s} {row['label']:40s} {cell(row.get('dice'), 3):>6s} "
-                     f"{cell(row.get('hd95'), 2):>6s} {cell(row.get('tre'), 2):>6s} {cell(row.get('ndv'), 4):>7s} "
-                     f"{cell(row.get('seconds'), 1):>7s}  {row['status']}")
+        lines.append(f"{row['set']:9s} {row['label']:48s} {cell(row.get('dice'), 3):>6s} "
+                     f"{cell(row.get('hd95'), 2):>6s} {cell(row.get('tre'), 2):>6s} {cell(row.get('ndv'), 5):>7s} "
+                     f"{cell(row.get('seconds'), 1):>7s} {cell(row.get('cpu_seconds'), 1):>6s}  {row['status']}")
     return "\n".join(lines)
 
 
@@ -317,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shift", type=float, default=10.0, help="± mm per axis")
     parser.add_argument("--warp", type=float, default=5.0, help="largest displacement of the smooth warp (mm)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    parser.add_argument("--deformable-settings", nargs="*", default=[],
+                        help='tuning rows: nnreg in this process with these deformable settings ("steps=60,...")')
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of {SETS}")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for every method (torch, ITK, Greedy); default: each tool's own")
@@ -340,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     perturbation = Perturbation(args.rotation, args.scale, args.shift, args.warp)
     records = generate(args.dataset, args.split, args.pairs, args.seed, perturbation, args.output / "pairs")
     labels = config_labels(args.dataset)
+    methods += [text for text in args.deformable_settings if text]
     rows = [run_method(m, records, s, args.output, args.threads, labels) for s in sets for m in methods]
     table = format_rows(rows)
     print(f"{len(records)} {args.split} pairs of {args.dataset.name}, seed {args.seed}, {perturbation}, "

@@ -51,6 +51,12 @@ from nnreg.utilities.errors import ConfigurationError
 logger = logging.getLogger(__name__)
 
 
+# what a pair of two different contrasts refines with, unless a similarity was chosen (nnRegPredictor.settings_for_pair):
+# MIND-SSC, whose loss values are about a tenth of local NCC's, so a lighter regulariser (chosen on training pairs,
+# documentation/prediction.md)
+MULTIMODAL_REFINEMENT: dict[str, Any] = {"similarity": "mind", "lambda_reg": 0.3}
+
+
 @dataclass(frozen=True)
 class InstanceOptimization:
     """Settings of the per-pair refinement (``steps = 0``: off). Stored in the plans as ``instance_optimization``."""

@@ -212,7 +212,11 @@ def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | P
         for pair, prepared in tqdm(zip(specs, prepared_pairs), total=len(specs),
                                    desc="predict + refine" if refinement.enabled else "predict",
                                    disable=progress_bar_disabled(not progress), leave=False):
-            field = predictor.predict_prepared(prepared)
+            settings = predictor.settings_for_pair(pair.fixed, pair.moving)
+            if settings.similarity != refinement.similarity:
+                logger.info("%s <- %s: the modalities differ, refinement with %s", Path(pair.fixed).name,
+                            Path(pair.moving).name, settings.similarity)
+            field = predictor.predict_prepared(prepared, settings)
             need_images = options.save_warped or options.qc
             labels = labels_for(pair, options.labels_folder) if options.labels_folder is not None else None
             inverse = pair_inverse(field, prepared, predictor.last_velocity_inverse, str(pair.moving))[0] \

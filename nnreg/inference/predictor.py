@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from nnreg.dataset.image_io import Geometry, read_image
+from nnreg.dataset.naming import challenge_id_and_modality
 from nnreg.inference.ensemble import EnsembleReport, ensemble_displacements
-from nnreg.inference.instance_optimization import (InstanceOptimization, RefinementReport, exponential_field,
-                                                   refine_field)
+from nnreg.inference.instance_optimization import (MULTIMODAL_REFINEMENT, InstanceOptimization, RefinementReport,
+                                                   exponential_field, refine_field)
 from nnreg.inference.model_folder import DEFAULT_CHECKPOINT, read_trained_model
 from nnreg.inference.preparation import PreparedPair, prepare_arrays, with_training_reference
 from nnreg.planning.plans import ConfigurationPlan
@@ -143,13 +144,14 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         return tensor.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else tensor
 
     def predict_network_grid(self, fixed_network: np.ndarray, moving_network: np.ndarray,
-                             refine: bool = True) -> torch.Tensor:
+                             refine: bool = True, settings: InstanceOptimization | None = None) -> torch.Tensor:
         """The ensembled ``(1, 3, *shape)`` field on the network grid for preprocessed inputs, refined by
-        :meth:`refine` unless ``refine`` is False (benchmarks time the two parts separately)."""
+        :meth:`refine` (with ``settings``, default those in effect) unless ``refine`` is False (benchmarks time the
+        two parts separately)."""
         from nnreg.inference.inverse import velocity_inverse
 
         network, _ = self._require_ready()
-        settings = self.instance_optimization
+        settings = self.instance_optimization if settings is None else settings
         # a refinement from the network's field replaces the network's inverse estimate by exp(-v): skip it
         network_inverse = self.keep_velocity_inverse and not (
             refine and settings.enabled and settings.velocity_start == "network")
@@ -183,6 +185,21 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         recorded = recorded.with_overrides(self.instance_optimization_overrides)
         return recorded if request is None else recorded.with_steps(int(request))
 
+    def settings_for_pair(self, fixed: str | Path, moving: str | Path) -> InstanceOptimization:
+        """The refinement settings of one pair: those in effect, with :data:`MULTIMODAL_REFINEMENT` (MIND-SSC) when
+        the two images' modalities differ (the LUMIR ``_000M`` suffix of their names) and no similarity was chosen
+        (by a request, ``--instance-optimization-settings`` or the plans' entry)."""
+        settings = self.instance_optimization
+        _, configuration = self._require_ready()
+        chosen = (isinstance(self.instance_optimization_request, InstanceOptimization)
+                  or "similarity" in self.instance_optimization_overrides
+                  or "similarity" in (getattr(configuration, "instance_optimization", None) or {}))
+        if not settings.enabled or chosen:
+            return settings
+        if challenge_id_and_modality(fixed)[1] == challenge_id_and_modality(moving)[1]:
+            return settings
+        return settings.with_overrides(MULTIMODAL_REFINEMENT)
+
     def refine(self, fixed_network: np.ndarray, moving_network: np.ndarray, field: torch.Tensor,
                settings: InstanceOptimization | None = None) -> torch.Tensor:
         """Test-time instance optimisation of the (ensembled) network-grid field with ``settings`` (default: those
@@ -206,9 +223,10 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
                     self.last_velocity_inverse = compose(inverse, self.last_velocity_inverse)
         return refined.cpu()
 
-    def predict_prepared(self, pair: PreparedPair) -> np.ndarray:
-        """The original-grid ``(H, W, D, 3)`` float32 field of a prepared pair."""
-        field = self.predict_network_grid(pair.fixed_network, pair.moving_network)
+    def predict_prepared(self, pair: PreparedPair, settings: InstanceOptimization | None = None) -> np.ndarray:
+        """The original-grid ``(H, W, D, 3)`` float32 field of a prepared pair (refined with ``settings``, default
+        those in effect)."""
+        field = self.predict_network_grid(pair.fixed_network, pair.moving_network, settings=settings)
         return pair.mapping.field_to_original(field[0].numpy())
 
     def prepare(self, fixed: np.ndarray | str | Path, moving: np.ndarray | str | Path,

@@ -33,8 +33,9 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
-def resample_onto(array: np.ndarray, geometry: Geometry, target: Geometry, labels: bool = False) -> np.ndarray:
-    """Resample ``array`` (on ``geometry``) onto the ``target`` grid in physical space; (i, j, k) array out."""
+def resample_image(image: sitk.Image, target: Geometry, labels: bool = False) -> np.ndarray:
+    """A SimpleITK image onto the ``target`` grid in physical space (linear, or nearest for labels; 0 outside);
+    (i, j, k) array out."""
     resampler = sitk.ResampleImageFilter()
     resampler.SetSize([int(s) for s in target.shape])
     resampler.SetOutputSpacing([float(s) for s in target.spacing])
@@ -42,8 +43,12 @@ def resample_onto(array: np.ndarray, geometry: Geometry, target: Geometry, label
     resampler.SetOutputDirection([float(d) for d in target.direction])
     resampler.SetInterpolator(sitk.sitkNearestNeighbor if labels else sitk.sitkLinear)
     resampler.SetDefaultPixelValue(0)
-    out = sitk.GetArrayFromImage(resampler.Execute(to_sitk(array, geometry))).transpose(2, 1, 0)
-    return np.ascontiguousarray(out, dtype=array.dtype)
+    return np.ascontiguousarray(sitk.GetArrayFromImage(resampler.Execute(image)).transpose(2, 1, 0))
+
+
+def resample_onto(array: np.ndarray, geometry: Geometry, target: Geometry, labels: bool = False) -> np.ndarray:
+    """Resample ``array`` (on ``geometry``) onto the ``target`` grid in physical space; (i, j, k) array out."""
+    return resample_image(to_sitk(array, geometry), target, labels).astype(array.dtype, copy=False)
 
 
 def align_moving(moving: np.ndarray, moving_geometry: Geometry, fixed_geometry: Geometry,

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnreg.dataset.image_io import Geometry
-from nnreg.inference.resample import to_sitk
+from nnreg.inference.resample import resample_image, to_sitk
 
 
 def resample_to(array: np.ndarray, geometry: Geometry, target: Geometry, labels: bool = False) -> np.ndarray:
@@ -23,15 +23,7 @@ def resample_to(array: np.ndarray, geometry: Geometry, target: Geometry, labels:
             geometry, target))]
         if max(sigmas) > 0.05:
             image = sitk.SmoothingRecursiveGaussian(image, [max(s, 1e-3) for s in sigmas])
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetSize([int(s) for s in target.shape])
-    resampler.SetOutputSpacing([float(s) for s in target.spacing])
-    resampler.SetOutputOrigin([float(o) for o in target.origin])
-    resampler.SetOutputDirection([float(d) for d in target.direction])
-    resampler.SetInterpolator(sitk.sitkNearestNeighbor if labels else sitk.sitkLinear)
-    resampler.SetDefaultPixelValue(0)
-    out = sitk.GetArrayFromImage(resampler.Execute(image)).transpose(2, 1, 0)
-    return np.ascontiguousarray(out)
+    return resample_image(image, target, labels)
 
 
 def _spacing_along(geometry: Geometry, target: Geometry) -> list[float]:

@@ -98,7 +98,7 @@ def test_nnreg_register_end_to_end_is_scored(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     code = register.main(["--dataset", str(dataset), "--split", "train", "--pairs", "1", "--methods", "nnreg,zero",
                           "--sets", "geometry", "--threads", "1", "--output", str(out), "--json",
-                          str(tmp_path / "r.json")])
+                          str(tmp_path / "r.json"), "--deformable-settings", "steps=5,fine_steps=2"])
     assert code == 0
     result = json.loads((tmp_path / "r.json").read_text())
     rows = {row["method"]: row for row in result["rows"]}
@@ -106,5 +106,8 @@ def test_nnreg_register_end_to_end_is_scored(tmp_path: Path) -> None:
     assert rows["nnreg"]["dice"] > rows["zero"]["dice"] + 0.1         # the perturbation is undone, not ignored
     assert rows["nnreg"]["ndv"] is not None and rows["nnreg"]["seconds"] > 0
     assert (out / "geometry" / "nnreg" / "pair00" / "register.log").is_file()
+    variant = rows["steps=5,fine_steps=2"]                            # a tuning row: the pipeline in-process
+    assert variant["status"] == "ok" and variant["dice"] > rows["zero"]["dice"]
+    assert "deformable: 7 steps" in (out / "geometry" / "steps-5_fine_steps-2" / "pair00" / "register.log").read_text()
     moving = read_image(result["pairs"][0]["moving"]["geometry"])[0]
     assert moving.shape == (32, 40, 32) and moving.max() > 0

@@ -10,24 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnreg.dataset.image_io import Geometry, write_image
-from nnreg.inference import PairSpec, nnRegPredictor, predict_pairs
+from nnreg.dataset.image_io import write_image
+from nnreg.inference import PairSpec, predict_pairs
 from nnreg.inference import pipeline
-from nnreg.planning.plans import ConfigurationPlan
 from nnreg.utilities.errors import NnregError
 from nnreg.utilities.files import host_token
-from tests.inference.helpers import OracleNet
 
-SHAPE = (12, 14, 10)
-GEOMETRY = Geometry(SHAPE, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-
-
-def _predictor() -> nnRegPredictor:
-    config = ConfigurationPlan(
-        data_identifier="t", spacing=[1.0] * 3, resampling_factor=[1.0] * 3, resampled_shape=list(SHAPE),
-        crop_start=[0, 0, 0], shape=list(SHAPE), normalization={"scheme": "fixed_range", "lower": 0, "upper": 255},
-        batch_size=1, architecture={})
-    return nnRegPredictor(num_threads=1).manual_initialization(OracleNet(np.ones((3, *SHAPE), np.float32)), config)
+from tests.inference.test_pipeline import GEOMETRY, SHAPE, _predictor
 
 
 def _pairs(folder: Path) -> list[PairSpec]:
@@ -52,7 +41,7 @@ class _WriterThatFailsToClose:
 def test_a_failing_close_does_not_hide_the_original_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     predictor = _predictor()
 
-    def broken(prepared: object) -> np.ndarray:
+    def broken(prepared: object, settings: object = None) -> np.ndarray:
         raise NnregError("the network failed on this pair")
 
     messages: list[str] = []
@@ -87,7 +76,7 @@ def test_the_original_error_survives_a_failing_close_without_add_note(tmp_path: 
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     predictor = _predictor()
 
-    def broken(prepared: object) -> np.ndarray:
+    def broken(prepared: object, settings: object = None) -> np.ndarray:
         raise _ErrorWithoutNotes("the network failed on this pair")
 
     monkeypatch.setattr(predictor, "predict_prepared", broken)

@@ -14,14 +14,7 @@ from nnreg.inference.instance_optimization import InstanceOptimization, parse_ov
 from nnreg.utilities.errors import ConfigurationError
 from tests.inference.test_instance_optimization import (SETTINGS, SHAPE, _as_field, _blobs, _pull_warp, _refine,
                                                         _smooth_field, _tensor)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.inference.test_instance_optimization import one_thread  # noqa: F401 - the same autouse fixture
 
 
 def _ncc_of(fixed: np.ndarray, moving: np.ndarray, field: torch.Tensor, window: int) -> float:
@@ -115,3 +108,26 @@ def test_mind_similarity_registers_another_contrast() -> None:
     with pytest.raises(ConfigurationError, match="similarity"):
         InstanceOptimization(similarity="mi")
     assert parse_overrides("similarity=mind") == {"similarity": "mind"}
+
+
+def test_pairs_of_different_modalities_refine_with_mind_unless_a_similarity_was_chosen() -> None:
+    from nnreg.inference import nnRegPredictor
+    from nnreg.inference.instance_optimization import MULTIMODAL_REFINEMENT
+    from tests.inference.helpers import OracleNet
+    from tests.inference.test_instance_optimization import _config
+
+    def predictor(recorded: dict, overrides: dict | None = None) -> nnRegPredictor:
+        made = nnRegPredictor(num_threads=1, instance_optimization_overrides=overrides)
+        return made.manual_initialization(OracleNet(np.zeros((3, *SHAPE), np.float32)), _config(recorded))
+
+    recorded = {"steps": 60}
+    default = predictor(recorded)
+    mixed = default.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz")
+    assert mixed.similarity == "mind" and mixed.lambda_reg == MULTIMODAL_REFINEMENT["lambda_reg"]
+    assert default.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0000.nii.gz") == default.instance_optimization
+    chosen = predictor(recorded, {"similarity": "lncc"})             # --instance-optimization-settings similarity=lncc
+    assert chosen.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz").similarity == "lncc"
+    planned = predictor({"steps": 60, "similarity": "lncc"})          # the plans say so
+    assert planned.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz").similarity == "lncc"
+    off = predictor({"steps": 0})
+    assert not off.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz").enabled

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,17 @@ def train_env(tiny_preprocessed: dict[str, Path], tmp_path: Path, monkeypatch: p
 
 def fold_folder(env: dict[str, Path], fold: str = "0", trainer: str = "nnRegTrainer") -> Path:
     return env["results"] / "Dataset901_Tiny" / f"{trainer}__nnRegPlans__3d_fullres" / f"fold_{fold}"
+
+
+def plain_and_augmented(tiny_preprocessed: dict[str, Path], **augmentation: bool) -> tuple[Any, Any, list[int]]:
+    """Two PairDatasets over the same 4 tiny cases and pair draws: without augmentation and with ``augmentation``
+    (PairDataset keywords, e.g. ``spatial=True``); and the network shape."""
+    from nnreg.planning.plans import Plans
+    from nnreg.training.data import PairDataset, PairSampler
+
+    folder = tiny_preprocessed["preprocessed"] / "Dataset901_Tiny"
+    config = Plans.load(folder / "nnRegPlans.json").configuration("3d_fullres")
+    cases = sorted(p.name.split(".")[0] for p in (folder / config.data_identifier).glob("*.json"))[:4]
+    sampler = PairSampler(cases, seed=1)
+    plain = PairDataset(folder / config.data_identifier, sampler, augment=False)
+    return plain, PairDataset(folder / config.data_identifier, sampler, augment=False, **augmentation), config.shape

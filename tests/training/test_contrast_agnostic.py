@@ -47,15 +47,9 @@ def test_the_probability_and_inverted_contrasts() -> None:
 
 
 def test_pair_dataset_applies_it(tiny_preprocessed: dict[str, Path]) -> None:
-    from nnreg.planning.plans import Plans
-    from nnreg.training.data import PairDataset, PairSampler
+    from tests.training.conftest import plain_and_augmented
 
-    folder = tiny_preprocessed["preprocessed"] / "Dataset901_Tiny"
-    config = Plans.load(folder / "nnRegPlans.json").configuration("3d_fullres")
-    cases = sorted(p.name.split(".")[0] for p in (folder / config.data_identifier).glob("*.json"))[:4]
-    sampler = PairSampler(cases, seed=1)
-    plain = PairDataset(folder / config.data_identifier, sampler, augment=False)
-    contrast = PairDataset(folder / config.data_identifier, sampler, augment=False, contrast=True)
+    plain, contrast, _ = plain_and_augmented(tiny_preprocessed, contrast=True)
     differs = 0
     for index in range(8):
         a, b, p = contrast[index], contrast[index], plain[index]

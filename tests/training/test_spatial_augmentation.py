@@ -116,19 +116,13 @@ def test_each_image_gets_its_own_affine_and_elastic_transform(monkeypatch: pytes
 
 
 def test_pair_dataset_applies_it_deterministically(tiny_preprocessed: dict[str, Path]) -> None:
-    from nnreg.planning.plans import Plans
-    from nnreg.training.data import PairDataset, PairSampler
+    from tests.training.conftest import plain_and_augmented
 
-    folder = tiny_preprocessed["preprocessed"] / "Dataset901_Tiny"
-    config = Plans.load(folder / "nnRegPlans.json").configuration("3d_fullres")
-    cases = sorted(p.name.split(".")[0] for p in (folder / config.data_identifier).glob("*.json"))[:4]
-    sampler = PairSampler(cases, seed=1)
-    plain = PairDataset(folder / config.data_identifier, sampler, augment=False)
-    spatial = PairDataset(folder / config.data_identifier, sampler, augment=False, spatial=True)
+    plain, spatial, shape = plain_and_augmented(tiny_preprocessed, spatial=True)
     differs = 0
     for index in range(6):
         a, b = spatial[index], spatial[index]
-        assert a["fixed"].shape == (1, *config.shape) and a["fixed"].dtype == b["moving"].dtype
+        assert a["fixed"].shape == (1, *shape) and a["fixed"].dtype == b["moving"].dtype
         assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in ("fixed", "moving"))
         differs += not np.array_equal(a["fixed"].numpy(), plain[index]["fixed"].numpy())
     assert differs > 0
