@@ -27,8 +27,10 @@ from nnreg.cli.common import SpaceSeparated, results_option, user_errors_as_one_
 @click.option("--moving-mask", type=click.Path(dir_okay=False), default=None, help="Restrict the similarity (moving).")
 @click.option("--inverse", is_flag=True, help="Also write the inverse: inverse_field.nii.gz (moving grid), "
                                               "inverse_warped.nii.gz and PREFIX1InverseWarp.nii.gz.")
-@click.option("--similarity", type=click.Choice(["ncc", "mi"]), default="ncc", show_default=True,
-              help="Affine similarity: local NCC (same contrast) or mutual information (other contrasts).")
+@click.option("--similarity", type=click.Choice(["lncc", "mind"]), default=None,
+              help="lncc: local NCC (same contrast); mind: other contrasts (mutual information for the affine stage, "
+                   "MIND-SSC for the deformable one). Default: mind when the file names carry different LUMIR "
+                   "modality suffixes (_0000 / _0001), else lncc.")
 @click.option("--working-spacing", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
               help="Isotropic spacing (mm) of the grid the optimisation runs on.")
 @click.option("--affine-only", is_flag=True, help="Skip the deformable stage.")
@@ -47,7 +49,8 @@ from nnreg.cli.common import SpaceSeparated, results_option, user_errors_as_one_
 @verbose_option
 @user_errors_as_one_line
 def main(fixed: str, moving: str, output: str | None, warped: str | None, field: str | None, transform: str | None,
-         moving_labels: str | None, fixed_mask: str | None, moving_mask: str | None, inverse: bool, similarity: str,
+         moving_labels: str | None, fixed_mask: str | None, moving_mask: str | None, inverse: bool,
+         similarity: str | None,
          working_spacing: float, affine_only: bool, threads: int | None, model: str | None, dataset: str | None,
          configuration: str | None, plans: str, trainer: str, folds: tuple[str, ...], checkpoint: str,
          device: str | None, results: str | None, verbose: bool) -> None:

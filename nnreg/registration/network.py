@@ -68,7 +68,7 @@ def network_stage(predictor: nnRegPredictor, fixed: np.ndarray, fixed_geometry: 
     similarity: dict[str, float] = {}
     if report is not None:
         similarity = {"ncc_network": -report.initial_ncc, "ncc_final": -report.final_ncc}
-        log.append(f"deformable (from the network's field): {report.steps_run} steps, local NCC "
+        log.append(f"deformable (from the network's field): {report.steps_run} steps, similarity "
                    f"{similarity['ncc_network']:.4f} -> {similarity['ncc_final']:.4f}"
                    f"{' (network kept: ' + report.reason + ')' if report.kept_network else ''} "
                    f"({time.perf_counter() - stage:.1f} s)")

@@ -11,6 +11,8 @@ import torch
 
 from nnreg.alignment.affine import AffineSettings
 from nnreg.dataset.image_io import read_image
+from nnreg.dataset.naming import challenge_id_and_modality
+from nnreg.inference.instance_optimization import MULTIMODAL_REFINEMENT
 from nnreg.registration.outputs import OutputPaths, transform_files, write_outputs
 from nnreg.registration.pipeline import RegistrationSettings, register_images
 from nnreg.utilities.errors import NnregError
@@ -33,7 +35,7 @@ class RunRequest:
     fixed_mask: str | None = None
     moving_mask: str | None = None
     inverse: bool = False
-    similarity: str = "ncc"
+    similarity: str | None = None            # "lncc" / "mind"; None: by the images' modality suffixes
     working_spacing: float = 2.0
     affine_only: bool = False
     threads: int | None = None
@@ -68,6 +70,24 @@ def output_paths(request: RunRequest) -> OutputPaths:
     return paths
 
 
+# the affine stage's similarity for each deformable one (nnreg.alignment.similarity names)
+AFFINE_SIMILARITY = {"lncc": "ncc", "mind": "mi"}
+
+
+def choose_similarity(request: RunRequest) -> str:
+    """The request's similarity, or (none given) ``mind`` when the two file names carry different LUMIR modality
+    suffixes (``_0000`` / ``_0001``), else ``lncc``."""
+    if request.similarity is not None:
+        if request.similarity not in AFFINE_SIMILARITY:
+            raise NnregError(f"unknown similarity {request.similarity!r} (choose one of "
+                             f"{', '.join(AFFINE_SIMILARITY)})")
+        return request.similarity
+    different = challenge_id_and_modality(request.fixed)[1] != challenge_id_and_modality(request.moving)[1]
+    if different:
+        logger.info("the images' modality suffixes differ: MIND-SSC (and mutual information for the affine stage)")
+    return "mind" if different else "lncc"
+
+
 def run_registration(request: RunRequest) -> list[str]:
     """Register the request's pair and write its files; returns the summary lines (also in ``register.log``)."""
     began = time.perf_counter()
@@ -77,8 +97,12 @@ def run_registration(request: RunRequest) -> list[str]:
     fixed, fixed_geometry = read_image(request.fixed)
     moving, moving_geometry = read_image(request.moving)
     masks = [None if p is None else read_image(p)[0] for p in (request.fixed_mask, request.moving_mask)]
+    similarity = choose_similarity(request)
     settings = RegistrationSettings(working_spacing=request.working_spacing,
-                                    affine=AffineSettings(similarity=request.similarity))
+                                    affine=AffineSettings(similarity=AFFINE_SIMILARITY[similarity]))
+    if similarity == "mind":    # other contrasts: MI for the affine, MIND-SSC refinement, no histogram matching
+        settings = dataclasses.replace(settings, deformable=settings.deformable.with_overrides(MULTIMODAL_REFINEMENT),
+                                       histogram_matching=False)
     if request.affine_only:
         settings = dataclasses.replace(settings, deformable=settings.deformable.with_steps(0))
     lines = [f"fixed {request.fixed}: {list(fixed_geometry.shape)} @ {[round(s, 3) for s in fixed_geometry.spacing]} "
@@ -88,7 +112,9 @@ def run_registration(request: RunRequest) -> list[str]:
     if request.model is not None and not request.affine_only:
         from nnreg.inference.predictor import nnRegPredictor
 
-        predictor = nnRegPredictor(device=request.device, num_threads=request.threads).\
+        overrides = MULTIMODAL_REFINEMENT if similarity == "mind" else None
+        predictor = nnRegPredictor(device=request.device, num_threads=request.threads,
+                                   instance_optimization_overrides=overrides).\
             initialize_from_trained_model_folder(request.model, request.folds, request.checkpoint,
                                                  request.configuration)
         lines.append(f"model {request.model}: configuration {predictor.configuration_name}, fold(s) "

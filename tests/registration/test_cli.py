@@ -76,3 +76,33 @@ def test_overlap_below_threshold(tmp_path):
     sitk.WriteImage(to_image(plate), str(moving))
     _one_line_error(_run("--fixed", str(fixed), "--moving", str(moving), "-o", str(tmp_path / "out")),
                     "plate.nii.gz", "overlap")
+
+
+def test_the_similarity_follows_the_modalities_unless_given(tmp_path, monkeypatch):
+    """Different LUMIR modality suffixes pick MIND-SSC (MI for the affine stage); --similarity overrides; the run
+    with MIND writes its outputs and says what it did."""
+    import nnreg.registration.run as run_module
+    from nnreg.inference.instance_optimization import MULTIMODAL_REFINEMENT
+    from nnreg.registration.run import RunRequest, choose_similarity
+
+    assert choose_similarity(RunRequest("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz")) == "mind"
+    assert choose_similarity(RunRequest("a/X_0001_0000.nii.gz", "a/X_0002_0000.nii.gz")) == "lncc"
+    assert choose_similarity(RunRequest("fixed.nii.gz", "moving.nii.gz")) == "lncc"
+    assert choose_similarity(RunRequest("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz", similarity="lncc")) == "lncc"
+    seen = {}
+    real = run_module.register_images
+
+    def spy(*args, **kwargs):
+        seen["settings"] = args[4]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "register_images", spy)
+    fixed, moving, _ = write_pair(tmp_path / "in")
+    result = _run("--fixed", str(fixed), "--moving", str(moving), "--field", str(tmp_path / "f.nii.gz"),
+                  "--similarity", "mind")
+    assert result.exit_code == 0, result.output
+    settings = seen["settings"]
+    assert settings.affine.similarity == "mi" and not settings.histogram_matching
+    assert settings.deformable.similarity == "mind"
+    assert settings.deformable.lambda_reg == MULTIMODAL_REFINEMENT["lambda_reg"]
+    assert (tmp_path / "f.nii.gz").is_file()
