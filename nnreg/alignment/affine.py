@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from nnreg.alignment.grids import pooled_geometry
-from nnreg.alignment.optim import Adam
 from nnreg.alignment.sampling import centre_of_mass, sample_affine
 from nnreg.alignment.similarity import SIMILARITIES, similarity_loss
 from nnreg.dataset.image_io import Geometry
 from nnreg.utilities.errors import ConfigurationError
+from nnreg.utilities.optim import Adam
 
 logger = logging.getLogger(__name__)
 

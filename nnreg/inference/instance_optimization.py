@@ -47,6 +47,7 @@ from nnreg.losses.mind import mind_descriptor_loss, mind_ssc
 from nnreg.losses.similarity import SIMILARITIES
 from nnreg.spatial import compose, integrate_velocity, jacobian_determinant, resize_field, warp
 from nnreg.utilities.errors import ConfigurationError
+from nnreg.utilities.optim import Adam
 
 logger = logging.getLogger(__name__)
 
@@ -258,13 +259,13 @@ def _stages(fixed: torch.Tensor, source: torch.Tensor, settings: InstanceOptimiz
 def _optimise(stages: list[_Stage], velocity: torch.Tensor, settings: InstanceOptimization) -> tuple[torch.Tensor, int]:
     """Adam through the stages; each stage goes on from the best velocity of the one before. Returns the best
     velocity of the last stage that evaluated a finite loss (the start when none did) and the steps run."""
-    optimizer = torch.optim.Adam([velocity], lr=settings.lr)
+    optimizer = Adam([{"params": [velocity], "lr": settings.lr}])
     steps_run = 0
     for stage in stages:
         if tuple(velocity.shape[2:]) != stage.grid:    # a finer velocity grid: resample v, restart Adam
             with torch.no_grad():
                 velocity = resize_field(velocity.detach(), stage.grid).contiguous().requires_grad_(True)
-            optimizer = torch.optim.Adam([velocity], lr=settings.lr)
+            optimizer = Adam([{"params": [velocity], "lr": settings.lr}])
         best, best_velocity = math.inf, None          # the lowest loss evaluated and the velocity it was measured at
         patience_best, since_best = math.inf, 0       # early stopping: improvements of at least min_delta
         for _ in range(stage.steps):
@@ -288,7 +289,7 @@ def _optimise(stages: list[_Stage], velocity: torch.Tensor, settings: InstanceOp
                     break
         if best_velocity is not None and not torch.equal(best_velocity, velocity.detach()):
             velocity = best_velocity.requires_grad_(True)     # go on from the best iterate, with a fresh Adam
-            optimizer = torch.optim.Adam([velocity], lr=settings.lr)
+            optimizer = Adam([{"params": [velocity], "lr": settings.lr}])
     return velocity.detach(), steps_run
 
 

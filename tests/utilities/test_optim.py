@@ -1,4 +1,5 @@
-"""The affine stage's own Adam: torch.optim.Adam's update, without the seconds of importing torch._dynamo."""
+"""nnreg's own Adam (affine stage, refinement): torch.optim.Adam's update, without the seconds of importing
+torch._dynamo."""
 from __future__ import annotations
 
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import torch
 
-from nnreg.alignment.optim import Adam
+from nnreg.utilities.optim import Adam
 
 
 def test_adam_matches_torch_optim_adam() -> None:
@@ -36,6 +37,17 @@ def test_affine_stage_does_not_import_torch_dynamo() -> None:
         "g = Geometry((16, 16, 16), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))\n"
         "x = torch.zeros(1, 1, 16, 16, 16); x[..., 4:12, 5:12, 4:11] = 1\n"
         "register_affine(x, g, x.roll(1, 2), g, AffineSettings(stages=(('rigid', 2, 3), ('affine', 1, 3))))\n"
+        "print('torch._dynamo' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr
+
+
+def test_refinement_does_not_import_torch_dynamo() -> None:
+    code = (
+        "import sys, torch\n"
+        "from nnreg.inference.instance_optimization import InstanceOptimization, refine_field\n"
+        "x = torch.zeros(1, 1, 12, 12, 12); x[..., 3:9, 4:9, 3:8] = 1\n"
+        "refine_field(x, x.roll(1, 2), torch.zeros(1, 3, 12, 12, 12), InstanceOptimization(steps=3, fine_steps=2))\n"
         "print('torch._dynamo' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr

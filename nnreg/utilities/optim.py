@@ -1,8 +1,8 @@
-"""A plain Adam for the few parameters of the affine stage.
+"""A plain Adam for the per-pair optimisations (the affine stage, the refinement).
 
 Why not ``torch.optim.Adam``: constructing any ``torch.optim`` optimiser imports ``torch._dynamo`` (torch >= 2.x
 wraps ``Optimizer.__init__`` with a lazily imported dynamo guard), which costs 2-5 s of a command that should take
-seconds; the affine stage needs nothing but the update rule. Same update as ``torch.optim.Adam`` with its defaults
+seconds; a per-pair optimisation needs nothing but the update rule. Same update as ``torch.optim.Adam`` with its defaults
 (betas 0.9/0.999, eps 1e-8, no weight decay, not amsgrad), parameter groups with their own ``lr``.
 """
 from __future__ import annotations
