@@ -44,3 +44,24 @@ def registered(tmp_path_factory) -> dict[str, Path]:
 def read(path: Path) -> tuple[np.ndarray, sitk.Image]:
     image = sitk.ReadImage(str(path))
     return sitk.GetArrayFromImage(image).transpose(2, 1, 0), image
+
+
+def brain(fixed: np.ndarray) -> np.ndarray:
+    """The fixed image's foreground, eroded by 2 voxels (where warped images are compared)."""
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(fixed > 0, iterations=2)
+
+
+def itk_reproduction_error(run: dict[str, Path]) -> tuple[float, float]:
+    """(max |SimpleITK applying [affine, displacement] (last added first) - nnreg's warped image| inside the brain,
+    the moving image's intensity range) for a run's ``fixed``, ``moving`` and ``out`` folder."""
+    fixed, fixed_image = read(run["fixed"])
+    moving_image = sitk.ReadImage(str(run["moving"]))
+    warped, _ = read(run["out"] / "warped.nii.gz")
+    affine = sitk.ReadTransform(str(run["out"] / "transform0GenericAffine.mat"))
+    field = sitk.Cast(sitk.ReadImage(str(run["out"] / "transform1Warp.nii.gz")), sitk.sitkVectorFloat64)
+    composite = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(field)])
+    itk = sitk.GetArrayFromImage(sitk.Resample(moving_image, fixed_image, composite, sitk.sitkLinear, 0.0,
+                                               sitk.sitkFloat32)).transpose(2, 1, 0)
+    return float(np.abs(itk - warped)[brain(fixed)].max()), float(np.ptp(sitk.GetArrayViewFromImage(moving_image)))

@@ -6,7 +6,7 @@ import SimpleITK as sitk
 from click.testing import CliRunner
 
 from nnreg.cli.register import main
-from tests.alignment.phantom import phantom, to_image
+from tests.alignment.phantom import to_image
 from tests.registration.conftest import write_pair
 
 

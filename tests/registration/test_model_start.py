@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from scipy import ndimage
 
 from nnreg.cli.register import main
 from nnreg.dataset.image_io import read_displacement
 from nnreg.networks import default_architecture
 from tests.inference.helpers import invoke_cli, planned_dataset, write_model_folder
-from tests.registration.conftest import read, write_pair
+from tests.registration.conftest import brain as _brain
+from tests.registration.conftest import itk_reproduction_error, read, write_pair
 
 SMALL = default_architecture(2, base_channels=8)   # random weights in the trainer's format: the plumbing is tested
 
@@ -31,10 +31,6 @@ def with_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                         "--inverse", "-m", model, "-f", "0")
     assert result.exit_code == 0, result.output + result.stderr
     return {"fixed": fixed, "moving": moving, "out": out}
-
-
-def _brain(fixed: np.ndarray) -> np.ndarray:
-    return ndimage.binary_erosion(fixed > 0, iterations=2)
 
 
 def test_model_path_writes_the_same_outputs(with_model) -> None:
@@ -61,16 +57,8 @@ def test_model_field_convention_matches_scipy(with_model) -> None:
 
 def test_model_itk_transforms_reproduce_the_warped_image(with_model) -> None:
     """SimpleITK applying [affine, displacement] (last added first) gives the model path's warped image."""
-    fixed, fixed_image = read(with_model["fixed"])
-    moving_image = sitk.ReadImage(str(with_model["moving"]))
-    warped, _ = read(with_model["out"] / "warped.nii.gz")
-    affine = sitk.ReadTransform(str(with_model["out"] / "transform0GenericAffine.mat"))
-    field = sitk.Cast(sitk.ReadImage(str(with_model["out"] / "transform1Warp.nii.gz")), sitk.sitkVectorFloat64)
-    composite = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(field)])
-    itk = sitk.GetArrayFromImage(sitk.Resample(moving_image, fixed_image, composite, sitk.sitkLinear, 0.0,
-                                               sitk.sitkFloat32)).transpose(2, 1, 0)
-    moving_range = float(np.ptp(sitk.GetArrayViewFromImage(moving_image)))
-    assert np.abs(itk - warped)[_brain(fixed)].max() <= 1e-3 * moving_range
+    error, moving_range = itk_reproduction_error(with_model)
+    assert error <= 1e-3 * moving_range
 
 
 def test_model_path_refines_from_the_network_and_aligns(with_model) -> None:
