@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnreg.utilities.intensity import bias_field
+from nnreg.utilities.intensity import bias_field, piecewise_linear
 
 # FreeSurfer aseg labels per tissue class (ventricles and CSF; cortex and deep grey matter; white matter)
 TISSUE_LABELS: dict[str, tuple[int, ...]] = {
@@ -68,11 +68,7 @@ def _remap(image: np.ndarray, anchors: dict[str, float], targets: tuple[float, f
     y = np.array([0.0] + [p[1] for p in points], dtype=np.float64)
     if np.any(np.diff(x) <= 0):
         raise ValueError(f"the tissue anchors are not distinct: {anchors}")
-    out = np.interp(image, x, y)
-    above = image > x[-1]      # extrapolate with the last segment's slope (bright T1 voxels), clipped to [0, 1]
-    slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
-    out[above] = y[-1] + slope * (image[above] - x[-1])
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(piecewise_linear(image, x, y), 0.0, 1.0)   # bright T1 voxels along the last segment
 
 
 def apply_acquisition(image: np.ndarray, acquisition: Acquisition, rng: np.random.Generator,

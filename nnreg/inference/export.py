@@ -99,20 +99,30 @@ def physical_displacement(field: np.ndarray, geometry: Geometry) -> np.ndarray:
     return np.einsum("...c,rc->...r", field, matrix.astype(np.float32), optimize=True).astype(np.float32)
 
 
-def itk_displacement_image(field: np.ndarray, geometry: Geometry) -> sitk.Image:
-    """The field as an ITK vector image on the fixed grid (mm), ready for ``DisplacementFieldTransform``."""
-    physical = physical_displacement(field, geometry)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(physical.transpose(2, 1, 0, 3)), isVector=True)
+def itk_vector_image(displacement_mm: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """An ``(H, W, D, 3)`` displacement in mm on ``geometry`` as an ITK vector image (its dtype kept), ready for
+    ``DisplacementFieldTransform``."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(displacement_mm.transpose(2, 1, 0, 3)), isVector=True)
     image.SetSpacing(tuple(float(s) for s in geometry.spacing))
     image.SetOrigin(tuple(float(o) for o in geometry.origin))
     image.SetDirection(tuple(float(d) for d in geometry.direction))
     return image
 
 
+def itk_displacement_image(field: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """The voxel-unit field as an ITK vector image on the fixed grid (mm)."""
+    return itk_vector_image(physical_displacement(field, geometry), geometry)
+
+
+def write_itk_image(image: sitk.Image, path: Path) -> None:
+    """Write an ITK image atomically, compressed."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), True, IMAGE_COMPRESSION_LEVEL)
+
+
 def write_itk_displacement(field: np.ndarray, geometry: Geometry, path: Path) -> None:
     """Write the physical-mm ITK displacement field atomically."""
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(itk_displacement_image(field, geometry), str(tmp), True, IMAGE_COMPRESSION_LEVEL)
+    write_itk_image(itk_displacement_image(field, geometry), path)
 
 
 def warp_image(moving_on_fixed: np.ndarray, field: np.ndarray) -> np.ndarray:

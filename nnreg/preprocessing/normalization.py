@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from nnreg.utilities.intensity import piecewise_linear
+
 logger = logging.getLogger(__name__)
 
 PERCENTILES = (0.5, 50.0, 99.5)     # the fingerprint's foreground percentiles (nnreg.fingerprint.extract)
@@ -84,12 +86,7 @@ def standardise(array: np.ndarray, scheme: dict[str, Any]) -> np.ndarray:
     source_a, target_a = np.asarray(source), np.asarray(target)
     if not (np.all(np.diff(source_a) > 0) and np.all(np.diff(target_a) >= 0)):
         return array
-    out = np.interp(array, source_a, target_a).astype(np.float32)
-    slopes = np.diff(target_a) / np.diff(source_a)
-    above, below = array > source_a[-1], array < source_a[0]
-    out[above] = target_a[-1] + (array[above] - source_a[-1]) * slopes[-1]
-    out[below] = target_a[0] + (array[below] - source_a[0]) * slopes[0]
-    return out
+    return piecewise_linear(array, source_a, target_a).astype(np.float32)
 
 
 def normalize(array: np.ndarray, scheme: dict[str, Any], name: str = "image") -> np.ndarray:

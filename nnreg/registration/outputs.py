@@ -20,7 +20,7 @@ from nnreg.alignment.grids import physical_to_index, voxel_centres
 from nnreg.alignment.sampling import sample_at_indices
 from nnreg.dataset.image_io import Geometry, read_image, write_displacement
 from nnreg.evaluation.warp import nearest_indices, sample_coordinates, warp_with_indices
-from nnreg.inference.export import IMAGE_COMPRESSION_LEVEL, write_image_fast
+from nnreg.inference.export import write_image_fast, write_itk_image
 from nnreg.inference.resample import align_moving
 from nnreg.registration.normalization import normalise
 from nnreg.registration.pipeline import Registration
@@ -57,11 +57,6 @@ def transform_files(prefix: str) -> tuple[Path, Path, Path]:
     return Path(f"{prefix}0GenericAffine.mat"), Path(f"{prefix}1Warp.nii.gz"), Path(f"{prefix}1InverseWarp.nii.gz")
 
 
-def _write_itk_image(image: sitk.Image, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), True, IMAGE_COMPRESSION_LEVEL)
-
-
 def _sample(array: np.ndarray, field: np.ndarray, mode: str = "bilinear") -> np.ndarray:
     """``array(x + u(x))`` with the field's coordinates computed in float64 (0 outside)."""
     image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
@@ -86,7 +81,7 @@ def write_outputs(registration: Registration, fixed: np.ndarray, fixed_geometry:
         affine_path, warp_path, inverse_path = transform_files(paths.transform)
         with atomic_path(affine_path) as tmp:
             sitk.WriteTransform(affine_transform(registration), str(tmp))
-        _write_itk_image(sitk.Cast(displacement_image(displacement, fixed_geometry), sitk.sitkVectorFloat32),
+        write_itk_image(sitk.Cast(displacement_image(displacement, fixed_geometry), sitk.sitkVectorFloat32),
                          warp_path)
         written += [affine_path, warp_path]
     if paths.warped_labels is not None and moving_labels is not None:
@@ -106,7 +101,7 @@ def write_outputs(registration: Registration, fixed: np.ndarray, fixed_geometry:
             written.append(paths.inverse_warped)
         if paths.transform is not None:
             inverse_path = transform_files(paths.transform)[2]
-            _write_itk_image(sitk.Cast(displacement_image(inverse_displacement, fixed_geometry),
+            write_itk_image(sitk.Cast(displacement_image(inverse_displacement, fixed_geometry),
                                        sitk.sitkVectorFloat32), inverse_path)
             written.append(inverse_path)
     if paths.qc is not None and warped is not None:

@@ -24,6 +24,7 @@ import torch
 from nnreg.alignment.grids import index_to_physical, physical_to_index, voxel_centres
 from nnreg.alignment.sampling import sample_field_at
 from nnreg.dataset.image_io import Geometry
+from nnreg.inference.export import itk_vector_image
 from nnreg.registration.pipeline import Registration
 from nnreg.spatial import invert_displacement
 
@@ -84,9 +85,4 @@ def _index_geometry(geometry: Geometry) -> Geometry:
 
 def displacement_image(displacement_mm: np.ndarray, geometry: Geometry) -> sitk.Image:
     """An ``(H, W, D, 3)`` mm displacement on ``geometry`` as an ITK vector image (float64, for the transform)."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(displacement_mm.transpose(2, 1, 0, 3), dtype=np.float64),
-                                   isVector=True)
-    image.SetSpacing(tuple(float(s) for s in geometry.spacing))
-    image.SetOrigin(tuple(float(o) for o in geometry.origin))
-    image.SetDirection(tuple(float(d) for d in geometry.direction))
-    return image
+    return itk_vector_image(np.asarray(displacement_mm, dtype=np.float64), geometry)

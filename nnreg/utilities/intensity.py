@@ -1,6 +1,7 @@
 """Random intensity effects shared by the synthetic-contrast generator (:mod:`nnreg.example.contrast`) and the
 contrast augmentation of training (:mod:`nnreg.training.data.augmentation`): a smooth multiplicative bias field and
-a random piecewise-linear intensity curve. Arrays in array-axis order; coordinates are normalised to [-1, 1] per
+a random piecewise-linear intensity curve, and the piecewise-linear map (extrapolated linearly) that intensity
+standardisation and the contrast generator share. Arrays in array-axis order; coordinates are normalised to [-1, 1] per
 axis, so a field does not depend on the voxel size.
 """
 from __future__ import annotations
@@ -24,3 +25,15 @@ def random_curve(values: np.ndarray, rng: np.random.Generator, points: int = 5,
     x = np.linspace(0.0, 1.0, points)
     y = np.concatenate([[0.0], rng.uniform(low, 1.0, points - 1)])
     return np.interp(values, x, y)
+
+
+def piecewise_linear(values: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``values`` mapped through the points ``source -> target`` (``source`` increasing): linear between them and,
+    beyond the first and the last, along the first and the last segment."""
+    source, target = np.asarray(source, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    out = np.interp(values, source, target)
+    slopes = np.diff(target) / np.diff(source)
+    above, below = values > source[-1], values < source[0]
+    out[above] = target[-1] + (values[above] - source[-1]) * slopes[-1]
+    out[below] = target[0] + (values[below] - source[0]) * slopes[0]
+    return out

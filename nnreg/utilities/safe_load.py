@@ -1,8 +1,8 @@
 """Reading ``.pth`` files without running code: tensors and plain data only, never a full unpickle.
 
 ``torch.load(weights_only=True)`` rebuilds tensors, dicts, lists, tuples, strings, numbers, booleans and None and
-refuses every other Python object; a full unpickle (``weights_only=False``) can run any code the file's author wrote,
-so nnreg never does one, whatever the file. Numpy numbers (``np.float64`` and friends, which older nnreg versions
+refuses every other Python object; a full unpickle can run any code the file's author wrote, so nnreg never does
+one, whatever the file. Numpy numbers (``np.float64`` and friends, which older nnreg versions
 could leave in a checkpoint's curves) are rebuilt from their bytes and allowed too: they are data, not code.
 A file that needs anything else is refused with :class:`UnsafeCheckpointError`, one line naming the file and the
 first object it asked for; an unreadable file raises :class:`UnreadableCheckpointError`, so each caller can word
