@@ -69,6 +69,16 @@ def working_geometry(geometry: Geometry, spacing: float) -> Geometry:
                     tuple(float(d) for d in new_direction.ravel()))
 
 
+def subdivided_geometry(geometry: Geometry, factor: int) -> Geometry:
+    """The grid covering ``geometry``'s voxel box with each voxel split into ``factor^3`` (same extent and axes:
+    :func:`nnreg.spatial.resize_field`'s convention that grids share their box, voxel centres at ``(i + 0.5) s``)."""
+    if factor == 1:
+        return geometry
+    offset = index_to_physical(geometry)[:3, :3] @ np.full(3, -(factor - 1) / (2 * factor))
+    return Geometry(tuple(s * factor for s in geometry.shape), tuple(s / factor for s in geometry.spacing),  # type: ignore[arg-type]
+                    tuple(float(o) for o in np.asarray(geometry.origin) + offset), geometry.direction)
+
+
 def pooled_geometry(geometry: Geometry, factor: int) -> Geometry:
     """The grid of ``avg_pool3d(kernel=factor)`` of an image on ``geometry`` (floor-truncated, block centres)."""
     if factor == 1:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +14,9 @@ from nnreg.planning.plans import Plans
 from nnreg.planning.report import plans_table
 from nnreg.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from nnreg.utilities.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from nnreg.dataset.learn2reg import Learn2RegDataset
 
 logger = logging.getLogger("nnreg")
 
@@ -47,6 +52,9 @@ logger = logging.getLogger("nnreg")
 @click.option("--cpu-inference-seconds", type=click.FloatRange(min=0.1), default=None,
               help="Target seconds to register one pair on 2 CPU cores with 3d_halfres, the CPU deployment "
                    "configuration, on any device (default 15).")
+@click.option("--contrast-augmentation/--no-contrast-augmentation", "contrast_augmentation", default=None,
+              help="Record contrast augmentation on / off in the plans for training (default: on when dataset.json "
+                   "names more than one modality, e.g. LUMIR 2025's T1w <- T2w validation pairs; see planner.md).")
 @raw_option
 @preprocessed_option
 @verbose_option
@@ -54,26 +62,32 @@ logger = logging.getLogger("nnreg")
 def main(datasets: tuple[str, ...], plans_name: str, configurations: tuple[str, ...], num_processes: int,
          clean: bool, overwrite_plans: bool, no_pp: bool, device: str | None, gpu_memory_target: float | None,
          memory_target: float | None, cpu_seconds_per_pair: float | None, cpu_trade_order: str | None,
-         cpu_max_slowdown: float | None, cpu_inference_seconds: float | None, raw: str | None,
-         preprocessed: str | None, verbose: bool) -> None:
+         cpu_max_slowdown: float | None, cpu_inference_seconds: float | None, contrast_augmentation: bool | None,
+         raw: str | None, preprocessed: str | None, verbose: bool) -> None:
     """Verify, fingerprint, plan and preprocess Learn2Reg/LUMIR datasets."""
     from nnreg.planning.budget import memory_budget_gb
+    from nnreg.planning.contrast import DatasetModalities
 
     device, reason = _target_device(device, gpu_memory_target, memory_target)
     budget = memory_budget_gb(device, gpu_memory_target, memory_target)
-    _check_datasets(datasets, raw)   # every dataset's inputs before any work: a bad one is the only line
+    loaded = _check_datasets(datasets, raw)   # every dataset's inputs before any work: a bad one is the only line
     extra = {key: value for key, value in (("cpu_seconds_per_pair", cpu_seconds_per_pair),
                                            ("cpu_trade_order", cpu_trade_order),
                                            ("cpu_max_slowdown", cpu_max_slowdown),
                                            ("cpu_inference_seconds", cpu_inference_seconds)) if value}
-    for spec in datasets:
+    settings = PlannerSettings(plans_name=plans_name, device=device, memory_target_gb=budget, extra=extra,
+                               contrast_augmentation=contrast_augmentation)
+    for spec, dataset in zip(datasets, loaded):
         options = PlanAndPreprocessOptions(
             dataset=spec, raw=raw, preprocessed=preprocessed, configurations=configurations,
             num_processes=num_processes, clean=clean, overwrite_plans=overwrite_plans, no_preprocessing=no_pp,
-            planner=PlannerSettings(plans_name=plans_name, device=device, memory_target_gb=budget, extra=extra),
+            planner=replace(settings, modalities=DatasetModalities.of(dataset)),
         )
         out, plans = plan_and_preprocess(options)
         click.echo(planned_for(plans, device, budget, reason))   # after success: a bad dataset stays one line
+        kept = _kept_contrast_augmentation(plans, contrast_augmentation)
+        if kept:
+            click.echo(kept)
         click.echo(plans_table(plans))
         click.echo(f"done: {out}")
 
@@ -105,13 +119,27 @@ def _target_device(device: str | None, gpu_memory_target: float | None,
                     "no CUDA device found; give --device cuda or --gpu-memory-target to plan for a GPU")
 
 
-def _check_datasets(datasets: tuple[str, ...], raw: str | None) -> None:
+def _check_datasets(datasets: tuple[str, ...], raw: str | None) -> list[Learn2RegDataset]:
     """Find and read every dataset, and check it has enough training images, before any is worked on."""
     from nnreg.dataset.learn2reg import check_training_pool, load_dataset
     from nnreg.dataset.locate import find_raw_dataset
 
+    loaded = []
     for spec in datasets:
-        check_training_pool(load_dataset(find_raw_dataset(spec, raw)))
+        loaded.append(load_dataset(find_raw_dataset(spec, raw)))
+        check_training_pool(loaded[-1])
+    return loaded
+
+
+def _kept_contrast_augmentation(plans: Plans, requested: bool | None) -> str | None:
+    """A line when --(no-)contrast-augmentation asked for what a reused plans file does not record."""
+    differ = [name for name, cfg in plans.configurations.items()
+              if requested is not None and cfg.contrast_augmentation != requested]
+    if not differ:
+        return None
+    return (f"--{'' if requested else 'no-'}contrast-augmentation: the plans file {plans.plans_name}.json was kept "
+            f"as it was ({', '.join(differ)} record contrast_augmentation {'off' if requested else 'on'}; "
+            f"--overwrite-plans re-plans, or edit the file)")
 
 
 def planned_for(plans: Plans, device: str, budget: float, reason: str) -> str:

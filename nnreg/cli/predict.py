@@ -85,6 +85,11 @@ def _workers(value: int | None, num_pairs: int) -> int:
 @click.option("--inverse", is_flag=True,
               help="Also write the inverse (moving <- fixed) field inverse/disp_<mov>_<fix>.nii.gz; logs its "
                    "inverse-consistency error.")
+@click.option("--affine", is_flag=True,
+              help="Affine pre-alignment of each pair before the network, for pairs not aligned in physical space "
+                   "(local NCC; mutual information when the modality suffixes differ): the field is the whole "
+                   "transform, the fitted affine goes to affine/<name>.json. Off by default: Learn2Reg/LUMIR pairs "
+                   "are pre-aligned (see prediction.md).")
 @click.option("--disable_progress_bar", "--disable-progress-bar", "disable_progress_bar", is_flag=True,
               help="No progress bar (it is also off when the output is not a terminal).")
 @click.option("-npp", "num_readers", type=click.IntRange(min=0), default=None,
@@ -110,7 +115,7 @@ def _workers(value: int | None, num_pairs: int) -> int:
 @user_errors_as_one_line
 def main(input_path: str | None, output: str, dataset: str | None, configuration: str | None, plans: str,
          trainer: str, model: str | None, folds: tuple[str, ...], checkpoint: str, device: str | None, pairs_key: str,
-         inverse: bool, disable_progress_bar: bool,
+         inverse: bool, affine: bool, disable_progress_bar: bool,
          fixed: str | None, moving: str | None, save_warped: bool, warp_labels: str | None, itk: bool, qc: bool,
          resume: bool, num_readers: int | None, num_writers: int | None, num_parts: int, part_id: int,
          threads: int | None, channels_last: bool,
@@ -136,7 +141,8 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
     predictor.initialize_from_trained_model_folder(folder, parse_folds(folds), checkpoint, configuration)
     if device_note is not None:      # said once the model is read: an input error above stays the only line
         logger.info(device_note)
-    options = ExportOptions(save_warped=save_warped, labels_folder=labels, itk=itk, qc=qc, inverse=inverse)
+    options = ExportOptions(save_warped=save_warped, labels_folder=labels, itk=itk, qc=qc, inverse=inverse,
+                            affine=affine)
     summary = predict_pairs(predictor, pairs, output, options, resume=resume,
                             num_readers=_workers(num_readers, len(pairs)),
                             num_writers=_workers(num_writers, len(pairs)), progress=not disable_progress_bar,

@@ -50,7 +50,8 @@ _HYPERPARAMETER_OPTIONS = {"epochs": "epochs", "iterations_per_epoch": "iteratio
                    "default until measured to help.")
 @click.option("--contrast-augmentation/--no-contrast-augmentation", "contrast_augmentation", default=None,
               help="A random new contrast per training image (random intensity curve, bias field, gamma, blur, "
-                   "noise), for contrast-agnostic models; off by default.")
+                   "noise), for contrast-agnostic models; default: the plans' contrast_augmentation (the planner "
+                   "turns it on for datasets with more than one modality).")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
               help="Fit epochs x iterations (at most --iterations-per-epoch) and the learning-rate decay to this "
                    "wall time, measured from the first steps; training + validation end within it.")

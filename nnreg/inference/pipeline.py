@@ -18,11 +18,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
+import numpy as np
 from tqdm import tqdm
 
 from nnreg.inference.export import ExportJob, ExportOptions, PairOutputs, export_pair, pair_outputs
+from nnreg.inference.instance_optimization import InstanceOptimization
 from nnreg.inference.inverse import pair_inverse
 from nnreg.inference.pairs import PairSpec, labels_for
 from nnreg.inference.predictor import nnRegPredictor
@@ -31,6 +33,9 @@ from nnreg.utilities.errors import NnregError
 from nnreg.utilities.files import remove_stale_temporaries
 from nnreg.utilities.parallel import worker_died
 from nnreg.utilities.progress_bars import progress_bar_disabled
+
+if TYPE_CHECKING:
+    from nnreg.inference.affine_stage import AlignedPair
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +122,28 @@ def _read_ahead(pairs: list[PairSpec], prepare: Callable[[PairSpec], PreparedPai
                 future.cancel()
 
 
-def _prepare_spec(pair: PairSpec, config: object) -> PreparedPair:
+def _prepare_spec(pair: PairSpec, config: object, affine: bool = False) -> "PreparedPair | AlignedPair":
+    """Read and prepare one pair (``affine``: after the affine pre-alignment, :mod:`nnreg.inference.affine_stage`)."""
+    if affine:
+        from nnreg.inference.affine_stage import align_files
+
+        return align_files(pair.fixed, pair.moving, config)  # type: ignore[arg-type]
     return prepare_files(pair.fixed, pair.moving, config)  # type: ignore[arg-type]
+
+
+def _aligned_job(pair: PairSpec, aligned: "AlignedPair", field: np.ndarray, outputs: PairOutputs,
+                 options: ExportOptions, labels: Path | None, inverse: np.ndarray | None) -> ExportJob:
+    """The export of an ``--affine`` pair: the field points into the moving image's own grid (see ExportJob)."""
+    from nnreg.inference.affine_stage import affine_record
+    from nnreg.inference.resample import align_moving
+
+    prepared = aligned.prepared
+    before = align_moving(aligned.moving, aligned.moving_geometry, prepared.fixed_geometry, str(pair.moving)) \
+        if options.qc else None      # the QC's "moving" panel: the moving image before any registration
+    return ExportJob(outputs, options, field, prepared.fixed_geometry, before, prepared.fixed if options.qc else None,
+                     labels, aligned.moving_geometry, inverse, moving_grid=aligned.moving_geometry,
+                     moving=aligned.moving if options.save_warped or options.qc else None,
+                     affine_record=affine_record(aligned, pair.fixed, pair.moving))
 
 
 def plan_outputs(pairs: list[PairSpec], out: Path, options: ExportOptions,
@@ -171,6 +196,18 @@ def select_part(pairs: list[PairSpec], num_parts: int = 1, part_id: int = 0) -> 
     return pairs[part_id::num_parts]
 
 
+def _predict_aligned(predictor: nnRegPredictor, pair: PairSpec, aligned: "AlignedPair", settings: InstanceOptimization,
+                     outputs: PairOutputs, options: ExportOptions, labels: Path | None) -> ExportJob:
+    """Predict an ``--affine`` pair: the whole transform (affine and network) as the field; the export job."""
+    from nnreg.inference.affine_stage import affine_inverse, predict_aligned
+
+    logger.info("%s <- %s: affine %s, foreground overlap %.2f", Path(pair.fixed).name, Path(pair.moving).name,
+                aligned.affine.describe(), aligned.overlap)
+    field = predict_aligned(predictor, aligned, settings)
+    inverse = affine_inverse(field, aligned, str(pair.moving)) if options.inverse else None
+    return _aligned_job(pair, aligned, field, outputs, options, labels, inverse)
+
+
 def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | Path,
                   options: ExportOptions | None = None, resume: bool = False, num_readers: int = 0,
                   num_writers: int = 1, progress: bool = True, num_parts: int = 1, part_id: int = 0) -> RunSummary:
@@ -203,12 +240,15 @@ def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | P
     refinement = predictor.instance_optimization
     if refinement.enabled:
         logger.info("instance optimisation: up to %d steps per pair (%s)", refinement.steps, refinement.to_json())
-    predictor.keep_velocity_inverse = options.inverse
+    predictor.keep_velocity_inverse = options.inverse and not options.affine   # (the affine path inverts u itself)
+    if options.affine:
+        logger.info("affine pre-alignment of every pair before the network (--affine)")
     writer = BackgroundWriter(num_writers)
     by_pair = {id(p): o for p, o in todo}
     specs = [p for p, _ in todo]
     try:
-        prepared_pairs = _read_ahead(specs, partial(_prepare_spec, config=config), num_readers)
+        prepared_pairs = _read_ahead(specs, partial(_prepare_spec, config=config, affine=options.affine),
+                                     num_readers)
         for pair, prepared in tqdm(zip(specs, prepared_pairs), total=len(specs),
                                    desc="predict + refine" if refinement.enabled else "predict",
                                    disable=progress_bar_disabled(not progress), leave=False):
@@ -216,9 +256,14 @@ def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | P
             if settings.similarity != refinement.similarity:
                 logger.info("%s <- %s: the modalities differ, refinement with %s", Path(pair.fixed).name,
                             Path(pair.moving).name, settings.similarity)
+            labels = labels_for(pair, options.labels_folder) if options.labels_folder is not None else None
+            if options.affine:
+                writer.submit(_predict_aligned(predictor, pair, prepared, settings, by_pair[id(pair)], options,
+                                               labels))
+                del prepared
+                continue
             field = predictor.predict_prepared(prepared, settings)
             need_images = options.save_warped or options.qc
-            labels = labels_for(pair, options.labels_folder) if options.labels_folder is not None else None
             inverse = pair_inverse(field, prepared, predictor.last_velocity_inverse, str(pair.moving))[0] \
                 if options.inverse else None
             writer.submit(ExportJob(by_pair[id(pair)], options, field, prepared.fixed_geometry,

@@ -35,16 +35,8 @@ import torch.nn.functional as F
 EPS = 1e-5
 
 
-def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Sum of ``x`` (N, C, H, W, D) over a ``window^3`` cube centred on each voxel, zeros outside.
-
-    Separable: per axis, zero-pad by ``window // 2`` and sum each length-``window`` run (a strided ``unfold``
-    view, no copy). Exact zeros stay exact zeros; the error is a few ulps of the window's values.
-    """
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"the NCC window must be odd and >= 1, got {window}")
-    if window == 1:
-        return x
+def _window_sums(x: torch.Tensor, window: int) -> torch.Tensor:
+    """The separable zero-padded window sum itself (no autograd bookkeeping of its own)."""
     pad = window // 2
     out = x
     for axis in range(3):
@@ -53,6 +45,39 @@ def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
         spec[(2 - axis) * 2 + 1] = pad
         out = F.pad(out, spec).unfold(2 + axis, window, 1).sum(-1)
     return out
+
+
+class _BoxSum(torch.autograd.Function):
+    """Box sum whose backward is the box sum of the incoming gradient: a centred odd window with zero padding is its
+    own adjoint (``sum_i g_i [|i - j| <= p] = sum_{|k| <= p} g_{j+k}``). Autograd through ``unfold`` would instead
+    zero-fill and scatter-add a ``window``-times larger buffer per axis (measured: 0.7 of the 2.2 s of a 1 mm
+    refinement step on 2 CPU cores)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, window: int) -> torch.Tensor:
+        ctx.window = window  # type: ignore[attr-defined]
+        return _window_sums(x, window)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _window_sums(grad.contiguous(), ctx.window), None  # type: ignore[attr-defined]
+
+
+def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Sum of ``x`` (N, C, H, W, D) over a ``window^3`` cube centred on each voxel, zeros outside.
+
+    Separable: per axis, zero-pad by ``window // 2`` and sum each length-``window`` run (a strided ``unfold``
+    view, no copy). Exact zeros stay exact zeros; the error is a few ulps of the window's values. The gradient is
+    the box sum of the incoming gradient (:class:`_BoxSum`).
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"the NCC window must be odd and >= 1, got {window}")
+    if window == 1:
+        return x
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _BoxSum.apply(x, window)
+    return _window_sums(x, window)
 
 
 def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = EPS) -> torch.Tensor:

@@ -9,6 +9,11 @@ memory-driven planner replaces only that function.
 width and kernel on the same output grid (spacing x 2**skip_levels) as ``3d_halfres`` — e.g. a CPU time target
 that made it skip its finest level — it is re-planned with its finer resolution kept and training steps traded
 for time without limit (``cpu_max_slowdown`` unlimited); only if memory forbids that do both stay, with a note.
+
+Every configuration also records ``contrast_augmentation`` for the trainer, by the rule of
+:mod:`nnreg.planning.contrast` (on when the dataset names more than one modality) applied to
+``PlannerSettings.modalities``; ``PlannerSettings.contrast_augmentation`` forces it. The reason goes to the plans'
+``planner["contrast_augmentation_why"]``.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from nnreg.planning.contrast import DatasetModalities, choose_contrast_augmentation
 from nnreg.planning.plans import DEFAULT_INSTANCE_OPTIMIZATION, ConfigurationPlan, Plans
 from nnreg.planning.topology import cascade_depth, network_box
 from nnreg.utilities.errors import NnregError
@@ -37,6 +43,8 @@ class PlannerSettings:
     device: str = "cuda"
     memory_target_gb: float = 24.0
     extra: dict[str, Any] = field(default_factory=dict)
+    contrast_augmentation: bool | None = None       # forced on / off; None: the rule of nnreg.planning.contrast
+    modalities: DatasetModalities | None = None     # what that rule looks at (nnreg_plan_and_preprocess fills it)
 
 
 @dataclass
@@ -160,8 +168,12 @@ def plan_experiment(fingerprint: dict[str, Any], settings: PlannerSettings,
                                         decide)
                for name, f in CONFIGURATIONS.items()}
     _keep_fullres_distinct(configs, fingerprint, settings, decide)
+    contrast, why = choose_contrast_augmentation(settings.contrast_augmentation, settings.modalities)
+    for config in configs.values():
+        config.contrast_augmentation = contrast
+    logger.info("contrast augmentation %s: %s", "on" if contrast else "off", why)
     planner: dict[str, Any] = {"decision": getattr(decide, "__name__", str(decide)), "device": settings.device,
-                               "memory_target_gb": settings.memory_target_gb}
+                               "memory_target_gb": settings.memory_target_gb, "contrast_augmentation_why": why}
     if settings.device == "cpu":
         planner.update({k: v for k, v in settings.extra.items()
                         if k in ("cpu_trade_order", "cpu_max_slowdown", "cpu_seconds_per_pair")})

@@ -42,6 +42,10 @@ class ConfigurationPlan:
     instance_optimization: dict[str, Any] | None = None
     # symmetric, inverse-consistent training read by the trainer (nnreg.training.symmetric; None = off)
     symmetric_training: dict[str, Any] | None = None
+    # random new contrasts while training (nnreg.training.data.augmentation.ContrastRandomizer), read by the trainer
+    # unless nnreg_train --(no-)contrast-augmentation says otherwise; the planner's rule: nnreg.planning.contrast.
+    # Absent (plans written before the planner chose it) = off
+    contrast_augmentation: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +84,10 @@ class Plans:
             raw_configs = d["configurations"]
             resolved = {name: _resolve(name, raw_configs, source) for name in raw_configs}
             configs = {name: ConfigurationPlan(**cfg) for name, cfg in resolved.items()}
+            for name, cfg in configs.items():
+                if not isinstance(cfg.contrast_augmentation, bool):
+                    raise ConfigurationError(f"configuration {name!r}: contrast_augmentation must be true or false, "
+                                             f"got {cfg.contrast_augmentation!r}", source)
             return cls(
                 dataset_name=d["dataset_name"],
                 plans_name=d["plans_name"],

@@ -2,8 +2,10 @@
 
 One row per configuration: input shape, spacing, cascade depth, channel width, kernel size, schemes, batch
 size, parameters, FLOPs of a training step, predicted peak memory of a training step and of inference, and
-the budget; under the rows, per configuration, why the planner chose it (the plan's ``notes["why"]``). Predictions come from the plan's notes; when the plan was edited by hand since (its architecture,
-shape or batch size no longer match what was predicted) they are recomputed for the edited plan.
+the budget; under the rows, per configuration, why the planner chose it (the plan's ``notes["why"]``), and last
+whether training uses contrast augmentation (``contrast_augmentation``, with the planner's reason). Predictions
+come from the plan's notes; when the plan was edited by hand since (its architecture, shape or batch size no
+longer match what was predicted) they are recomputed for the edited plan.
 """
 from __future__ import annotations
 
@@ -74,4 +76,14 @@ def plans_table(plans: Plans, with_predictions: bool = True) -> str:
             rows.append(f"  note ({name}): {cfg.notes['grid']}")
     if edited:
         rows.append("  predictions recomputed for hand-edited configurations")
+    rows.append(_contrast_line(plans))
     return "\n".join(rows)
+
+
+def _contrast_line(plans: Plans) -> str:
+    """``contrast augmentation (training): on|off`` (per configuration when hand edits differ), with the reason."""
+    states = {name: "on" if cfg.contrast_augmentation else "off" for name, cfg in plans.configurations.items()}
+    state = next(iter(states.values())) if len(set(states.values())) == 1 else \
+        ", ".join(f"{name} {value}" for name, value in states.items())
+    why = plans.planner.get("contrast_augmentation_why")
+    return f"contrast augmentation (training): {state}" + (f" (planner: {why})" if why else "")

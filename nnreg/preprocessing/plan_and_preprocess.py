@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from nnreg.dataset.learn2reg import Learn2RegDataset, check_training_pool, load_
 from nnreg.dataset.locate import find_raw_dataset
 from nnreg.fingerprint import extract_fingerprint
 from nnreg.paths import preprocessed_folder
+from nnreg.planning.contrast import DatasetModalities
 from nnreg.planning.decision import memory_driven_decision
 from nnreg.planning.planner import DecisionFunction, PlannerSettings, plan_experiment
 from nnreg.planning.plans import Plans
@@ -99,6 +100,8 @@ def plan_and_preprocess(options: PlanAndPreprocessOptions,
     with atomic_path(out / "dataset.json") as tmp:
         shutil.copyfile(dataset.json_path, tmp)
     fingerprint = _fingerprint(dataset, out, options)
+    if options.planner.modalities is None:     # the contrast-augmentation rule needs the dataset's modalities
+        options = replace(options, planner=replace(options.planner, modalities=DatasetModalities.of(dataset)))
     plans = _plans(fingerprint, out, options, decide)
     _splits(dataset, out)
     names = options.configurations or tuple(plans.configurations)

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from nnreg.alignment.grids import physical_to_index, voxel_centres
+from nnreg.alignment.grids import index_to_physical, physical_to_index, voxel_centres
 from nnreg.alignment.sampling import sample_at_indices
 from nnreg.dataset.image_io import Geometry, read_image, write_displacement
 from nnreg.evaluation.warp import nearest_indices, sample_coordinates, warp_with_indices
@@ -112,15 +112,34 @@ def write_outputs(registration: Registration, fixed: np.ndarray, fixed_geometry:
 
 def _write_qc(registration: Registration, fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
               moving_geometry: Geometry, warped: np.ndarray, displacement: np.ndarray, path: Path) -> None:
-    """QC figure: moving after the affine stage, fixed, warped, and the deformable part's grid and Jacobian."""
+    """QC figure: moving after the affine stage, fixed, warped, and the deformable part's grid and Jacobian. The
+    figure draws the three mid-slices only, so the affine-only image is resampled on those planes alone."""
     from nnreg.inference.qc import write_qc_figure
 
-    points = torch.from_numpy(voxel_centres(fixed_geometry))
+    moving_n = torch.from_numpy(normalise(moving, "moving"))[None, None]
+    to_moving = physical_to_index(moving_geometry) @ registration.affine.homogeneous
+    affine_only = np.zeros(fixed_geometry.shape, np.float32)
     with torch.no_grad():
-        index = apply_matrix(physical_to_index(moving_geometry) @ registration.affine.homogeneous, points)
-        affine_only = sample_at_indices(torch.from_numpy(np.ascontiguousarray(moving, np.float32))[None, None],
-                                        index).numpy()
+        for axis in range(3):
+            plane, middle = _mid_plane(fixed_geometry, axis)
+            index = apply_matrix(to_moving, torch.from_numpy(voxel_centres(plane)))
+            where = [slice(None)] * 3
+            where[axis] = slice(middle, middle + 1)
+            affine_only[tuple(where)] = sample_at_indices(moving_n, index).numpy()
     to_voxels = np.linalg.inv(np.asarray(fixed_geometry.direction).reshape(3, 3) * np.asarray(fixed_geometry.spacing))
     deformable = np.einsum("...r,cr->...c", displacement, to_voxels).astype(np.float32)
-    write_qc_figure(normalise(fixed, "fixed"), normalise(affine_only, "moving"), normalise(warped, "warped"),
+    write_qc_figure(normalise(fixed, "fixed"), affine_only, normalise(warped, "warped"),
                     deformable, path, title="nnreg_register (moving after the affine stage; deformable part)")
+
+
+def _mid_plane(geometry: Geometry, axis: int) -> tuple[Geometry, int]:
+    """The one-voxel-thick grid of ``geometry``'s mid-slice across ``axis`` (the slice the QC figure draws), and its
+    index along ``axis``."""
+    middle = geometry.shape[axis] // 2
+    shape = list(geometry.shape)
+    shape[axis] = 1
+    offset = np.zeros(3)
+    offset[axis] = middle
+    origin = index_to_physical(geometry) @ np.append(offset, 1.0)
+    return Geometry(tuple(shape), geometry.spacing, tuple(float(o) for o in origin[:3]),  # type: ignore[arg-type]
+                    geometry.direction), middle

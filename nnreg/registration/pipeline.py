@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from nnreg.alignment.affine import AffineResult, AffineSettings, register_affine
-from nnreg.alignment.grids import working_geometry
+from nnreg.alignment.affine import AffineResult, AffineSettings
+from nnreg.alignment.grids import subdivided_geometry
 from nnreg.alignment.sampling import sample_affine
 from nnreg.dataset.image_io import Geometry
+from nnreg.inference.finer_grid import FinerGridSettings, refine_on_finer_grid
 from nnreg.inference.instance_optimization import InstanceOptimization, refine_field
 from nnreg.registration.grids import resample_to
 from nnreg.registration.normalization import match_histogram, normalise
-from nnreg.utilities.errors import NnregError
+from nnreg.registration.prealign import PrealignSettings, prealign
 
 if TYPE_CHECKING:
     from nnreg.inference.predictor import nnRegPredictor
@@ -40,9 +41,6 @@ logger = logging.getLogger(__name__)
 # NDV lower.
 DEFORMABLE = InstanceOptimization(steps=30, fine_steps=12, grid_factor=2, lambda_reg=1.5, integration_steps=3,
                                   fine_grid_factor=1)
-FOREGROUND = 0.05      # normalised intensity above which a voxel counts as anatomy for the overlap check
-
-
 @dataclass(frozen=True)
 class RegistrationSettings:
     """Everything ``nnreg_register`` can change."""
@@ -51,7 +49,21 @@ class RegistrationSettings:
     affine: AffineSettings = AffineSettings()
     deformable: InstanceOptimization = DEFORMABLE
     histogram_matching: bool = True
-    min_overlap: float = 0.5       # Dice of the two foregrounds needed after the affine stage
+    min_overlap: float = 0.5       # Dice of the two foregrounds needed after the affine stage (prealign)
+    finer_grid: FinerGridSettings = FinerGridSettings()   # last steps on a finer grid (finer_grid_factor)
+    final_spacing: float | None = None   # that grid's spacing; None: the fixed image's finest spacing
+
+    def prealign(self) -> PrealignSettings:
+        return PrealignSettings(self.working_spacing, self.affine, self.histogram_matching, self.min_overlap)
+
+    def finer_grid_factor(self, fixed_spacing: tuple[float, ...], coarse_spacing: float) -> int:
+        """How many finer-grid voxels per refinement-grid voxel along each axis (1: no finer-grid stage): the
+        refinement grid's spacing over the final spacing, rounded, when it is at least 1.5."""
+        if self.finer_grid.steps == 0 or not self.deformable.enabled:
+            return 1
+        final = self.final_spacing if self.final_spacing is not None else min(fixed_spacing)
+        ratio = coarse_spacing / final
+        return int(round(ratio)) if ratio >= 1.5 else 1
 
 
 @dataclass
@@ -68,82 +80,78 @@ class Registration:
     log: list[str] = field(default_factory=list)
 
 
-def check_image(array: np.ndarray, name: str) -> None:
-    """One-line errors for a shape that cannot be registered (empty, constant and NaN images: :func:`normalise`)."""
-    if array.ndim != 3:
-        raise NnregError(f"expected a 3D image, found {array.ndim} dimension(s) {list(array.shape)}", name)
-    if min(array.shape) < 2:
-        raise NnregError(f"the image has fewer than 2 voxels along an axis {list(array.shape)}", name)
-
-
-def _working_image(array: np.ndarray, geometry: Geometry, spacing: float, mask: np.ndarray | None,
-                   name: str) -> tuple[Geometry, np.ndarray, np.ndarray | None]:
-    working = working_geometry(geometry, spacing)
-    image = resample_to(normalise(array, name), geometry, working)
-    resampled_mask = None
-    if mask is not None:
-        if tuple(mask.shape) != tuple(geometry.shape):
-            raise NnregError(f"the mask's shape {list(mask.shape)} is not the image's {list(geometry.shape)}", name)
-        resampled_mask = (resample_to((mask > 0).astype(np.float32), geometry, working) > 0.5).astype(np.float32)
-    return working, image, resampled_mask
-
-
-def _tensor(array: np.ndarray | None) -> torch.Tensor | None:
-    return None if array is None else torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-
-
-def foreground_overlap(fixed: torch.Tensor, moving: torch.Tensor) -> float:
-    """Dice of the voxels above :data:`FOREGROUND` (two brains after a good affine: about 0.9; an orientation or
-    field of view the affine cannot resolve, e.g. a slab against a whole brain: far lower)."""
-    f, m = fixed > FOREGROUND, moving > FOREGROUND
-    total = int(f.sum()) + int(m.sum())
-    return 2.0 * float((f & m).sum()) / total if total else 0.0
-
-
 def register_images(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray, moving_geometry: Geometry,
                     settings: RegistrationSettings = RegistrationSettings(), fixed_mask: np.ndarray | None = None,
                     moving_mask: np.ndarray | None = None, names: tuple[str, str] = ("fixed", "moving"),
                     predictor: "nnRegPredictor | None" = None) -> Registration:
     """Register ``moving`` to ``fixed`` (arrays with their geometries); see the module docstring. With a
     ``predictor`` (a trained model) its network starts the deformable stage (:mod:`nnreg.registration.network`)."""
-    log: list[str] = []
-    began = time.perf_counter()
-    check_image(fixed, names[0])
-    check_image(moving, names[1])
-    f_geo, f_img, f_mask = _working_image(fixed, fixed_geometry, settings.working_spacing, fixed_mask, names[0])
-    m_geo, m_img, m_mask = _working_image(moving, moving_geometry, settings.working_spacing, moving_mask, names[1])
-    if settings.histogram_matching:
-        m_img = match_histogram(m_img, f_img)
-    log.append(f"working grids: fixed {list(f_geo.shape)}, moving {list(m_geo.shape)} at {settings.working_spacing} mm "
-               f"({time.perf_counter() - began:.1f} s)")
-    fixed_t, moving_t = _tensor(f_img), _tensor(m_img)
-    assert fixed_t is not None and moving_t is not None
-    stage = time.perf_counter()
-    affine = register_affine(fixed_t, f_geo, moving_t, m_geo, settings.affine, _tensor(f_mask), _tensor(m_mask))
-    log.extend(affine.log)
-    log.append(f"affine: {affine.describe()} ({time.perf_counter() - stage:.1f} s)")
-    with torch.no_grad():
-        moving_affine = sample_affine(moving_t, m_geo, f_geo, torch.as_tensor(affine.homogeneous))
-    overlap = foreground_overlap(fixed_t, moving_affine)
-    log.append(f"foreground overlap (Dice) after the affine stage: {overlap:.2f}")
-    if overlap < settings.min_overlap:
-        raise NnregError(f"the images overlap only {overlap:.0%} after the affine stage (at least "
-                         f"{settings.min_overlap:.0%} needed): check the orientation and field of view", names[1])
+    aligned = prealign(fixed, fixed_geometry, moving, moving_geometry, settings.prealign(), fixed_mask, moving_mask,
+                       names)
+    affine, log, overlap = aligned.affine, aligned.log, aligned.overlap
+    f_geo, fixed_t, moving_affine = aligned.fixed_grid, aligned.fixed_working, aligned.moving_affine
     if predictor is not None and settings.deformable.enabled:
         from nnreg.registration.network import network_stage
 
         net_geo, field_n, fixed_n, moving_n, similarity, lines = network_stage(
             predictor, fixed, fixed_geometry, moving, moving_geometry, affine, names)
         log.extend(lines)
+        registration = Registration(affine, net_geo, field_n, fixed_n, moving_n, overlap, similarity, log)
+        report, refinement = predictor.last_refinement, predictor.instance_optimization
+        factor = settings.finer_grid_factor(fixed_geometry.spacing, min(net_geo.spacing))
+        if factor > 1 and report is not None and report.velocity is not None and \
+                refinement.velocity_start == "network":          # exp(v) is the whole deformable part
+            registration = _finer_grid_stage(registration, report.velocity, factor, settings, refinement,
+                                             (fixed, fixed_geometry), (moving, moving_geometry, aligned.moving_grid),
+                                             names)
         for line in log:
             logger.debug(line)
-        return Registration(affine, net_geo, field_n, fixed_n, moving_n, overlap, similarity, log)
+        return registration
     stage = time.perf_counter()
     zero = torch.zeros((1, 3, *f_geo.shape))
     field_w, report = refine_field(fixed_t, moving_affine, zero, settings.deformable)
     similarity = {"ncc_after_affine": -report.initial_ncc, "ncc_final": -report.final_ncc}
     log.append(f"deformable: {report.steps_run} steps, local NCC {similarity['ncc_after_affine']:.4f} -> "
                f"{similarity['ncc_final']:.4f} ({time.perf_counter() - stage:.1f} s)")
+    registration = Registration(affine, f_geo, field_w, fixed_t, moving_affine, overlap, similarity, log)
+    factor = settings.finer_grid_factor(fixed_geometry.spacing, settings.working_spacing)
+    if factor > 1:
+        velocity = report.velocity if report.velocity is not None else zero
+        registration = _finer_grid_stage(registration, velocity, factor, settings, settings.deformable,
+                                         (fixed, fixed_geometry),
+                                         (moving, moving_geometry, aligned.moving_grid), names)
     for line in log:
         logger.debug(line)
-    return Registration(affine, f_geo, field_w, fixed_t, moving_affine, overlap, similarity, log)
+    return registration
+
+
+def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor: int,
+                      settings: RegistrationSettings, refinement: InstanceOptimization,
+                      fixed: tuple[np.ndarray, Geometry],
+                      moving: tuple[np.ndarray, Geometry, Geometry], names: tuple[str, str]) -> Registration:
+    """Go on from ``velocity`` (the refinement's, on ``registration.working``: the fixed working grid or the model's
+    network grid) with the similarity measured on that grid subdivided ``factor`` times, the moving image resampled
+    through the affine onto it (:mod:`nnreg.inference.finer_grid`, the other settings ``refinement``'s); the
+    registration then lives on the finer grid."""
+    stage = time.perf_counter()
+    fine_geo = subdivided_geometry(registration.working, factor)
+    moving_fine_geo = subdivided_geometry(moving[2], factor)
+    fixed_img = resample_to(normalise(fixed[0], names[0]), fixed[1], fine_geo)
+    moving_img = resample_to(normalise(moving[0], names[1]), moving[1], moving_fine_geo)
+    if settings.histogram_matching:
+        moving_img = match_histogram(moving_img, fixed_img)
+    fixed_t, moving_t = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+                         for a in (fixed_img, moving_img))
+    with torch.no_grad():
+        moving_affine = sample_affine(moving_t, moving_fine_geo, fine_geo,
+                                      torch.as_tensor(registration.affine.homogeneous))
+    field, report = refine_on_finer_grid(fixed_t, moving_affine, velocity, refinement, settings.finer_grid)
+    similarity = {**registration.similarity, "ncc_finer_grid_start": -report.initial_ncc,
+                  "ncc_finer_grid": -report.final_ncc}
+    registration.log.append(
+        f"finer grid {list(fine_geo.shape)} at {fine_geo.spacing[0]:g} mm: {report.steps_run} steps, local NCC "
+        f"{-report.initial_ncc:.4f} -> {-report.final_ncc:.4f}"
+        f"{' (kept the working grid field: ' + report.reason + ')' if report.kept_network else ''} "
+        f"({time.perf_counter() - stage:.1f} s)")
+    return Registration(registration.affine, fine_geo, field, fixed_t, moving_affine, registration.overlap,
+                        similarity, registration.log)

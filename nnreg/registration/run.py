@@ -12,6 +12,7 @@ import torch
 from nnreg.alignment.affine import AffineSettings
 from nnreg.dataset.image_io import read_image
 from nnreg.dataset.naming import challenge_id_and_modality
+from nnreg.inference.finer_grid import FinerGridSettings
 from nnreg.inference.instance_optimization import MULTIMODAL_REFINEMENT
 from nnreg.registration.outputs import OutputPaths, transform_files, write_outputs
 from nnreg.registration.pipeline import RegistrationSettings, register_images
@@ -37,6 +38,8 @@ class RunRequest:
     inverse: bool = False
     similarity: str | None = None            # "lncc" / "mind"; None: by the images' modality suffixes
     working_spacing: float = 2.0
+    final_spacing: float | None = None       # the finer grid's spacing (None: the fixed image's finest)
+    finer_steps: int = FinerGridSettings().steps
     affine_only: bool = False
     threads: int | None = None
     model: str | None = None                 # a trained model folder: its network starts the deformable stage
@@ -99,10 +102,13 @@ def run_registration(request: RunRequest) -> list[str]:
     masks = [None if p is None else read_image(p)[0] for p in (request.fixed_mask, request.moving_mask)]
     similarity = choose_similarity(request)
     settings = RegistrationSettings(working_spacing=request.working_spacing,
-                                    affine=AffineSettings(similarity=AFFINE_SIMILARITY[similarity]))
-    if similarity == "mind":    # other contrasts: MI for the affine, MIND-SSC refinement, no histogram matching
+                                    affine=AffineSettings(similarity=AFFINE_SIMILARITY[similarity]),
+                                    finer_grid=dataclasses.replace(FinerGridSettings(), steps=request.finer_steps),
+                                    final_spacing=request.final_spacing)
+    if similarity == "mind":    # other contrasts: MI for the affine, MIND-SSC refinement, no histogram matching; no
+        # finer-grid stage (unmeasured for MIND, whose 12 descriptor channels cost 12 warps per step)
         settings = dataclasses.replace(settings, deformable=settings.deformable.with_overrides(MULTIMODAL_REFINEMENT),
-                                       histogram_matching=False)
+                                       histogram_matching=False, finer_grid=FinerGridSettings(steps=0))
     if request.affine_only:
         settings = dataclasses.replace(settings, deformable=settings.deformable.with_steps(0))
     lines = [f"fixed {request.fixed}: {list(fixed_geometry.shape)} @ {[round(s, 3) for s in fixed_geometry.spacing]} "

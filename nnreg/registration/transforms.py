@@ -59,8 +59,12 @@ def forward_on_fixed_grid(registration: Registration, fixed: Geometry, moving: G
         d = sample_field_at(millimetre_field(registration.field.double(), registration.working),
                             registration.working, points)
         moved = apply_matrix(physical_to_index(moving) @ registration.affine.homogeneous, points + d)
-        index = torch.from_numpy(voxel_centres(_index_geometry(fixed)))
-        return (moved - index).float().numpy(), d.float().numpy()
+        del points
+        for axis, n in enumerate(fixed.shape):            # minus the fixed voxel index x, axis by axis, in place
+            shape = [1, 1, 1]
+            shape[axis] = n
+            moved[..., axis] -= torch.arange(n, dtype=moved.dtype).reshape(shape)
+        return moved.float().numpy(), d.float().numpy()
 
 
 def inverse_on_moving_grid(registration: Registration, fixed: Geometry, moving: Geometry

@@ -1,7 +1,10 @@
 """Every training setting in one dataclass: set from the CLI or Python, no subclass needed for a number.
 
 Serialised to JSON in ``debug.json`` and inside every checkpoint; ``--c`` restores the checkpoint's values and
-applies only the options given explicitly on the command line (each change is logged).
+applies only the options given explicitly on the command line (each change is logged). ``contrast_augmentation``
+left at None takes the plans' choice (``ConfigurationPlan.contrast_augmentation``) when the trainer starts, so
+``nnreg_train --contrast-augmentation / --no-contrast-augmentation`` overrides the planner and checkpoints hold the
+value used.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ class TrainingHyperparameters:
     deep_supervision: bool = True
     augmentation: bool = True             # intensity augmentation of each image
     spatial_augmentation: bool = False    # affine + elastic per image, flips / axis swaps per pair (augmentation.py); off until measured
-    contrast_augmentation: bool = False   # a random new contrast per image (augmentation.ContrastRandomizer); off until measured
+    contrast_augmentation: bool | None = None   # new contrast per image (ContrastRandomizer); None: the plans' choice
     val_pairs: int = 8                    # pairs validated at the end of every epoch (preprocessed grid)
     final_validation: bool = True         # run the full-size final validation at the end of training
     final_val_max_pairs: int = 200        # cap on the ordered held-out pairs of the final validation (0 = all)
@@ -50,6 +53,8 @@ class TrainingHyperparameters:
             (self.lr > 0, "lr must be > 0"),
             (self.ncc_window >= 1 and self.ncc_window % 2 == 1, "ncc_window must be an odd number >= 1"),
             (self.similarity in SIMILARITIES, f"similarity must be one of {', '.join(SIMILARITIES)}"),
+            (self.contrast_augmentation is None or isinstance(self.contrast_augmentation, bool),
+             "contrast_augmentation must be true, false or None (the plans' choice)"),
             (self.lambda_ncc >= 0 and self.lambda_reg >= 0, "lambda_ncc and lambda_reg must be >= 0"),
             (self.val_pairs >= 0 and self.final_val_max_pairs >= 0, "validation pair counts must be >= 0"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),

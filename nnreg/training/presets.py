@@ -33,6 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "deep_supervision": True,
         "augmentation": False,
         "spatial_augmentation": False,
+        "contrast_augmentation": False,
         "grad_clip_norm": None,
     },
 }

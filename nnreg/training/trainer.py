@@ -56,6 +56,8 @@ class nnRegTrainer:  # noqa: N801 - named like nnU-Net's nnUNetTrainer on purpos
         self.device = device
         self.context = context
         self.configuration = workspace.plans.configuration(workspace.configuration)
+        if self.hp.contrast_augmentation is None:      # not given to nnreg_train: the plans' choice
+            self.hp = replace(self.hp, contrast_augmentation=bool(self.configuration.contrast_augmentation))
         self.current_epoch = 0
         self.best_metric: float | None = None
         self.log = TrainingLog()

@@ -35,6 +35,18 @@ def planned_dataset(base: Path, name: str = "Dataset901_Tiny", **dataset_kwargs:
     return root, plans
 
 
+def small_model(base: Path) -> tuple[Path, Plans, Path]:
+    """(raw dataset, plans, model folder) of a tiny planned dataset and a one-fold ``3d_fullres`` model of it with
+    random weights of a small architecture: enough to test the plumbing around a trained model."""
+    from nnreg.networks import default_architecture
+
+    root, plans = planned_dataset(base, n_train=5, n_val=2)
+    model = write_model_folder(base / "results", plans, "3d_fullres",
+                               architecture=default_architecture(2, base_channels=8),
+                               preprocessed=base / "preprocessed" / plans.dataset_name)
+    return root, plans, model
+
+
 def write_model_folder(results: Path, plans: Plans, configuration: str, folds: tuple[str, ...] = ("0",),
                        trainer: str = TRAINER, architecture: dict[str, Any] | None = None,
                        trained_configuration: str | None = None, preprocessed: Path | None = None,

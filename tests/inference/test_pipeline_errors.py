@@ -106,4 +106,4 @@ def test_start_up_cleanup_spares_user_files(tmp_path: Path) -> None:
     assert all(p.is_file() for p in user_files)
     assert not any(p.exists() for p in orphans)
     assert (out / "disp_0000_0001.nii.gz").is_file()
-    assert pipeline.output_subfolders(out) == ("", "itk", "warped", "warped_labels", "qc", "inverse")
+    assert pipeline.output_subfolders(out) == ("", "itk", "warped", "warped_labels", "qc", "inverse", "affine")

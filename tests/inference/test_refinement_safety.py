@@ -34,14 +34,14 @@ def test_the_best_iterate_is_returned_and_never_worse_than_the_network(velocity_
     truth = _smooth_field(2.0, seed=15)
     fixed = _pull_warp(moving, truth).astype(np.float32)
     seen: list[float] = []
-    original = io._Stage.loss
+    original = io.Stage.loss
 
     def recording(self, velocity, settings):
         total, ncc = original(self, velocity, settings)
         seen.append(float(total.detach()))
         return total, ncc
 
-    monkeypatch.setattr(io._Stage, "loss", recording)
+    monkeypatch.setattr(io.Stage, "loss", recording)
     wild = InstanceOptimization(steps=25, lr=20.0, grid_factor=2, image_factor=1, ncc_window=5, lambda_reg=0.0,
                                 patience=100, velocity_start=velocity_start)
     start = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float()

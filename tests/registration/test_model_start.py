@@ -10,21 +10,17 @@ from scipy import ndimage
 
 from nnreg.cli.register import main
 from nnreg.dataset.image_io import read_displacement
-from nnreg.networks import default_architecture
-from tests.inference.helpers import invoke_cli, planned_dataset, write_model_folder
+from tests.inference.helpers import invoke_cli, planned_dataset, small_model
 from tests.registration.conftest import brain as _brain
 from tests.registration.conftest import itk_reproduction_error, read, write_pair
 
-SMALL = default_architecture(2, base_channels=8)   # random weights in the trainer's format: the plumbing is tested
 
 
 @pytest.fixture(scope="module")
 def with_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The phantom pair (moving on a permuted, anisotropic grid) registered with a tiny fixed_range model."""
     base = tmp_path_factory.mktemp("register_model")
-    _, plans = planned_dataset(base, n_train=5, n_val=2)
-    model = write_model_folder(base / "results", plans, "3d_fullres", architecture=SMALL,
-                               preprocessed=base / "preprocessed" / plans.dataset_name)
+    _, plans, model = small_model(base)
     fixed, moving, labels = write_pair(base / "inputs", reorient=True)
     out = base / "out"
     result = invoke_cli(main, "--fixed", fixed, "--moving", moving, "-o", out, "--moving-labels", labels,

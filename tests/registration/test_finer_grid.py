@@ -1,0 +1,105 @@
+"""The deformable stage's last steps on a finer grid (:mod:`nnreg.inference.finer_grid`): a 1 mm fixed image is
+registered on a 2 mm working grid and finished on a 1 mm grid that shares the working grid's box; the files still
+follow the Learn2Reg and ITK conventions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnreg.alignment.grids import pooled_geometry, subdivided_geometry, voxel_centres, working_geometry
+from nnreg.dataset.image_io import Geometry
+from nnreg.inference.finer_grid import FinerGridSettings, refine_on_finer_grid
+from nnreg.inference.instance_optimization import InstanceOptimization, exponential_field
+from nnreg.registration.pipeline import RegistrationSettings
+from nnreg.registration.run import RunRequest, run_registration
+from nnreg.utilities.errors import ConfigurationError
+from tests.registration.conftest import brain, itk_reproduction_error, read, write_pair
+
+
+def _one_millimetre(path: Path) -> None:
+    """Rewrite the image at ``path`` on a 1 mm grid of the same box (linear)."""
+    image = sitk.ReadImage(str(path))
+    size = [int(round(n * s)) for n, s in zip(image.GetSize(), image.GetSpacing())]
+    reference = sitk.Image(size, image.GetPixelID())
+    reference.SetSpacing((1.0, 1.0, 1.0))
+    reference.SetDirection(image.GetDirection())
+    reference.SetOrigin(tuple(o - (s - 1.0) / 2 for o, s in zip(image.GetOrigin(), image.GetSpacing())))
+    sitk.WriteImage(sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0), str(path))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    folder = tmp_path_factory.mktemp("finer")
+    fixed, moving, labels = write_pair(folder / "inputs")
+    _one_millimetre(fixed)
+    out = {}
+    for name, steps in (("finer", FinerGridSettings().steps), ("working", 0)):
+        target = folder / name
+        run_registration(RunRequest(fixed=str(fixed), moving=str(moving), output=str(target), finer_steps=steps,
+                                    threads=1))
+        out[name] = {"fixed": fixed, "moving": moving, "labels": labels, "out": target}
+    return out
+
+
+def test_the_registration_ends_on_the_finer_grid(runs) -> None:
+    log = (runs["finer"]["out"] / "register.log").read_text()
+    assert "finer grid [80, 96, 80] at 1 mm: " in log
+    assert "finer grid" not in (runs["working"]["out"] / "register.log").read_text()
+    similarity = json.loads((runs["finer"]["out"] / "register.json").read_text())["similarity"]
+    assert similarity["ncc_finer_grid"] > similarity["ncc_finer_grid_start"]
+
+
+def test_finer_grid_outputs_keep_the_conventions(runs) -> None:
+    error, moving_range = itk_reproduction_error(runs["finer"])
+    assert error <= 1e-3 * moving_range
+    fixed, _ = read(runs["finer"]["fixed"])
+    warped, _ = read(runs["finer"]["out"] / "warped.nii.gz")
+    working, _ = read(runs["working"]["out"] / "warped.nii.gz")
+    inside = brain(fixed)
+    finer_corr = np.corrcoef(warped[inside], fixed[inside])[0, 1]
+    working_corr = np.corrcoef(working[inside], fixed[inside])[0, 1]
+    assert finer_corr > 0.9 and finer_corr >= working_corr - 0.002, (finer_corr, working_corr)
+
+
+def test_subdivided_grid_shares_the_box() -> None:
+    """Pooling the subdivided grid by the same factor gives the grid back; its voxel centres average to the coarse
+    ones (the box convention of ``resize_field``)."""
+    geometry = working_geometry(Geometry((7, 5, 6), (1.3, 0.9, 1.1), (3.0, -2.0, 5.0),
+                                         (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)), 2.0)
+    fine = subdivided_geometry(geometry, 3)
+    back = pooled_geometry(fine, 3)
+    assert back.shape == geometry.shape
+    np.testing.assert_allclose(back.origin, geometry.origin, atol=1e-9)
+    np.testing.assert_allclose(back.spacing, geometry.spacing)
+    centres = voxel_centres(fine).reshape(geometry.shape[0], 3, geometry.shape[1], 3, geometry.shape[2], 3, 3)
+    np.testing.assert_allclose(centres.mean(axis=(1, 3, 5)), voxel_centres(geometry), atol=1e-9)
+
+
+@pytest.mark.parametrize("spacing, expected", [((1.0, 1.0, 1.0), 2), ((2.0, 2.0, 2.0), 1), ((1.2, 1.0, 1.5), 2),
+                                               ((0.6, 0.6, 0.6), 3), ((1.5, 1.5, 1.5), 1)])
+def test_the_finer_grid_factor(spacing, expected) -> None:
+    assert RegistrationSettings().finer_grid_factor(spacing, 2.0) == expected
+    off = RegistrationSettings(finer_grid=FinerGridSettings(steps=0))
+    assert off.finer_grid_factor(spacing, 2.0) == 1
+
+
+def test_the_stage_returns_its_best_iterate_and_checks_settings() -> None:
+    torch.manual_seed(0)
+    fixed = torch.zeros(1, 1, 16, 16, 16)
+    fixed[:, :, 3:13, 3:13, 3:13] = torch.rand(1, 1, 10, 10, 10)
+    moving = torch.roll(fixed, 1, dims=2)
+    velocity = torch.zeros(1, 3, 8, 8, 8)
+    settings = InstanceOptimization(steps=1, lambda_reg=0.1, integration_steps=3)
+    field, report = refine_on_finer_grid(fixed, moving, velocity, settings, FinerGridSettings(steps=6, lr=0.2))
+    assert report.steps_run >= 1 and report.final_loss <= report.initial_loss
+    torch.testing.assert_close(field, exponential_field(report.velocity, (16, 16, 16), 3))
+    unchanged, off = refine_on_finer_grid(fixed, moving, velocity, settings, FinerGridSettings(steps=0))
+    assert off.steps_run == 0 and float(unchanged.abs().max()) == 0.0
+    for bad in ({"steps": -1}, {"lr": 0.0}, {"ncc_window": 4}):
+        with pytest.raises(ConfigurationError):
+            FinerGridSettings(**bad)
