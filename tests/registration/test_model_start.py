@@ -2,6 +2,8 @@
 same files as without a model, and the written ITK transforms reproduce the warped image (SimpleITK)."""
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +109,28 @@ def test_model_and_dataset_together_is_one_line(tmp_path: Path) -> None:
     result = invoke_cli(main, "--fixed", fixed, "--moving", moving, "-o", tmp_path / "out", "-m", tmp_path,
                         "-d", "901")
     assert result.exit_code == 2 and "either -m MODEL_FOLDER or -d DATASET" in result.stderr, result.stderr
+
+
+def test_model_path_finishes_on_a_finer_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a finer-grid stage after the model's refinement (forced here: the tiny model's network grid is the
+    fixed grid), the registration ends on the network grid subdivided twice, and the written files keep both
+    conventions (scipy and ITK)."""
+    from nnreg.registration.pipeline import RegistrationSettings
+
+    monkeypatch.setattr(RegistrationSettings, "finer_grid_factor", lambda self, fixed, coarse: 2)
+    _, _, model = small_model(tmp_path)
+    fixed, moving, labels = write_pair(tmp_path / "inputs")
+    out = tmp_path / "out"
+    result = invoke_cli(main, "--fixed", fixed, "--moving", moving, "-o", out, "-m", model, "-f", "0")
+    assert result.exit_code == 0, result.output + result.stderr
+    log = (out / "register.log").read_text()
+    network = re.search(r"network grid: \[(\d+), (\d+), (\d+)\] at \[([\d.]+),", log)
+    assert network is not None and "deformable (from the network's field):" in log, log
+    shape = [2 * int(network.group(k)) for k in (1, 2, 3)]
+    assert f"finer grid {shape} at {float(network.group(4)) / 2:g} mm:" in log, log
+    run = {"fixed": fixed, "moving": moving, "out": out}
+    error, moving_range = itk_reproduction_error(run)
+    assert error <= 1e-3 * moving_range
+    fixed_array, _ = read(fixed)
+    warped, _ = read(out / "warped.nii.gz")
+    assert np.corrcoef(warped[_brain(fixed_array)], fixed_array[_brain(fixed_array)])[0, 1] > 0.8
