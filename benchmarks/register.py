@@ -21,6 +21,8 @@ CPU seconds of this process and its children, the fairer clock on a shared machi
 
 * ``nnreg``: the ``nnreg_register --fixed F --moving M -o DIR [--threads N]`` command as a subprocess (its seconds
   are the whole process, Python start-up included; ``register.log``'s own total is in the JSON);
+* ``nnreg_model`` (with ``--model MODEL_FOLDER``): the same command with ``-m MODEL_FOLDER``: a trained model's
+  network starts the deformable stage;
 * ``ants``: antspyx ``antsRegistrationSyNQuick[s]`` (rigid + affine + SyN), transforms composed into one field;
 * ``greedy``: picsl-greedy, ``-a -dof 12 -ia-image-centers`` then deformable ``-it`` (``-m NCC 2x2x2``, 100x50x10
   both), composed with ``-rc``;
@@ -34,6 +36,7 @@ CPU seconds of this process and its children, the fairer clock on a shared machi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -53,7 +56,7 @@ from benchmarks.register_pairs import Perturbation, max_rotation_degrees, pertur
 logger = logging.getLogger("nnreg.benchmarks.register")
 
 SETS = ("geometry", "scanner")
-METHODS = ("nnreg", "ants", "greedy", "demons", "zero")
+METHODS = ("nnreg", "nnreg_model", "ants", "greedy", "demons", "zero")   # nnreg_model: with --model only
 PACKAGES = {"ants": ("ants", "antspyx"), "greedy": ("picsl_greedy", "picsl-greedy"),
             "demons": ("SimpleITK", "SimpleITK")}
 GREEDY = {"metric": "NCC 2x2x2", "iterations": "100x50x10"}
@@ -116,12 +119,14 @@ def generate(dataset: Path, split: str, count: int, seed: int, perturbation: Per
 
 
 # -- methods -------------------------------------------------------------------------------------------------------
-def run_nnreg(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """``nnreg_register`` as the user runs it; (its field, extra JSON: the log's own total)."""
+def run_nnreg(fixed: Path, moving: Path, out: Path, threads: int | None,
+              model: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """``nnreg_register`` as the user runs it (``-m model`` when given); (its field, extra JSON: the log's total)."""
     from nnreg.dataset.image_io import read_displacement
 
     command = ["nnreg_register", "--fixed", str(fixed), "--moving", str(moving), "-o", str(out)]
     command += ["--threads", str(threads)] if threads else []
+    command += ["-m", model] if model else []
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"nnreg_register failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
@@ -248,7 +253,7 @@ def _zero(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[np
 
 RUNNERS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {
     "nnreg": run_nnreg, "ants": _ants, "greedy": _greedy, "demons": _demons, "zero": _zero}
-LABELS = {"nnreg": "nnreg_register (no model)", "ants": "ANTs antsRegistrationSyNQuick[s]",
+LABELS = {"nnreg": "nnreg_register (no model)", "nnreg_model": "nnreg_register -m MODEL", "ants": "ANTs antsRegistrationSyNQuick[s]",
           "greedy": "Greedy -a, then deformable (NCC 2x2x2)", "demons": "SimpleITK affine + demons",
           "zero": "zero field"}
 
@@ -320,7 +325,7 @@ def run_method(method: str, records: list[dict[str, Any]], image_set: str, out: 
         try:
             runner = RUNNERS[method] if method in RUNNERS else nnreg_variant(method)
             field, extra = runner(fixed, moving, folder, threads)
-            if method != "nnreg":
+            if method not in ("nnreg", "nnreg_model"):
                 write_displacement(field, folder / "field.nii.gz")
         except Exception as exc:  # an anchor's own failure is its row's status, the others still run
             logger.warning("%s on pair %d failed: %s", method, index, exc)
@@ -364,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=0.10, help="± relative scale per axis")
     parser.add_argument("--shift", type=float, default=10.0, help="± mm per axis")
     parser.add_argument("--warp", type=float, default=5.0, help="largest displacement of the smooth warp (mm)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated subset of {METHODS} (default: all; nnreg_model only with --model)")
+    parser.add_argument("--model", default=None,
+                        help="a trained model folder: the nnreg_model row runs nnreg_register -m MODEL")
     parser.add_argument("--deformable-settings", nargs="*", default=[],
                         help='tuning rows: nnreg in this process with these deformable settings ("steps=60,...")')
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of {SETS}")
@@ -374,7 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the rows and settings here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    methods = [m for m in args.methods.split(",") if m]
+    default = [m for m in METHODS if m != "nnreg_model" or args.model]
+    methods = [m for m in (args.methods.split(",") if args.methods is not None else default) if m]
+    if "nnreg_model" in methods and not args.model:
+        raise SystemExit("the nnreg_model row needs --model MODEL_FOLDER")
+    if args.model:
+        RUNNERS["nnreg_model"] = functools.partial(run_nnreg, model=args.model)
     sets = [s for s in args.sets.split(",") if s]
     unknown = sorted(set(methods) - set(METHODS)) + sorted(set(sets) - set(SETS))
     if unknown:

@@ -111,3 +111,21 @@ def test_nnreg_register_end_to_end_is_scored(tmp_path: Path) -> None:
     assert "deformable: 7 steps" in (out / "geometry" / "steps-5_fine_steps-2" / "pair00" / "register.log").read_text()
     moving = read_image(result["pairs"][0]["moving"]["geometry"])[0]
     assert moving.shape == (32, 40, 32) and moving.max() > 0
+
+
+def test_the_model_row_runs_nnreg_register_with_the_model(tmp_path: Path) -> None:
+    from tests.inference.helpers import small_model
+
+    _, _, model = small_model(tmp_path / "model")
+    dataset = make_learn2reg_dataset(tmp_path / "data", n_train=2, n_val=2)
+    out = tmp_path / "bench"
+    with pytest.raises(SystemExit, match="needs --model"):
+        register.main(["--dataset", str(dataset), "--methods", "nnreg_model", "--output", str(out)])
+    code = register.main(["--dataset", str(dataset), "--split", "train", "--pairs", "1", "--methods",
+                          "nnreg_model,zero", "--model", str(model), "--sets", "geometry", "--threads", "1",
+                          "--output", str(out), "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    rows = {row["method"]: row for row in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    assert rows["nnreg_model"]["status"] == "ok" and rows["nnreg_model"]["label"] == "nnreg_register -m MODEL"
+    log = (out / "geometry" / "nnreg_model" / "pair00" / "register.log").read_text()
+    assert f"model {model}" in log and "deformable (from the network's field)" in log, log
