@@ -46,7 +46,7 @@ from nnreg.losses import gradient_l2, local_ncc, local_ncc_loss
 from nnreg.losses.mind import mind_descriptor_loss, mind_ssc
 from nnreg.losses.similarity import SIMILARITIES
 from nnreg.spatial import compose, integrate_velocity, jacobian_determinant, resize_field, warp
-from nnreg.spatial.warp import Box, warp_box
+from nnreg.spatial.warp import Box
 from nnreg.utilities.errors import ConfigurationError
 from nnreg.utilities.optim import Adam
 
@@ -252,7 +252,7 @@ class Stage:
         elif self.box is None:
             similarity = local_ncc_loss(self.target, warp(self.source, field), self.window)
         else:
-            warped = warp_box(self.source, field, self.box)
+            warped = warp(self.source, field, box=self.box)
             similarity = -local_ncc(self.target_box, warped, self.window).sum() / self.voxels
         return similarity + settings.lambda_reg * gradient_l2(velocity), similarity
 

@@ -26,8 +26,8 @@ from nnreg.dataset.image_io import Geometry
 from nnreg.inference.finer_grid import FinerGridSettings, refine_on_finer_grid
 from nnreg.inference.instance_optimization import InstanceOptimization, refine_field
 from nnreg.registration.grids import resample_to
-from nnreg.registration.normalization import match_histogram, normalise
-from nnreg.registration.prealign import PrealignSettings, prealign
+from nnreg.registration.normalization import match_histogram
+from nnreg.registration.prealign import Prealignment, PrealignSettings, image_tensor, prealign
 
 if TYPE_CHECKING:
     from nnreg.inference.predictor import nnRegPredictor
@@ -102,8 +102,7 @@ def register_images(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndar
         if factor > 1 and report is not None and report.velocity is not None and \
                 refinement.velocity_start == "network":          # exp(v) is the whole deformable part
             registration = _finer_grid_stage(registration, report.velocity, factor, settings, refinement,
-                                             (fixed, fixed_geometry), (moving, moving_geometry, aligned.moving_grid),
-                                             names)
+                                             aligned, fixed_geometry, moving_geometry)
         for line in log:
             logger.debug(line)
         return registration
@@ -117,31 +116,29 @@ def register_images(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndar
     factor = settings.finer_grid_factor(fixed_geometry.spacing, settings.working_spacing)
     if factor > 1:
         velocity = report.velocity if report.velocity is not None else zero
-        registration = _finer_grid_stage(registration, velocity, factor, settings, settings.deformable,
-                                         (fixed, fixed_geometry),
-                                         (moving, moving_geometry, aligned.moving_grid), names)
+        registration = _finer_grid_stage(registration, velocity, factor, settings, settings.deformable, aligned,
+                                         fixed_geometry, moving_geometry)
     for line in log:
         logger.debug(line)
     return registration
 
 
 def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor: int,
-                      settings: RegistrationSettings, refinement: InstanceOptimization,
-                      fixed: tuple[np.ndarray, Geometry],
-                      moving: tuple[np.ndarray, Geometry, Geometry], names: tuple[str, str]) -> Registration:
+                      settings: RegistrationSettings, refinement: InstanceOptimization, aligned: Prealignment,
+                      fixed_geometry: Geometry, moving_geometry: Geometry) -> Registration:
     """Go on from ``velocity`` (the refinement's, on ``registration.working``: the fixed working grid or the model's
     network grid) with the similarity measured on that grid subdivided ``factor`` times, the moving image resampled
-    through the affine onto it (:mod:`nnreg.inference.finer_grid`, the other settings ``refinement``'s); the
-    registration then lives on the finer grid."""
+    through the affine onto it (:mod:`nnreg.inference.finer_grid`, the other settings ``refinement``'s; the images
+    normalised once, by :func:`prealign`); the registration then lives on the finer grid."""
     stage = time.perf_counter()
     fine_geo = subdivided_geometry(registration.working, factor)
-    moving_fine_geo = subdivided_geometry(moving[2], factor)
-    fixed_img = resample_to(normalise(fixed[0], names[0]), fixed[1], fine_geo)
-    moving_img = resample_to(normalise(moving[0], names[1]), moving[1], moving_fine_geo)
+    moving_fine_geo = subdivided_geometry(aligned.moving_grid, factor)
+    fixed_img = resample_to(aligned.fixed_normalised, fixed_geometry, fine_geo)
+    moving_img = resample_to(aligned.moving_normalised, moving_geometry, moving_fine_geo)
     if settings.histogram_matching:
         moving_img = match_histogram(moving_img, fixed_img)
-    fixed_t, moving_t = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-                         for a in (fixed_img, moving_img))
+    fixed_t, moving_t = image_tensor(fixed_img), image_tensor(moving_img)
+    assert fixed_t is not None and moving_t is not None
     with torch.no_grad():
         moving_affine = sample_affine(moving_t, moving_fine_geo, fine_geo,
                                       torch.as_tensor(registration.affine.homogeneous))

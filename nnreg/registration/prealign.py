@@ -53,6 +53,8 @@ class Prealignment:
     fixed_working: torch.Tensor        # (1, 1, ...) normalised fixed image on ``fixed_grid``
     moving_working: torch.Tensor       # (1, 1, ...) normalised (histogram-matched) moving image on ``moving_grid``
     moving_affine: torch.Tensor        # ``moving_working`` through ``T`` on ``fixed_grid``
+    fixed_normalised: np.ndarray       # the normalised images on their own grids (for stages at full resolution)
+    moving_normalised: np.ndarray
     log: list[str] = field(default_factory=list)
 
 
@@ -72,7 +74,8 @@ def foreground_overlap(fixed: torch.Tensor, moving: torch.Tensor) -> float:
     return 2.0 * float((f & m).sum()) / total if total else 0.0
 
 
-def _tensor(array: np.ndarray | None) -> torch.Tensor | None:
+def image_tensor(array: np.ndarray | None) -> torch.Tensor | None:
+    """A 3D array as a float32 ``(1, 1, H, W, D)`` tensor (None stays None)."""
     return None if array is None else torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
 
 
@@ -95,18 +98,19 @@ def prealign(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray, mo
     check_image(moving, names[1])
     f_geo = working_geometry(fixed_geometry, settings.working_spacing)
     m_geo = working_geometry(moving_geometry, settings.working_spacing)
-    f_img = resample_to(normalise(fixed, names[0]), fixed_geometry, f_geo)
-    m_img = resample_to(normalise(moving, names[1]), moving_geometry, m_geo)
+    fixed_n, moving_n = normalise(fixed, names[0]), normalise(moving, names[1])
+    f_img = resample_to(fixed_n, fixed_geometry, f_geo)
+    m_img = resample_to(moving_n, moving_geometry, m_geo)
     if settings.histogram_matching:
         m_img = match_histogram(m_img, f_img)
     log = [f"working grids: fixed {list(f_geo.shape)}, moving {list(m_geo.shape)} at {settings.working_spacing} mm "
            f"({time.perf_counter() - began:.1f} s)"]
-    fixed_t, moving_t = _tensor(f_img), _tensor(m_img)
+    fixed_t, moving_t = image_tensor(f_img), image_tensor(m_img)
     assert fixed_t is not None and moving_t is not None
     stage = time.perf_counter()
     affine = register_affine(fixed_t, f_geo, moving_t, m_geo, settings.affine,
-                             _tensor(_working_mask(fixed_mask, fixed_geometry, f_geo, names[0])),
-                             _tensor(_working_mask(moving_mask, moving_geometry, m_geo, names[1])))
+                             image_tensor(_working_mask(fixed_mask, fixed_geometry, f_geo, names[0])),
+                             image_tensor(_working_mask(moving_mask, moving_geometry, m_geo, names[1])))
     log.extend(affine.log)
     log.append(f"affine: {affine.describe()} ({settings.affine.similarity}, {time.perf_counter() - stage:.1f} s)")
     with torch.no_grad():
@@ -118,4 +122,4 @@ def prealign(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray, mo
     if overlap < settings.min_overlap:
         raise NnregError(f"the images overlap only {overlap:.0%} after the affine stage (at least "
                          f"{settings.min_overlap:.0%} needed): check the orientation and field of view", names[1])
-    return Prealignment(affine, overlap, f_geo, m_geo, fixed_t, moving_t, moving_affine, log)
+    return Prealignment(affine, overlap, f_geo, m_geo, fixed_t, moving_t, moving_affine, fixed_n, moving_n, log)

@@ -58,14 +58,18 @@ def identity_grid(
     return _grid_constants(tuple(shape), torch.device(device), dtype)[0]
 
 
-def sampling_grid(disp: torch.Tensor) -> torch.Tensor:
+def sampling_grid(disp: torch.Tensor, box: "tuple[slice, slice, slice] | None" = None) -> torch.Tensor:
     """Normalised ``grid_sample`` grid ``(B, H, W, D, 3)`` for a voxel-unit displacement ``(B, 3, H, W, D)``.
 
-    float32 for any field dtype but float64 (a bf16 field is cast first), also under autocast."""
+    With ``box`` (slices of the field's grid), the grid of those voxels only, still normalised to the whole grid
+    (the points sample an image of the field's full shape). float32 for any field dtype but float64 (a bf16 field is
+    cast first), also under autocast."""
     if disp.dim() != 5 or disp.shape[1] != 3:
         raise ValueError(f"expected a displacement field (B, 3, H, W, D), got {tuple(disp.shape)}")
     dtype = spatial_dtype(disp)
     with autocast_disabled(disp.device):
         identity, scale = _grid_constants(tuple(disp.shape[2:]), disp.device, dtype)
+        if box is not None:
+            identity, disp = identity[:, box[0], box[1], box[2]], disp[:, :, box[0], box[1], box[2]]
         displacement = to_spatial(disp, dtype).permute(0, 2, 3, 4, 1).flip(-1)  # (B, H, W, D, 3), (k, j, i)
         return torch.addcmul(identity, displacement, scale)

@@ -7,7 +7,6 @@ import torch
 from nnreg.inference.instance_optimization import InstanceOptimization, Stage, _foreground_box
 from nnreg.losses import gradient_l2, local_ncc_loss
 from nnreg.spatial import warp
-from nnreg.spatial.warp import warp_box
 
 
 def _images(shape: tuple[int, int, int] = (20, 22, 18)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,11 +18,11 @@ def _images(shape: tuple[int, int, int] = (20, 22, 18)) -> tuple[torch.Tensor, t
     return fixed, moving
 
 
-def test_warp_box_equals_the_whole_warp_cropped() -> None:
+def test_the_box_warp_equals_the_whole_warp_cropped() -> None:
     _, moving = _images()
     field = torch.randn(1, 3, *moving.shape[2:]) * 3
     box = (slice(2, 15), slice(5, 22), slice(0, 9))
-    assert torch.equal(warp_box(moving, field, box), warp(moving, field)[:, :, box[0], box[1], box[2]])
+    assert torch.equal(warp(moving, field, box=box), warp(moving, field)[:, :, box[0], box[1], box[2]])
 
 
 def test_the_box_loss_and_gradient_equal_the_whole_grids() -> None:
