@@ -12,7 +12,9 @@ landmarksVal, so TRE too), ``--pairs N`` of them spread evenly over the list. Ea
 its landmarks are moved by one random affine (±10°, ±10 % scale, ±10 mm shift per axis) and a smooth warp (5 mm) —
 ``benchmarks/register_pairs.py`` documents the generator, reproducible from ``--seed`` and the pair's index. The
 ``scanner`` set is the same pairs with the moving image in another scanner's intensities (units ×4, bias field,
-gamma, noise; same ground truth). The generated files go to ``OUTDIR/pairs/`` with a ``pairs.json`` record.
+gamma, noise; same ground truth), and the ``aligned`` set the same pairs as the dataset has them (no perturbation,
+the dataset's own labels and landmarks): the reference the perturbed sets are compared with. The generated files go
+to ``OUTDIR/pairs/`` with a ``pairs.json`` record.
 
 Methods, all in the same run, each giving a Learn2Reg field (voxels, pull, fixed grid) scored by
 ``nnreg.evaluation.evaluate_pair`` (``nnreg_evaluate``'s functions; the dataset's evaluation-config labels; NDV
@@ -55,7 +57,7 @@ from benchmarks.register_pairs import Perturbation, max_rotation_degrees, pertur
 
 logger = logging.getLogger("nnreg.benchmarks.register")
 
-SETS = ("geometry", "scanner")
+SETS = ("geometry", "scanner", "aligned")
 METHODS = ("nnreg", "nnreg_model", "ants", "greedy", "demons", "zero")   # nnreg_model: with --model only
 PACKAGES = {"ants": ("ants", "antspyx"), "greedy": ("picsl_greedy", "picsl-greedy"),
             "demons": ("SimpleITK", "SimpleITK")}
@@ -100,8 +102,12 @@ def generate(dataset: Path, split: str, count: int, seed: int, perturbation: Per
         files = {"geometry": out / f"{stem}_moving.nii.gz", "scanner": out / f"{stem}_moving_scanner.nii.gz"}
         write_image(moved.image, geometry, files["geometry"])
         write_image(moved.scanner_image, geometry, files["scanner"])
+        files["aligned"] = image_file(dataset.resolve(), moving_rel)       # the pair as the dataset has it
+        aligned_truth = {f"moving_{kind}": str(ground_truth_file(dataset.resolve(), moving_rel, kind))
+                         for kind in ("labels", "landmarks")}
         record: dict[str, Any] = {"fixed": str(image_file(dataset.resolve(), fixed_rel)), "moving_source": moving_rel,
                                   "moving": {k: str(v) for k, v in files.items()},
+                                  "truth": {"aligned": aligned_truth},
                                   "fixed_labels": str(ground_truth_file(dataset.resolve(), fixed_rel, "labels")),
                                   "fixed_landmarks": str(ground_truth_file(dataset.resolve(), fixed_rel,
                                                                            "landmarks")),
@@ -224,7 +230,7 @@ def nnreg_variant(overrides: str) -> Callable[..., tuple[np.ndarray, dict[str, A
 
     items = [item.strip() for item in overrides.split(",") if item.strip()]
     finer = {k.removeprefix("finer_"): v for k, _, v in (i.partition("=") for i in items if i.startswith("finer_"))}
-    kinds = {"lr": float, "finer_velocity": lambda text: text.lower() in ("1", "true", "yes")}
+    kinds = {"lr": float, "lambda_reg": float, "finer_velocity": lambda text: text.lower() in ("1", "true", "yes")}
     finer_settings = FinerGridSettings(**{k: kinds.get(k, int)(v) for k, v in finer.items()})
     settings = RegistrationSettings()
     settings = RegistrationSettings(deformable=settings.deformable.with_overrides(
@@ -332,7 +338,7 @@ def run_method(method: str, records: list[dict[str, Any]], image_set: str, out: 
             row["status"] = f"failed: {str(exc).strip().splitlines()[-1][:80] if str(exc).strip() else type(exc)}"
             return row
         seconds, cpu = time.perf_counter() - began, _cpu_seconds() - cpu
-        metrics = score(field, record, moving, labels)
+        metrics = score(field, {**record, **record.get("truth", {}).get(image_set, {})}, moving, labels)
         row["pairs"].append({"pair": index, "seconds": seconds, "cpu_seconds": cpu, **metrics, **extra})
         logger.info("%s %s pair %d: %s (%.1f s)", image_set, method, index,
                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), seconds)

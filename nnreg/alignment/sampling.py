@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from nnreg.alignment.grids import index_to_physical, physical_to_index
 from nnreg.dataset.image_io import Geometry
+from nnreg.spatial.sampling import grid_sample
 
 
 def _normaliser(shape: tuple[int, ...]) -> torch.Tensor:
@@ -38,7 +39,7 @@ def sample_affine(image: torch.Tensor, source: Geometry, target: Geometry, trans
     theta = _normaliser(source.shape) @ index_transform(target, source, transform) @ \
         torch.linalg.inv(_normaliser(target.shape))
     grid = F.affine_grid(theta[:3].unsqueeze(0).to(image.dtype), [1, 1, *target.shape], align_corners=True)
-    return F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=True)
+    return grid_sample(image, grid, mode=mode, padding_mode=padding)
 
 
 def sample_field_at(field: torch.Tensor, field_geometry: Geometry, points: torch.Tensor) -> torch.Tensor:

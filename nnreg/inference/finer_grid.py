@@ -39,12 +39,15 @@ class FinerGridSettings:
     lr: float = 0.25             # Adam learning rate (velocity voxels), half the refinement's
     ncc_window: int = 9          # local NCC window on the finer grid (odd)
     finer_velocity: bool = False  # resample the velocity onto the finer grid too (more detail, integration costs more)
+    lambda_reg: float | None = None  # weight of ||grad v||^2 in this stage (None: the refinement's)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ConfigurationError(f"invalid finer-grid setting: steps must be an integer >= 0, got {self.steps!r}")
         if not self.lr > 0:
             raise ConfigurationError(f"invalid finer-grid setting: lr must be > 0, got {self.lr!r}")
+        if self.lambda_reg is not None and not self.lambda_reg >= 0:
+            raise ConfigurationError(f"invalid finer-grid setting: lambda_reg must be >= 0, got {self.lambda_reg!r}")
         if self.ncc_window < 1 or self.ncc_window % 2 == 0:
             raise ConfigurationError(f"invalid finer-grid setting: ncc_window must be an odd number >= 1, "
                                      f"got {self.ncc_window!r}")
@@ -66,6 +69,8 @@ def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: to
         raise ValueError(f"expected a (1, 3, h, w, d) velocity, got {tuple(velocity.shape)}")
     shape = tuple(int(s) for s in fixed.shape[2:])
     options = replace(refinement, lr=settings.lr)
+    if settings.lambda_reg is not None:
+        options = replace(options, lambda_reg=settings.lambda_reg)
     with torch.inference_mode(False), torch.enable_grad():
         with torch.no_grad():
             start = velocity.detach().float().clone().contiguous()

@@ -42,7 +42,8 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from nnreg.losses import gradient_l2, local_ncc, local_ncc_loss
+from nnreg.losses import gradient_l2
+from nnreg.losses.ncc import TargetWindows
 from nnreg.losses.mind import mind_descriptor_loss, mind_ssc
 from nnreg.losses.similarity import SIMILARITIES
 from nnreg.spatial import compose, integrate_velocity, jacobian_determinant, resize_field, warp
@@ -237,7 +238,8 @@ class Stage:
         self.target, self.source, self.window, self.steps, self.grid = target, source, window, steps, grid
         self.size: tuple[int, int, int] = tuple(int(s) for s in target.shape[2:])  # type: ignore[assignment]
         self.box = None if self.mind else _foreground_box(target, window - 1)
-        self.target_box = target if self.box is None else target[:, :, self.box[0], self.box[1], self.box[2]].contiguous()
+        target_box = target if self.box is None else target[:, :, self.box[0], self.box[1], self.box[2]].contiguous()
+        self.windows = None if self.mind else TargetWindows(target_box, window)   # the fixed image's sums, once
         self.voxels = float(target.shape[2] * target.shape[3] * target.shape[4])
 
     def loss(self, velocity: torch.Tensor, settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,11 +251,9 @@ class Stage:
         """(total loss, NCC loss) of the displacement ``field`` (this stage's grid) regularised through ``velocity``."""
         if self.mind:
             similarity = mind_descriptor_loss(self.target, warp(self.source, field))
-        elif self.box is None:
-            similarity = local_ncc_loss(self.target, warp(self.source, field), self.window)
         else:
-            warped = warp(self.source, field, box=self.box)
-            similarity = -local_ncc(self.target_box, warped, self.window).sum() / self.voxels
+            assert self.windows is not None
+            similarity = -self.windows.cc(warp(self.source, field, box=self.box)).sum() / self.voxels
         return similarity + settings.lambda_reg * gradient_l2(velocity), similarity
 
 

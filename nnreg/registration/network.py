@@ -1,13 +1,15 @@
-"""The deformable stage started by a trained model: after the affine stage, both images go onto the model's
-network grid exactly as ``nnreg_predict`` prepares a pair, the network predicts, and the predictor's own refinement
-(the plans' ``instance_optimization``, which starts from the network's field) finishes.
+"""A trained model's start for the deformable stage: after the affine stage, both images go onto the model's
+network grid exactly as ``nnreg_predict`` prepares a pair, the network predicts, and its field is carried onto the
+fixed working grid, where ``nnreg_register``'s own deformable stage starts from it (and from the identity: the
+pipeline keeps the start whose refinement reaches the lower loss, :mod:`nnreg.registration.pipeline`).
 
 Conventions: see :mod:`nnreg.registration.pipeline`. The moving image is resampled through the affine ``T`` onto
 the fixed image's own grid (raw intensities, trilinear, 0 outside), then both are normalised with the model's
 scheme and put on the network grid (:func:`nnreg.inference.preparation.prepare_arrays`, which also standardises an
 image in foreign units). The network grid is a physical grid of its own (:func:`network_geometry`: the fixed
-grid's axes at the planned spacing, the planned box), so the field it returns is the deformable part ``u`` of the
-registration on that grid and the outputs compose it with ``T`` in physical space like the model-free path's.
+grid's axes at the planned spacing, the planned box), so the field it returns is a deformable part ``d`` (mm,
+``p -> p + d(p)`` before ``T``) that any other grid of the fixed image's space samples (:func:`on_grid`: trilinear,
+edge values outside the box, as nnreg resamples fields).
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import numpy as np
 import torch
 
 from nnreg.alignment.affine import AffineResult
-from nnreg.alignment.grids import index_to_physical
-from nnreg.alignment.sampling import sample_affine
+from nnreg.alignment.grids import index_to_physical, voxel_centres
+from nnreg.alignment.sampling import sample_affine, sample_field_at
 from nnreg.dataset.image_io import Geometry
 from nnreg.inference.predictor import nnRegPredictor
 from nnreg.inference.preparation import prepare_arrays
@@ -46,11 +48,10 @@ def affine_on_fixed_grid(moving: np.ndarray, moving_geometry: Geometry, fixed_ge
     return np.ascontiguousarray(out[0, 0].numpy())
 
 
-def network_stage(predictor: nnRegPredictor, fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
+def network_field(predictor: nnRegPredictor, fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
                   moving_geometry: Geometry, affine: AffineResult, names: tuple[str, str]
-                  ) -> tuple[Geometry, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float], list[str]]:
-    """(network grid, field ``(1, 3, *shape)`` on it, fixed and moving network inputs ``(1, 1, *shape)``,
-    similarity, log lines) of the model-started deformable stage."""
+                  ) -> tuple[Geometry, torch.Tensor, list[str]]:
+    """(network grid, the network's field ``(1, 3, *shape)`` on it in its voxels, log lines); no refinement."""
     began = time.perf_counter()
     moving_affine = affine_on_fixed_grid(moving, moving_geometry, fixed_geometry, affine)
     prepared = prepare_arrays(fixed, moving_affine, predictor.configuration, fixed_geometry, fixed_geometry,
@@ -59,21 +60,17 @@ def network_stage(predictor: nnRegPredictor, fixed: np.ndarray, fixed_geometry: 
     log = [f"network grid: {list(geometry.shape)} at {[round(s, 3) for s in geometry.spacing]} mm "
            f"({time.perf_counter() - began:.1f} s)"]
     stage = time.perf_counter()
-    network_field = predictor.predict_network_grid(prepared.fixed_network, prepared.moving_network, refine=False)
+    field = predictor.predict_network_grid(prepared.fixed_network, prepared.moving_network, refine=False)
     log.append(f"network: {predictor.configuration_name}, fold(s) {', '.join(predictor.folds)} "
                f"({time.perf_counter() - stage:.1f} s)")
-    stage = time.perf_counter()
-    field = predictor.refine(prepared.fixed_network, prepared.moving_network, network_field)
-    report = predictor.last_refinement
-    similarity: dict[str, float] = {}
-    if report is not None:
-        similarity = {"ncc_network": -report.initial_ncc, "ncc_final": -report.final_ncc}
-        log.append(f"deformable (from the network's field): {report.steps_run} steps, similarity "
-                   f"{similarity['ncc_network']:.4f} -> {similarity['ncc_final']:.4f}"
-                   f"{' (network kept: ' + report.reason + ')' if report.kept_network else ''} "
-                   f"({time.perf_counter() - stage:.1f} s)")
-    else:
-        log.append("deformable: the network's field (the model's plans record no refinement)")
-    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]  # noqa: E731
-    return geometry, field.float().cpu(), tensor(prepared.fixed_network), tensor(prepared.moving_network), \
-        similarity, log
+    return geometry, field.float().cpu(), log
+
+
+def on_grid(field: torch.Tensor, geometry: Geometry, target: Geometry) -> torch.Tensor:
+    """A voxel-unit field ``(1, 3, ...)`` on ``geometry`` as the same physical displacement on ``target`` (a grid of
+    the same space), in ``target``'s voxels ``(1, 3, *target.shape)``."""
+    to_mm = torch.as_tensor(index_to_physical(geometry)[:3, :3], dtype=torch.float64)
+    millimetres = torch.einsum("rc,bc...->br...", to_mm, field.double())
+    sampled = sample_field_at(millimetres, geometry, torch.from_numpy(voxel_centres(target)))   # (..., 3) mm
+    to_voxels = torch.linalg.inv(torch.as_tensor(index_to_physical(target)[:3, :3], dtype=torch.float64))
+    return torch.einsum("rc,...c->r...", to_voxels, sampled).unsqueeze(0).float().contiguous()

@@ -1,6 +1,7 @@
 """Pairwise registration of two user images: normalise -> working grids -> affine -> deformable refinement from
-the identity, or, with a trained model, from the network's field on the model's grid
-(:mod:`nnreg.registration.network`).
+the identity and, with a trained model, also from the network's field carried onto the working grid
+(:mod:`nnreg.registration.network`; the start whose refinement reaches the lower loss is kept) -> the last steps
+on a finer grid when the fixed image is finer than the working grid.
 
 Conventions: see :mod:`nnreg.alignment.grids` (LPS mm, ``(i, j, k)`` arrays). The optimisation runs on **working
 grids**: each image's own physical box, canonically oriented, at ``working_spacing`` mm. The affine ``T`` maps the
@@ -24,7 +25,7 @@ from nnreg.alignment.grids import subdivided_geometry
 from nnreg.alignment.sampling import sample_affine
 from nnreg.dataset.image_io import Geometry
 from nnreg.inference.finer_grid import FinerGridSettings, refine_on_finer_grid
-from nnreg.inference.instance_optimization import InstanceOptimization, refine_field
+from nnreg.inference.instance_optimization import InstanceOptimization, RefinementReport, refine_field
 from nnreg.registration.grids import resample_to
 from nnreg.registration.normalization import match_histogram
 from nnreg.registration.prealign import Prealignment, PrealignSettings, image_tensor, prealign
@@ -90,37 +91,49 @@ def register_images(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndar
                        names)
     affine, log, overlap = aligned.affine, aligned.log, aligned.overlap
     f_geo, fixed_t, moving_affine = aligned.fixed_grid, aligned.fixed_working, aligned.moving_affine
+    starts = {"identity": torch.zeros((1, 3, *f_geo.shape))}
     if predictor is not None and settings.deformable.enabled:
-        from nnreg.registration.network import network_stage
+        from nnreg.registration.network import network_field, on_grid
 
-        net_geo, field_n, fixed_n, moving_n, similarity, lines = network_stage(
-            predictor, fixed, fixed_geometry, moving, moving_geometry, affine, names)
+        net_geo, net_field, lines = network_field(predictor, fixed, fixed_geometry, moving, moving_geometry, affine,
+                                                  names)
         log.extend(lines)
-        registration = Registration(affine, net_geo, field_n, fixed_n, moving_n, overlap, similarity, log)
-        report, refinement = predictor.last_refinement, predictor.instance_optimization
-        factor = settings.finer_grid_factor(fixed_geometry.spacing, min(net_geo.spacing))
-        if factor > 1 and report is not None and report.velocity is not None and \
-                refinement.velocity_start == "network":          # exp(v) is the whole deformable part
-            registration = _finer_grid_stage(registration, report.velocity, factor, settings, refinement,
-                                             aligned, fixed_geometry, moving_geometry)
-        for line in log:
-            logger.debug(line)
-        return registration
-    stage = time.perf_counter()
-    zero = torch.zeros((1, 3, *f_geo.shape))
-    field_w, report = refine_field(fixed_t, moving_affine, zero, settings.deformable)
-    similarity = {"ncc_after_affine": -report.initial_ncc, "ncc_final": -report.final_ncc}
-    log.append(f"deformable: {report.steps_run} steps, local NCC {similarity['ncc_after_affine']:.4f} -> "
-               f"{similarity['ncc_final']:.4f} ({time.perf_counter() - stage:.1f} s)")
+        starts["network"] = on_grid(net_field, net_geo, f_geo)
+    chosen, field_w, report, similarity = _deformable(fixed_t, moving_affine, starts, settings.deformable, log)
     registration = Registration(affine, f_geo, field_w, fixed_t, moving_affine, overlap, similarity, log)
     factor = settings.finer_grid_factor(fixed_geometry.spacing, settings.working_spacing)
     if factor > 1:
-        velocity = report.velocity if report.velocity is not None else zero
+        velocity = report.velocity if report.velocity is not None else starts[chosen]
         registration = _finer_grid_stage(registration, velocity, factor, settings, settings.deformable, aligned,
                                          fixed_geometry, moving_geometry)
     for line in log:
         logger.debug(line)
     return registration
+
+
+def _deformable(fixed: torch.Tensor, moving: torch.Tensor, starts: dict[str, torch.Tensor],
+                settings: InstanceOptimization, log: list[str]
+                ) -> tuple[str, torch.Tensor, RefinementReport, dict[str, float]]:
+    """The deformable stage from each start (the identity; a trained model's field); the refinement that reaches the
+    lower loss (similarity plus regulariser, on the working grid) is kept. Why both: a network trained for a few
+    minutes on other data can start the optimisation in a worse basin than the identity does (measured,
+    documentation/benchmarks.md); the loss decides per pair, at the cost of a second refinement."""
+    results = {}
+    for name, start in starts.items():
+        began = time.perf_counter()
+        field, report = refine_field(fixed, moving, start, settings)
+        results[name] = field, report
+        label = "deformable" if len(starts) == 1 else f"deformable from the {'network' if name == 'network' else name}"
+        log.append(f"{label}: {report.steps_run} steps, local NCC {-report.initial_ncc:.4f} -> "
+                   f"{-report.final_ncc:.4f}, loss {report.final_loss:.4f} ({time.perf_counter() - began:.1f} s)")
+    chosen = min(results, key=lambda name: (results[name][1].final_loss, name != "network"))
+    field, report = results[chosen]
+    similarity = {"ncc_after_affine": -results["identity"][1].initial_ncc, "ncc_final": -report.final_ncc}
+    if "network" in results:
+        similarity["ncc_network"] = -results["network"][1].initial_ncc
+        log.append(f"deformable: kept the refinement from the {chosen}"
+                   f"{chr(39) + 's field' if chosen == 'network' else ''} (lower loss)")
+    return chosen, field, report, similarity
 
 
 def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor: int,

@@ -118,13 +118,12 @@ def run_registration(request: RunRequest) -> list[str]:
     if request.model is not None and not request.affine_only:
         from nnreg.inference.predictor import nnRegPredictor
 
-        overrides = MULTIMODAL_REFINEMENT if similarity == "mind" else None
-        predictor = nnRegPredictor(device=request.device, num_threads=request.threads,
-                                   instance_optimization_overrides=overrides).\
+        # the network only gives a start: the deformable stage is this command's own (settings.deformable)
+        predictor = nnRegPredictor(device=request.device, num_threads=request.threads, instance_optimization=0).\
             initialize_from_trained_model_folder(request.model, request.folds, request.checkpoint,
                                                  request.configuration)
         lines.append(f"model {request.model}: configuration {predictor.configuration_name}, fold(s) "
-                     f"{', '.join(predictor.folds)}, refinement {predictor.instance_optimization.to_json()}")
+                     f"{', '.join(predictor.folds)} (its network's field is one start of the deformable stage)")
     registration = register_images(fixed, fixed_geometry, moving, moving_geometry, settings, masks[0], masks[1],
                                    (request.fixed, request.moving), predictor)
     lines += registration.log

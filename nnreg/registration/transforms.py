@@ -24,7 +24,6 @@ import torch
 from nnreg.alignment.grids import index_to_physical, physical_to_index, voxel_centres
 from nnreg.alignment.sampling import sample_field_at
 from nnreg.dataset.image_io import Geometry
-from nnreg.inference.export import itk_vector_image
 from nnreg.registration.pipeline import Registration
 from nnreg.spatial import invert_displacement
 
@@ -85,8 +84,3 @@ def inverse_on_moving_grid(registration: Registration, fixed: Geometry, moving: 
 def _index_geometry(geometry: Geometry) -> Geometry:
     """A grid whose physical points are its voxel indices (for index arrays)."""
     return Geometry(geometry.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-
-
-def displacement_image(displacement_mm: np.ndarray, geometry: Geometry) -> sitk.Image:
-    """An ``(H, W, D, 3)`` mm displacement on ``geometry`` as an ITK vector image (float64, for the transform)."""
-    return itk_vector_image(np.asarray(displacement_mm, dtype=np.float64), geometry)

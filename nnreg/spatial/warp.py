@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from nnreg.spatial.grid import sampling_grid
 from nnreg.spatial.precision import autocast_disabled
+from nnreg.spatial.sampling import grid_sample
 
 _MODES = {"bilinear", "nearest"}
 _PADDINGS = {"zeros", "border"}
@@ -43,6 +43,6 @@ def warp(image: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear", paddin
     original_dtype = image.dtype
     with autocast_disabled(disp.device):
         grid = sampling_grid(disp, box)
-        out = F.grid_sample(image.to(grid.dtype), grid, mode=mode, padding_mode=padding, align_corners=True)
+        out = grid_sample(image.to(grid.dtype), grid, mode=mode, padding_mode=padding)
     return out if out.dtype == original_dtype else out.to(original_dtype)
 

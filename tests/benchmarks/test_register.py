@@ -128,4 +128,28 @@ def test_the_model_row_runs_nnreg_register_with_the_model(tmp_path: Path) -> Non
     rows = {row["method"]: row for row in json.loads((tmp_path / "r.json").read_text())["rows"]}
     assert rows["nnreg_model"]["status"] == "ok" and rows["nnreg_model"]["label"] == "nnreg_register -m MODEL"
     log = (out / "geometry" / "nnreg_model" / "pair00" / "register.log").read_text()
-    assert f"model {model}" in log and "deformable (from the network's field)" in log, log
+    assert f"model {model}" in log and "deformable from the network:" in log, log
+
+
+def test_aligned_set_scores_the_pairs_as_the_dataset_has_them(tmp_path: Path) -> None:
+    """The ``aligned`` set is the unperturbed pair with the dataset's own labels: its zero field scores what the
+    evaluator gives the dataset pair itself, and the perturbed set's zero field scores lower."""
+    from nnreg.evaluation import evaluate_pair
+    from nnreg.evaluation.ground_truth import ground_truth_file, image_file, load_volume
+
+    dataset = make_learn2reg_dataset(tmp_path / "data", n_train=2, n_val=2)
+    code = register.main(["--dataset", str(dataset), "--split", "val", "--pairs", "1", "--methods", "zero",
+                          "--sets", "geometry,aligned", "--output", str(tmp_path / "bench"), "--json",
+                          str(tmp_path / "r.json")])
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    rows = {row["set"]: row for row in result["rows"]}
+    fixed_rel, moving_rel = register.dataset_pairs(dataset, "val", 1)[0]
+    assert result["pairs"][0]["moving"]["aligned"] == str(image_file(dataset.resolve(), moving_rel))
+    def labels(rel: str) -> np.ndarray:
+        return load_volume(ground_truth_file(dataset, rel, "labels"), "labels")
+
+    expected = evaluate_pair(np.zeros((*read_image(image_file(dataset, fixed_rel))[0].shape, 3)), labels(fixed_rel),
+                             labels(moving_rel), labels=register.config_labels(dataset))["dice"]
+    assert rows["aligned"]["dice"] == pytest.approx(expected, abs=1e-9)
+    assert rows["geometry"]["dice"] < rows["aligned"]["dice"] - 0.05

@@ -163,3 +163,35 @@ def test_real_2mm_pair_is_bounded_with_bounded_gradients() -> None:
     g = warped.grad.abs().flatten()
     # the old cumulative-sum version: max 3.1e3 against a median of 6e-7 on this pair
     assert float(g.max()) < 1e-2
+
+
+def test_target_windows_give_local_ncc_bitwise_and_the_same_gradient() -> None:
+    """The refinement's fixed-image sums computed once (:class:`TargetWindows`) against the five-sum formula written
+    out here (zero-padded window sums by ``F.pad`` and ``unfold``)."""
+    from nnreg.losses.ncc import TargetWindows
+
+    def sums(x: torch.Tensor, w: int) -> torch.Tensor:
+        p = w // 2
+        for axis in range(3):
+            spec = [0] * 6
+            spec[(2 - axis) * 2] = spec[(2 - axis) * 2 + 1] = p
+            x = F.pad(x, spec).unfold(2 + axis, w, 1).sum(-1)
+        return x
+
+    g = torch.Generator().manual_seed(5)
+    fixed = torch.rand(1, 1, 13, 11, 15, generator=g)
+    fixed[..., :4] = 0
+    windows = TargetWindows(fixed, 5)
+    for _ in range(2):
+        warped = torch.rand(1, 1, 13, 11, 15, generator=g, requires_grad=True)
+        i, j, n = fixed, warped, 125.0
+        s = [sums(t, 5) for t in (i, j, i * i, j * j, i * j)]
+        cross = s[4] - s[0] * s[1] / n
+        var_i, var_j = (s[2] - s[0] * s[0] / n).clamp_min(0), (s[3] - s[1] * s[1] / n).clamp_min(0)
+        expected = torch.minimum(cross * cross, var_i * var_j) / (var_i * var_j + 1e-5)
+        got = windows.cc(warped)
+        assert torch.equal(got, expected)
+        assert torch.equal(local_ncc(fixed, warped, 5), expected)
+        want, = torch.autograd.grad(expected.sum(), warped)
+        have, = torch.autograd.grad(windows.cc(warped).sum(), warped)
+        torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-6)

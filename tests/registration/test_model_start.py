@@ -3,11 +3,11 @@ same files as without a model, and the written ITK transforms reproduce the warp
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from nnreg.cli.register import main
@@ -60,9 +60,11 @@ def test_model_itk_transforms_reproduce_the_warped_image(with_model) -> None:
 
 
 def test_model_path_refines_from_the_network_and_aligns(with_model) -> None:
-    """The deformable stage is the predictor's refinement from the network's field, and the pair ends aligned."""
+    """The deformable stage runs from the network's field and from the identity, says which it kept, and the pair
+    ends aligned."""
     log = (with_model["out"] / "register.log").read_text()
-    assert "deformable (from the network's field):" in log, log
+    assert "deformable from the network:" in log and "deformable from the identity:" in log, log
+    assert re.search(r"deformable: kept the refinement from the (network's field|identity) \(lower loss\)", log), log
     fixed, _ = read(with_model["fixed"])
     warped, _ = read(with_model["out"] / "warped.nii.gz")
     brain = _brain(fixed)
@@ -77,7 +79,7 @@ def test_network_field_maps_back_as_nnreg_predict_does(tmp_path: Path) -> None:
     from nnreg.dataset.image_io import Geometry
     from nnreg.inference import nnRegPredictor
     from nnreg.planning.plans import Plans
-    from nnreg.registration.network import network_stage
+    from nnreg.registration.network import network_field
     from nnreg.registration.pipeline import Registration
     from nnreg.registration.transforms import forward_on_fixed_grid
     from tests.inference.helpers import OracleNet, smooth_field
@@ -93,9 +95,9 @@ def test_network_field_maps_back_as_nnreg_predict_does(tmp_path: Path) -> None:
     moving = rng.random(moving_geometry.shape).astype(np.float32) * 200
     shift = np.array([2.0, -1.5, 0.5])
     affine = AffineResult(np.eye(3), np.zeros(3), shift, 0.0)
-    geometry, field, fixed_n, moving_n, _, _ = network_stage(predictor, fixed, fixed_geometry, moving,
-                                                             moving_geometry, affine, ("fixed", "moving"))
-    registration = Registration(affine, geometry, field, fixed_n, moving_n, 1.0)
+    geometry, field, _ = network_field(predictor, fixed, fixed_geometry, moving, moving_geometry, affine,
+                                       ("fixed", "moving"))
+    registration = Registration(affine, geometry, field, torch.zeros(1), torch.zeros(1), 1.0)
     learn2reg, _ = forward_on_fixed_grid(registration, fixed_geometry, moving_geometry)
     expected = predictor.predict_pair(fixed, fixed, fixed_geometry, fixed_geometry)   # fixed voxels, fixed grid
     index = np.stack(np.meshgrid(*[np.arange(n) for n in fixed_geometry.shape], indexing="ij"), -1)
@@ -112,9 +114,9 @@ def test_model_and_dataset_together_is_one_line(tmp_path: Path) -> None:
 
 
 def test_model_path_finishes_on_a_finer_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a finer-grid stage after the model's refinement (forced here: the tiny model's network grid is the
-    fixed grid), the registration ends on the network grid subdivided twice, and the written files keep both
-    conventions (scipy and ITK)."""
+    """With a finer-grid stage after the deformable stage started by the model (forced here: the phantom is no
+    finer than the working grid), the registration ends on the working grid subdivided twice, and the written files
+    keep the ITK convention."""
     from nnreg.registration.pipeline import RegistrationSettings
 
     monkeypatch.setattr(RegistrationSettings, "finer_grid_factor", lambda self, fixed, coarse: 2)
@@ -124,13 +126,58 @@ def test_model_path_finishes_on_a_finer_grid(tmp_path: Path, monkeypatch: pytest
     result = invoke_cli(main, "--fixed", fixed, "--moving", moving, "-o", out, "-m", model, "-f", "0")
     assert result.exit_code == 0, result.output + result.stderr
     log = (out / "register.log").read_text()
-    network = re.search(r"network grid: \[(\d+), (\d+), (\d+)\] at \[([\d.]+),", log)
-    assert network is not None and "deformable (from the network's field):" in log, log
-    shape = [2 * int(network.group(k)) for k in (1, 2, 3)]
-    assert f"finer grid {shape} at {float(network.group(4)) / 2:g} mm:" in log, log
+    working = re.search(r"working grids: fixed \[(\d+), (\d+), (\d+)\], moving \[[\d, ]+\] at ([\d.]+) mm", log)
+    assert working is not None and "network grid:" in log and "deformable from the network:" in log, log
+    shape = [2 * int(working.group(k)) for k in (1, 2, 3)]
+    assert f"finer grid {shape} at {float(working.group(4)) / 2:g} mm:" in log, log
     run = {"fixed": fixed, "moving": moving, "out": out}
     error, moving_range = itk_reproduction_error(run)
     assert error <= 1e-3 * moving_range
     fixed_array, _ = read(fixed)
     warped, _ = read(out / "warped.nii.gz")
     assert np.corrcoef(warped[_brain(fixed_array)], fixed_array[_brain(fixed_array)])[0, 1] > 0.8
+
+
+def test_network_field_moves_onto_another_grid_as_the_same_physical_displacement() -> None:
+    """``on_grid``: a field linear in physical space (which trilinear interpolation reproduces) on a rotated,
+    anisotropic grid, carried onto a coarser grid of other axes, is that grid's voxels of the same millimetres."""
+    from nnreg.alignment.grids import index_to_physical, voxel_centres
+    from nnreg.dataset.image_io import Geometry
+    from nnreg.registration.network import on_grid
+
+    c, s = np.cos(0.3), np.sin(0.3)
+    source = Geometry((30, 34, 28), (1.0, 1.2, 0.9), (-14.0, -19.0, -12.0), (c, -s, 0, s, c, 0, 0, 0, 1))
+    target = Geometry((12, 14, 11), (2.0, 2.0, 2.0), (-8.0, -10.0, 10.0), (1, 0, 0, 0, 0, 1, 0, -1, 0))
+    gradient = np.array([[0.05, -0.02, 0.01], [0.03, 0.04, -0.02], [-0.01, 0.02, 0.06]])
+    offset = np.array([1.5, -0.5, 2.0])
+    mm = lambda points: points @ gradient.T + offset                                    # noqa: E731
+    to_voxels = np.linalg.inv(index_to_physical(source)[:3, :3])
+    field = np.einsum("rc,...c->r...", to_voxels, mm(voxel_centres(source)))[None]
+    got = on_grid(torch.from_numpy(field), source, target)[0].numpy()
+    want = np.einsum("rc,...c->r...", np.linalg.inv(index_to_physical(target)[:3, :3]), mm(voxel_centres(target)))
+    index = voxel_centres(target) @ np.linalg.inv(index_to_physical(source)).T[:3, :3] + \
+        np.linalg.inv(index_to_physical(source))[:3, 3]
+    inside = np.all((index >= 0) & (index <= np.array(source.shape) - 1), axis=-1)   # outside: edge values
+    assert got.shape == (3, *target.shape) and inside.mean() > 0.5
+    assert np.abs(got - want)[:, inside].max() < 1e-4
+
+
+def test_the_start_whose_refinement_reaches_the_lower_loss_is_kept() -> None:
+    """A network start at the true shift is kept over the identity; a network start the wrong way is not."""
+    from nnreg.registration.pipeline import DEFORMABLE, _deformable
+
+    g = torch.Generator().manual_seed(0)
+    blobs = torch.nn.functional.avg_pool3d(torch.rand(1, 1, 36, 36, 36, generator=g), 5, 1, 2)
+    fixed = blobs[..., 4:-4, 4:-4, 4:-4].contiguous()
+    moving = blobs[..., 7:-1, 4:-4, 4:-4].contiguous()             # fixed(x) = moving(x - 3 voxels along axis 0)
+    truth = torch.zeros(1, 3, *fixed.shape[2:])
+    truth[:, 0] = -3.0
+    settings = DEFORMABLE.with_overrides({"steps": 4, "fine_steps": 4})
+    for start, expected in ((truth, "network"), (-truth, "identity")):
+        log: list[str] = []
+        chosen, _, report, similarity = _deformable(fixed, moving, {"identity": torch.zeros_like(truth),
+                                                                    "network": start}, settings, log)
+        assert chosen == expected, log
+        assert f"kept the refinement from the {'network' + chr(39) + 's field' if expected == 'network' else expected}" \
+            in log[-1]
+        assert set(similarity) == {"ncc_after_affine", "ncc_final", "ncc_network"}

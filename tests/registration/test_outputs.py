@@ -80,3 +80,30 @@ def test_inverse_transforms_undo_the_forward_ones(registered):
     z = index + field[tuple(index.T)]                      # moving indices of fixed voxels x
     back = z + np.stack([ndimage.map_coordinates(inverse_field[..., c], z.T, order=1) for c in range(3)], axis=1)
     assert np.linalg.norm(back - index, axis=1).mean() < 0.2
+
+
+def test_a_failing_writer_is_raised_after_the_others_finished(tmp_path, monkeypatch):
+    """The files are written by several threads: one writer's error reaches the caller, the other files are whole
+    and no temporary file is left."""
+    import pytest
+
+    import nnreg.registration.outputs as outputs
+    from nnreg.registration.run import RunRequest, run_registration
+    from tests.registration.conftest import write_pair
+
+    fixed, moving, _ = write_pair(tmp_path / "inputs")
+    original = outputs.write_image_fast
+
+    def failing(array, geometry, path):
+        if path.name == "warped.nii.gz":
+            raise OSError(f"disk full while writing {path}")
+        original(array, geometry, path)
+
+    monkeypatch.setattr(outputs, "write_image_fast", failing)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        run_registration(RunRequest(fixed=str(fixed), moving=str(moving), output=str(out), finer_steps=0))
+    names = {p.name for p in out.iterdir()}
+    assert {"field.nii.gz", "transform0GenericAffine.mat", "transform1Warp.nii.gz", "qc.png"} <= names
+    assert "warped.nii.gz" not in names and not [n for n in names if ".tmp-" in n]
+    assert read_displacement(out / "field.nii.gz").shape[-1] == 3
