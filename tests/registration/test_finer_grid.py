@@ -15,6 +15,7 @@ from nnreg.alignment.grids import pooled_geometry, subdivided_geometry, voxel_ce
 from nnreg.dataset.image_io import Geometry
 from nnreg.inference.finer_grid import FinerGridSettings, refine_on_finer_grid
 from nnreg.inference.instance_optimization import InstanceOptimization, exponential_field
+from nnreg.losses import gradient_l2
 from nnreg.registration.pipeline import RegistrationSettings
 from nnreg.registration.run import RunRequest, run_registration
 from nnreg.utilities.errors import ConfigurationError
@@ -100,6 +101,24 @@ def test_the_stage_returns_its_best_iterate_and_checks_settings() -> None:
     torch.testing.assert_close(field, exponential_field(report.velocity, (16, 16, 16), 3))
     unchanged, off = refine_on_finer_grid(fixed, moving, velocity, settings, FinerGridSettings(steps=0))
     assert off.steps_run == 0 and float(unchanged.abs().max()) == 0.0
-    for bad in ({"steps": -1}, {"lr": 0.0}, {"ncc_window": 4}):
+    for bad in ({"steps": -1}, {"lr": 0.0}, {"ncc_window": 4}, {"lambda_reg": -1.0}):
         with pytest.raises(ConfigurationError):
             FinerGridSettings(**bad)
+
+
+def test_the_stage_has_its_own_regulariser_weight() -> None:
+    """``lambda_reg`` replaces the refinement's weight in this stage only: a huge one keeps the velocity smoother
+    than the refinement's own weight does (and None keeps the refinement's)."""
+    torch.manual_seed(0)
+    fixed = torch.zeros(1, 1, 16, 16, 16)
+    fixed[:, :, 3:13, 3:13, 3:13] = torch.rand(1, 1, 10, 10, 10)
+    moving = torch.roll(fixed, 1, dims=2)
+    settings = InstanceOptimization(steps=1, lambda_reg=0.1, integration_steps=3)
+    roughness = {}
+    for weight in (None, 0.1, 1e4):
+        _, report = refine_on_finer_grid(fixed, moving, torch.zeros(1, 3, 8, 8, 8), settings,
+                                         FinerGridSettings(steps=6, lr=0.2, lambda_reg=weight))
+        assert report.velocity is not None
+        roughness[weight] = float(gradient_l2(report.velocity))
+    assert roughness[None] == roughness[0.1]
+    assert roughness[1e4] < 0.5 * roughness[0.1]
