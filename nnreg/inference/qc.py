@@ -44,19 +44,21 @@ def _draw_grid(ax, field_slice: np.ndarray, axes: tuple[int, int]) -> None:
 
 def write_qc_figure(fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray, field: np.ndarray, path: Path,
                     title: str = "") -> None:
-    """Write the QC PNG for one pair (images on the fixed grid, field on the fixed grid)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """Write the QC PNG for one pair (images on the fixed grid, field on the fixed grid). Drawn on a
+    :class:`matplotlib.figure.Figure` with the Agg canvas, not through ``pyplot``: no global backend switch and no
+    shared figure registry, so it may run in a writer thread (:func:`nnreg.registration.outputs.write_outputs`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
 
     disp = torch.from_numpy(np.ascontiguousarray(field)).permute(3, 0, 1, 2)[None]
     with torch.inference_mode():
         det = jacobian_determinant(disp)[0].numpy()
     folding = float((det <= 0).mean() * 100)
     vmax = float(max(np.percentile(fixed, 99.5), np.percentile(moving, 99.5), 1e-6))
-    fig, axes = plt.subplots(3, 5, figsize=(15, 9.5))
+    fig = Figure(figsize=(15, 9.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, 5)
     for row, axis in enumerate((0, 1, 2)):
         plane = _plane_axes(axis)
         panels = (("moving", _slice(moving, axis)), ("fixed", _slice(fixed, axis)), ("warped", _slice(warped, axis)))
@@ -81,4 +83,3 @@ def write_qc_figure(fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray, f
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)

@@ -29,6 +29,7 @@ from nnreg.inference.instance_optimization import InstanceOptimization, Refineme
 from nnreg.registration.grids import resample_to
 from nnreg.registration.normalization import match_histogram
 from nnreg.registration.prealign import Prealignment, PrealignSettings, image_tensor, prealign
+from nnreg.utilities.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from nnreg.inference.predictor import nnRegPredictor
@@ -72,7 +73,7 @@ class Registration:
     """The fitted transform on the working grid and a log of what was done."""
 
     affine: AffineResult
-    working: Geometry                 # where ``field`` lives: the fixed working grid, or the model's network grid
+    working: Geometry                 # where ``field`` lives: the fixed working grid (or its finer subdivision)
     field: torch.Tensor               # (1, 3, H, W, D) voxel-unit pull field on ``working``
     fixed_working: torch.Tensor       # normalised fixed image on ``working``
     moving_affine: torch.Tensor       # normalised moving image on ``working`` after the affine stage
@@ -102,8 +103,10 @@ def register_images(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndar
     chosen, field_w, report, similarity = _deformable(fixed_t, moving_affine, starts, settings.deformable, log)
     registration = Registration(affine, f_geo, field_w, fixed_t, moving_affine, overlap, similarity, log)
     factor = settings.finer_grid_factor(fixed_geometry.spacing, settings.working_spacing)
-    if factor > 1:
-        velocity = report.velocity if report.velocity is not None else starts[chosen]
+    velocity = finer_grid_start(chosen, report, starts)
+    if factor > 1 and velocity is None:
+        log.append("finer grid: skipped (the kept field is the network's own, not a velocity to go on from)")
+    elif factor > 1:
         registration = _finer_grid_stage(registration, velocity, factor, settings, settings.deformable, aligned,
                                          fixed_geometry, moving_geometry)
     for line in log:
@@ -114,19 +117,33 @@ def register_images(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndar
 def _deformable(fixed: torch.Tensor, moving: torch.Tensor, starts: dict[str, torch.Tensor],
                 settings: InstanceOptimization, log: list[str]
                 ) -> tuple[str, torch.Tensor, RefinementReport, dict[str, float]]:
-    """The deformable stage from each start (the identity; a trained model's field); the refinement that reaches the
-    lower loss (similarity plus regulariser, on the working grid) is kept. Why both: a network trained for a few
-    minutes on other data can start the optimisation in a worse basin than the identity does (measured,
-    documentation/benchmarks.md); the loss decides per pair, at the cost of a second refinement."""
+    """The deformable stage from each start (the identity; a trained model's field); the refinement kept is the one
+    whose returned field does not fold beyond ``max_folding_percent``, then the one with the lower loss (similarity
+    plus regulariser of the velocity, on the working grid: comparable because both starts optimise the whole
+    transform, ``velocity_start="network"``). Why both: a network trained for a few minutes on other data can start
+    the optimisation in a worse basin than the identity does (measured, documentation/benchmarks.md); the loss decides
+    per pair, at the cost of a second refinement. A refused refinement returns its start, scored with the start
+    standing in for its velocity."""
+    if len(starts) > 1 and settings.velocity_start != "network":
+        raise ConfigurationError("a deformable stage with a network start needs velocity_start='network' (with "
+                                 "'zero' the two starts' regularisers measure different things)")
     results = {}
     for name, start in starts.items():
         began = time.perf_counter()
         field, report = refine_field(fixed, moving, start, settings)
         results[name] = field, report
-        label = "deformable" if len(starts) == 1 else f"deformable from the {'network' if name == 'network' else name}"
-        log.append(f"{label}: {report.steps_run} steps, local NCC {-report.initial_ncc:.4f} -> "
-                   f"{-report.final_ncc:.4f}, loss {report.final_loss:.4f} ({time.perf_counter() - began:.1f} s)")
-    chosen = min(results, key=lambda name: (results[name][1].final_loss, name != "network"))
+        label = "deformable" if len(starts) == 1 else f"deformable from the {name}"
+        measure = {"lncc": "local NCC", "mind": "MIND-SSC similarity"}.get(settings.similarity, settings.similarity)
+        log.append(f"{label}: {report.steps_run} steps, {measure} {-report.initial_ncc:.4f} -> "
+                   f"{-report.final_ncc:.4f}, loss {report.final_loss:.4f}"
+                   f"{' (start kept: ' + report.reason + ')' if report.kept_network else ''} "
+                   f"({time.perf_counter() - began:.1f} s)")
+
+    def rank(name: str) -> tuple[bool, float, bool]:
+        report = results[name][1]
+        return report.folding_percent > settings.max_folding_percent, report.final_loss, name != "network"
+
+    chosen = min(results, key=rank)
     field, report = results[chosen]
     similarity = {"ncc_after_affine": -results["identity"][1].initial_ncc, "ncc_final": -report.final_ncc}
     if "network" in results:
@@ -136,11 +153,20 @@ def _deformable(fixed: torch.Tensor, moving: torch.Tensor, starts: dict[str, tor
     return chosen, field, report, similarity
 
 
+def finer_grid_start(chosen: str, report: RefinementReport, starts: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The velocity the finer-grid stage goes on from: the kept refinement's; the identity's zeros when that
+    refinement was refused (``exp(0)`` is its field); None when a refused network start was kept (its field is the
+    network's own, which no velocity on the working grid reproduces exactly: the stage is skipped)."""
+    if report.velocity is not None:
+        return report.velocity
+    return starts[chosen] if chosen == "identity" else None
+
+
 def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor: int,
                       settings: RegistrationSettings, refinement: InstanceOptimization, aligned: Prealignment,
                       fixed_geometry: Geometry, moving_geometry: Geometry) -> Registration:
-    """Go on from ``velocity`` (the refinement's, on ``registration.working``: the fixed working grid or the model's
-    network grid) with the similarity measured on that grid subdivided ``factor`` times, the moving image resampled
+    """Go on from ``velocity`` (the refinement's, on ``registration.working``, the fixed working grid) with the
+    similarity measured on that grid subdivided ``factor`` times, the moving image resampled
     through the affine onto it (:mod:`nnreg.inference.finer_grid`, the other settings ``refinement``'s; the images
     normalised once, by :func:`prealign`); the registration then lives on the finer grid."""
     stage = time.perf_counter()

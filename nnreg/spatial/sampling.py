@@ -22,6 +22,9 @@ import torch.nn.functional as F
 
 # below this many output voxels one call is cheaper than the split's bookkeeping
 MIN_SPLIT_VOXELS = 4096
+# at most this many slabs when the image needs a gradient: its backward zero-fills one image-sized gradient per slab
+# before summing them (16 threads and a 1 mm velocity field would be 1.3 GB a warp)
+MAX_SLABS_WITH_IMAGE_GRADIENT = 4
 
 
 def _slabs(image: torch.Tensor, grid: torch.Tensor) -> int:
@@ -31,7 +34,10 @@ def _slabs(image: torch.Tensor, grid: torch.Tensor) -> int:
     voxels = int(grid.shape[1]) * int(grid.shape[2]) * int(grid.shape[3])
     if voxels < MIN_SPLIT_VOXELS:
         return 1
-    return max(1, min(torch.get_num_threads(), int(grid.shape[1])))
+    slabs = min(torch.get_num_threads(), int(grid.shape[1]))
+    if image.requires_grad and torch.is_grad_enabled():
+        slabs = min(slabs, MAX_SLABS_WITH_IMAGE_GRADIENT)
+    return max(1, slabs)
 
 
 def grid_sample(image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",

@@ -181,3 +181,52 @@ def test_the_start_whose_refinement_reaches_the_lower_loss_is_kept() -> None:
         assert f"kept the refinement from the {'network' + chr(39) + 's field' if expected == 'network' else expected}" \
             in log[-1]
         assert set(similarity) == {"ncc_after_affine", "ncc_final", "ncc_network"}
+
+
+def _fake_refinements(monkeypatch: pytest.MonkeyPatch, outcomes: dict[float, tuple[float, float, bool]]) -> None:
+    """refine_field replaced: the start's first value picks (final loss, folding %, refused) and the returned field
+    is the start plus 1 (so a test sees which start's field came back)."""
+    import nnreg.registration.pipeline as pipeline
+    from nnreg.inference.instance_optimization import RefinementReport
+
+    def fake(fixed, moving, start, settings):
+        loss, folding, refused = outcomes[float(start.flatten()[0])]
+        velocity = None if refused else start + 1
+        return start + 1, RefinementReport(3, 0.0, loss, 0.0, -0.5, velocity, refused, "refused" if refused else "",
+                                           folding)
+
+    monkeypatch.setattr(pipeline, "refine_field", fake)
+
+
+def test_a_folding_refinement_loses_to_a_clean_one_whatever_its_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnreg.registration.pipeline import DEFORMABLE, _deformable
+
+    starts = {"identity": torch.zeros(1, 3, 4, 4, 4), "network": torch.full((1, 3, 4, 4, 4), 2.0)}
+    _fake_refinements(monkeypatch, {0.0: (-0.3, 0.0, False), 2.0: (-0.5, 0.5, False)})
+    chosen, field, report, _ = _deformable(torch.zeros(1), torch.zeros(1), starts, DEFORMABLE, [])
+    assert chosen == "identity" and float(field.max()) == 1.0 and report.final_loss == -0.3
+    _fake_refinements(monkeypatch, {0.0: (-0.3, 0.0, False), 2.0: (-0.5, 0.0, False)})
+    chosen, field, report, _ = _deformable(torch.zeros(1), torch.zeros(1), starts, DEFORMABLE, [])
+    assert chosen == "network" and float(field.min()) == 3.0 and report.final_loss == -0.5
+
+
+def test_the_finer_grid_stage_goes_on_only_from_a_velocity() -> None:
+    """The kept refinement's velocity; the identity's zeros when its refinement was refused; nothing (stage
+    skipped) when a refused network start was kept: its field is not exp of any velocity given."""
+    from nnreg.inference.instance_optimization import RefinementReport
+    from nnreg.registration.pipeline import finer_grid_start
+
+    starts = {"identity": torch.zeros(1, 3, 4, 4, 4), "network": torch.ones(1, 3, 4, 4, 4)}
+    velocity = torch.full((1, 3, 4, 4, 4), 0.5)
+    assert finer_grid_start("network", RefinementReport(1, 0, 0, 0, 0, velocity), starts) is velocity
+    assert finer_grid_start("identity", RefinementReport(1, 0, 0, 0, 0, None, True), starts) is starts["identity"]
+    assert finer_grid_start("network", RefinementReport(1, 0, 0, 0, 0, None, True), starts) is None
+
+
+def test_a_network_start_needs_the_whole_transform_parametrisation() -> None:
+    from nnreg.registration.pipeline import DEFORMABLE, _deformable
+    from nnreg.utilities.errors import ConfigurationError
+
+    starts = {"identity": torch.zeros(1, 3, 4, 4, 4), "network": torch.ones(1, 3, 4, 4, 4)}
+    with pytest.raises(ConfigurationError, match="velocity_start"):
+        _deformable(torch.zeros(1), torch.zeros(1), starts, DEFORMABLE.with_overrides({"velocity_start": "zero"}), [])

@@ -82,27 +82,40 @@ def test_inverse_transforms_undo_the_forward_ones(registered):
     assert np.linalg.norm(back - index, axis=1).mean() < 0.2
 
 
-def test_a_failing_writer_is_raised_after_the_others_finished(tmp_path, monkeypatch):
+def test_a_failing_writer_is_raised_after_the_others_finished(tmp_path, monkeypatch, caplog):
     """The files are written by several threads: one writer's error reaches the caller, the other files are whole
     and no temporary file is left."""
+    import logging
+
     import pytest
 
     import nnreg.registration.outputs as outputs
     from nnreg.registration.run import RunRequest, run_registration
     from tests.registration.conftest import write_pair
 
+    from nnreg.utilities.files import atomic_path
+
     fixed, moving, _ = write_pair(tmp_path / "inputs")
     original = outputs.write_image_fast
 
     def failing(array, geometry, path):
         if path.name == "warped.nii.gz":
-            raise OSError(f"disk full while writing {path}")
+            with atomic_path(path) as tmp:                 # half a file written, then the disk is full
+                tmp.write_bytes(b"partial")
+                raise OSError(f"disk full while writing {path}")
         original(array, geometry, path)
 
+    def failing_labels(*args):
+        raise OSError("labels failed too")
+
     monkeypatch.setattr(outputs, "write_image_fast", failing)
+    monkeypatch.setattr(outputs, "_write_labels", failing_labels)
     out = tmp_path / "out"
-    with pytest.raises(OSError, match="disk full"):
-        run_registration(RunRequest(fixed=str(fixed), moving=str(moving), output=str(out), finer_steps=0))
+    with caplog.at_level(logging.ERROR, logger="nnreg.registration.outputs"), \
+            pytest.raises(OSError, match="disk full"):
+        run_registration(RunRequest(fixed=str(fixed), moving=str(moving), output=str(out), finer_steps=0,
+                                    moving_labels=str(tmp_path / "inputs" / "moving_labels.nii.gz")))
+    assert "labels failed too" in caplog.text          # the second error is logged, not lost
     names = {p.name for p in out.iterdir()}
     assert {"field.nii.gz", "transform0GenericAffine.mat", "transform1Warp.nii.gz", "qc.png"} <= names
     assert "warped.nii.gz" not in names and not [n for n in names if ".tmp-" in n]

@@ -63,3 +63,23 @@ def test_small_grids_and_batches_go_straight_through(two_threads, monkeypatch) -
     warp(torch.rand(1, 1, 6, 6, 6), torch.zeros(1, 3, 6, 6, 6))                  # 216 voxels
     warp(torch.rand(2, 1, 20, 24, 22), torch.zeros(2, 3, 20, 24, 22))            # batch 2
     assert batches == [1, 2]
+
+
+def test_slabs_are_capped_when_the_image_needs_a_gradient(monkeypatch) -> None:
+    """Each slab's backward zero-fills an image-sized gradient: with many threads, a differentiable image (scaling
+    and squaring) is split into at most MAX_SLABS_WITH_IMAGE_GRADIENT slabs; a constant image into one per thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        batches = []
+        original = F.grid_sample
+        monkeypatch.setattr(sampling.F, "grid_sample",
+                            lambda image, grid, **kw: batches.append(int(grid.shape[0])) or original(image, grid, **kw))
+        field = torch.randn(1, 3, 24, 20, 18)
+        warp(field, field)
+        warp(field.clone().requires_grad_(True), field)
+        with torch.no_grad():
+            warp(field.clone().requires_grad_(True), field)
+    finally:
+        torch.set_num_threads(previous)
+    assert batches == [8, sampling.MAX_SLABS_WITH_IMAGE_GRADIENT, 8]
