@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, map_coordinates
 
 from nnreg.dataset.image_io import Geometry
 from nnreg.example.contrast import Acquisition, apply_acquisition
@@ -144,3 +144,29 @@ def max_rotation_degrees(record: dict[str, Any]) -> float:
     """Total rotation angle of a drawn transform (for the report)."""
     rotation = _rotation(np.radians(record["rotation_deg"]))
     return math.degrees(math.acos(float(np.clip((np.trace(rotation) - 1) / 2, -1, 1))))
+
+
+def rebuilt_transform(record: dict[str, Any], geometry: Geometry) -> sitk.Transform:
+    """``S`` of a generated pair again, from its record (seed, index, ranges) and the moving image's grid: the same
+    stream draws the same transform."""
+    rng = np.random.default_rng([int(record["seed"]), int(record["index"])])
+    return random_transform(geometry, Perturbation(**record["perturbation"]), rng)[0]
+
+
+def through_perturbation(field: np.ndarray, geometry: Geometry, transform: sitk.Transform) -> np.ndarray:
+    """A Learn2Reg field ``(H, W, D, 3)`` into the voxels of ``moving'`` (grid ``geometry``) as the field into the
+    **original** moving image's voxels: ``u'(x) = u(x) + M^-1 (S(q) - q)`` with ``q`` the physical point of voxel
+    ``x + u(x)`` and ``M`` the grid's direction times spacing. Scoring ``u'`` against the original labels and
+    landmarks measures the registration without the generator's own loss (labels resampled by nearest neighbour
+    through ``S``). ``S - id`` is sampled on the grid by ITK and interpolated trilinearly at ``x + u(x)`` (edge
+    values outside): exact for the affine part, within the warp's linear pieces for the rest."""
+    displacement = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, list(geometry.shape),
+                                                     list(geometry.origin), list(geometry.spacing),
+                                                     list(geometry.direction))
+    s_minus_id = sitk.GetArrayFromImage(displacement).transpose(2, 1, 0, 3)          # (H, W, D, 3) mm
+    index = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in geometry.shape], indexing="ij"))
+    index += np.moveaxis(np.asarray(field, dtype=np.float64), -1, 0)
+    sampled = np.stack([map_coordinates(s_minus_id[..., c], index, order=1, mode="nearest") for c in range(3)], -1)
+    to_voxels = np.linalg.inv(np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)
+                              * np.asarray(geometry.spacing)[None, :])
+    return (np.asarray(field, dtype=np.float64) + sampled @ to_voxels.T).astype(np.float32)
