@@ -111,10 +111,15 @@ def test_a_failing_writer_is_raised_after_the_others_finished(tmp_path, monkeypa
     monkeypatch.setattr(outputs, "write_image_fast", failing)
     monkeypatch.setattr(outputs, "_write_labels", failing_labels)
     out = tmp_path / "out"
-    with caplog.at_level(logging.ERROR, logger="nnreg.registration.outputs"), \
-            pytest.raises(OSError, match="disk full"):
-        run_registration(RunRequest(fixed=str(fixed), moving=str(moving), output=str(out), finer_steps=0,
-                                    moving_labels=str(tmp_path / "inputs" / "moving_labels.nii.gz")))
+    writer_log = logging.getLogger("nnreg.registration.outputs")    # its own handler: a CLI test before this one
+    writer_log.addHandler(caplog.handler)                            # may have stopped nnreg's propagation
+    try:
+        with caplog.at_level(logging.ERROR, logger="nnreg.registration.outputs"), \
+                pytest.raises(OSError, match="disk full"):
+            run_registration(RunRequest(fixed=str(fixed), moving=str(moving), output=str(out), finer_steps=0,
+                                        moving_labels=str(tmp_path / "inputs" / "moving_labels.nii.gz")))
+    finally:
+        writer_log.removeHandler(caplog.handler)
     assert "labels failed too" in caplog.text          # the second error is logged, not lost
     names = {p.name for p in out.iterdir()}
     assert {"field.nii.gz", "transform0GenericAffine.mat", "transform1Warp.nii.gz", "qc.png"} <= names
