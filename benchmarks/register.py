@@ -224,7 +224,8 @@ def _demons(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[
 
 def nnreg_variant(overrides: str) -> Callable[..., tuple[np.ndarray, dict[str, Any]]]:
     """nnreg's pipeline in this process with the deformable settings ``overrides`` (``KEY=VALUE,...``; keys
-    ``finer_steps``, ``finer_lr``, ``finer_ncc_window`` set the finer-grid stage)."""
+    ``finer_<name>`` set the finer-grid stage's ``FinerGridSettings.<name>``: ``finer_steps``, ``finer_lr``,
+    ``finer_ncc_window``, ``finer_finer_velocity``, ``finer_lambda_reg``)."""
     from nnreg.inference.finer_grid import FinerGridSettings
     from nnreg.inference.instance_optimization import parse_overrides
     from nnreg.registration.pipeline import RegistrationSettings
