@@ -42,6 +42,12 @@ def sample_affine(image: torch.Tensor, source: Geometry, target: Geometry, trans
     return grid_sample(image, grid, mode=mode, padding_mode=padding)
 
 
+def millimetre_field(field: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """A voxel-unit field ``(1, 3, H, W, D)`` on ``geometry`` in LPS mm: ``Direction @ diag(spacing) @ u``."""
+    matrix = torch.as_tensor(index_to_physical(geometry)[:3, :3], dtype=field.dtype)
+    return torch.einsum("rc,bc...->br...", matrix, field)
+
+
 def sample_field_at(field: torch.Tensor, field_geometry: Geometry, points: torch.Tensor) -> torch.Tensor:
     """A vector field ``(1, C, H, W, D)`` on ``field_geometry`` at physical ``points`` ``(..., 3)`` (float64),
     trilinear, edge values outside (border padding, as nnreg resamples fields); returns ``(..., C)``."""

@@ -21,7 +21,7 @@ import torch
 
 from nnreg.alignment.affine import AffineResult
 from nnreg.alignment.grids import index_to_physical, voxel_centres
-from nnreg.alignment.sampling import sample_affine, sample_field_at
+from nnreg.alignment.sampling import millimetre_field, sample_affine, sample_field_at
 from nnreg.dataset.image_io import Geometry
 from nnreg.inference.predictor import nnRegPredictor
 from nnreg.inference.preparation import prepare_arrays
@@ -69,8 +69,7 @@ def network_field(predictor: nnRegPredictor, fixed: np.ndarray, fixed_geometry: 
 def on_grid(field: torch.Tensor, geometry: Geometry, target: Geometry) -> torch.Tensor:
     """A voxel-unit field ``(1, 3, ...)`` on ``geometry`` as the same physical displacement on ``target`` (a grid of
     the same space), in ``target``'s voxels ``(1, 3, *target.shape)``."""
-    to_mm = torch.as_tensor(index_to_physical(geometry)[:3, :3], dtype=torch.float64)
-    millimetres = torch.einsum("rc,bc...->br...", to_mm, field.double())
-    sampled = sample_field_at(millimetres, geometry, torch.from_numpy(voxel_centres(target)))   # (..., 3) mm
+    sampled = sample_field_at(millimetre_field(field.double(), geometry), geometry,
+                              torch.from_numpy(voxel_centres(target)))                      # (..., 3) mm
     to_voxels = torch.linalg.inv(torch.as_tensor(index_to_physical(target)[:3, :3], dtype=torch.float64))
     return torch.einsum("rc,...c->r...", to_voxels, sampled).unsqueeze(0).float().contiguous()

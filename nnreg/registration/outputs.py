@@ -106,7 +106,7 @@ def write_outputs(registration: Registration, fixed: np.ndarray, fixed_geometry:
     with ThreadPoolExecutor(max_workers=max(1, min(OUTPUT_THREADS, torch.get_num_threads()))) as pool:
         futures = [pool.submit(job) for _, job in jobs]
         wait(futures)
-    errors = [(files, future.exception()) for (files, _), future in zip(jobs, futures) if future.exception()]
+    errors = [(files, error) for (files, _), future in zip(jobs, futures) if (error := future.exception())]
     for files, error in errors[1:]:
         logger.error("writing %s failed: %s", ", ".join(map(str, files)), error)
     if errors:

@@ -107,8 +107,8 @@ def register_images(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndar
     if factor > 1 and velocity is None:
         log.append("finer grid: skipped (the kept field is the network's own, not a velocity to go on from)")
     elif factor > 1:
-        registration = _finer_grid_stage(registration, velocity, factor, settings, settings.deformable, aligned,
-                                         fixed_geometry, moving_geometry)
+        registration = _finer_grid_stage(registration, velocity, factor, settings, aligned, fixed_geometry,
+                                         moving_geometry)
     for line in log:
         logger.debug(line)
     return registration
@@ -163,11 +163,11 @@ def finer_grid_start(chosen: str, report: RefinementReport, starts: dict[str, to
 
 
 def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor: int,
-                      settings: RegistrationSettings, refinement: InstanceOptimization, aligned: Prealignment,
-                      fixed_geometry: Geometry, moving_geometry: Geometry) -> Registration:
+                      settings: RegistrationSettings, aligned: Prealignment, fixed_geometry: Geometry,
+                      moving_geometry: Geometry) -> Registration:
     """Go on from ``velocity`` (the refinement's, on ``registration.working``, the fixed working grid) with the
     similarity measured on that grid subdivided ``factor`` times, the moving image resampled
-    through the affine onto it (:mod:`nnreg.inference.finer_grid`, the other settings ``refinement``'s; the images
+    through the affine onto it (:mod:`nnreg.inference.finer_grid`, the other settings the deformable stage's; the images
     normalised once, by :func:`prealign`); the registration then lives on the finer grid."""
     stage = time.perf_counter()
     fine_geo = subdivided_geometry(registration.working, factor)
@@ -181,7 +181,7 @@ def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor
     with torch.no_grad():
         moving_affine = sample_affine(moving_t, moving_fine_geo, fine_geo,
                                       torch.as_tensor(registration.affine.homogeneous))
-    field, report = refine_on_finer_grid(fixed_t, moving_affine, velocity, refinement, settings.finer_grid)
+    field, report = refine_on_finer_grid(fixed_t, moving_affine, velocity, settings.deformable, settings.finer_grid)
     similarity = {**registration.similarity, "ncc_finer_grid_start": -report.initial_ncc,
                   "ncc_finer_grid": -report.final_ncc}
     registration.log.append(

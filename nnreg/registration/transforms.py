@@ -21,17 +21,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from nnreg.alignment.grids import index_to_physical, physical_to_index, voxel_centres
-from nnreg.alignment.sampling import sample_field_at
+from nnreg.alignment.grids import physical_to_index, voxel_centres
+from nnreg.alignment.sampling import millimetre_field, sample_field_at
 from nnreg.dataset.image_io import Geometry
 from nnreg.registration.pipeline import Registration
 from nnreg.spatial import invert_displacement
-
-
-def millimetre_field(field: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """A voxel-unit field ``(1, 3, H, W, D)`` on ``geometry`` in LPS mm: ``Direction @ diag(spacing) @ u``."""
-    matrix = torch.as_tensor(index_to_physical(geometry)[:3, :3], dtype=field.dtype)
-    return torch.einsum("rc,bc...->br...", matrix, field)
 
 
 def affine_transform(registration: Registration) -> sitk.AffineTransform:

@@ -132,18 +132,24 @@ def test_the_model_row_runs_nnreg_register_with_the_model(tmp_path: Path) -> Non
     assert f"model {model}" in log and "deformable from the network:" in log, log
 
 
+def _zero_field_on_one_validation_pair(tmp_path: Path) -> tuple[Path, dict]:
+    """A tiny dataset and the JSON of ``register.py`` scoring the zero field on its first validation pair, perturbed
+    (geometry) and as the dataset has it (aligned)."""
+    dataset = make_learn2reg_dataset(tmp_path / "data", n_train=2, n_val=2)
+    code = register.main(["--dataset", str(dataset), "--split", "val", "--pairs", "1", "--methods", "zero",
+                          "--sets", "geometry,aligned", "--output", str(tmp_path / "bench"), "--json",
+                          str(tmp_path / "r.json")])
+    assert code == 0
+    return dataset, json.loads((tmp_path / "r.json").read_text())
+
+
 def test_aligned_set_scores_the_pairs_as_the_dataset_has_them(tmp_path: Path) -> None:
     """The ``aligned`` set is the unperturbed pair with the dataset's own labels: its zero field scores what the
     evaluator gives the dataset pair itself, and the perturbed set's zero field scores lower."""
     from nnreg.evaluation import evaluate_pair
     from nnreg.evaluation.ground_truth import ground_truth_file, image_file, load_volume
 
-    dataset = make_learn2reg_dataset(tmp_path / "data", n_train=2, n_val=2)
-    code = register.main(["--dataset", str(dataset), "--split", "val", "--pairs", "1", "--methods", "zero",
-                          "--sets", "geometry,aligned", "--output", str(tmp_path / "bench"), "--json",
-                          str(tmp_path / "r.json")])
-    assert code == 0
-    result = json.loads((tmp_path / "r.json").read_text())
+    dataset, result = _zero_field_on_one_validation_pair(tmp_path)
     rows = {row["set"]: row for row in result["rows"]}
     fixed_rel, moving_rel = register.dataset_pairs(dataset, "val", 1)[0]
     assert result["pairs"][0]["moving"]["aligned"] == str(image_file(dataset.resolve(), moving_rel))
@@ -184,12 +190,7 @@ def test_exact_scores_undo_the_generator(tmp_path: Path) -> None:
     labels it loses some (the generator's nearest-neighbour loss the exact score removes)."""
     import SimpleITK as sitk
 
-    dataset = make_learn2reg_dataset(tmp_path / "data", n_train=2, n_val=2)
-    code = register.main(["--dataset", str(dataset), "--split", "val", "--pairs", "1", "--methods", "zero",
-                          "--sets", "geometry,aligned", "--output", str(tmp_path / "bench"), "--json",
-                          str(tmp_path / "r.json")])
-    assert code == 0
-    result = json.loads((tmp_path / "r.json").read_text())
+    dataset, result = _zero_field_on_one_validation_pair(tmp_path)
     record = result["pairs"][0]
     moving, geometry = read_image(record["moving"]["aligned"])
     transform = pairs.rebuilt_transform(record["transform"], geometry)
