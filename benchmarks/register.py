@@ -224,17 +224,19 @@ def _demons(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[
 
 def nnreg_variant(overrides: str) -> Callable[..., tuple[np.ndarray, dict[str, Any]]]:
     """nnreg's pipeline in this process with the deformable settings ``overrides`` (``KEY=VALUE,...``; keys
-    ``finer_<name>`` set the finer-grid stage's ``FinerGridSettings.<name>``: ``finer_steps``, ``finer_lr``,
-    ``finer_ncc_window``, ``finer_finer_velocity``, ``finer_lambda_reg``)."""
-    from nnreg.inference.finer_grid import FinerGridSettings
+    ``finer_<name>`` replace single keys of ``nnreg_register``'s finer-grid stage, ``FinerGridSettings.<name>``:
+    ``finer_steps``, ``finer_lr``, ``finer_ncc_window``, ``finer_finer_velocity``, ``finer_lambda_reg``,
+    ``finer_integration_steps``)."""
+    from dataclasses import replace
+
     from nnreg.inference.instance_optimization import parse_overrides
     from nnreg.registration.pipeline import RegistrationSettings
 
     items = [item.strip() for item in overrides.split(",") if item.strip()]
     finer = {k.removeprefix("finer_"): v for k, _, v in (i.partition("=") for i in items if i.startswith("finer_"))}
     kinds = {"lr": float, "lambda_reg": float, "finer_velocity": lambda text: text.lower() in ("1", "true", "yes")}
-    finer_settings = FinerGridSettings(**{k: kinds.get(k, int)(v) for k, v in finer.items()})
     settings = RegistrationSettings()
+    finer_settings = replace(settings.finer_grid, **{k: kinds.get(k, int)(v) for k, v in finer.items()})
     settings = RegistrationSettings(deformable=settings.deformable.with_overrides(
         parse_overrides(",".join(i for i in items if not i.startswith("finer_")))), finer_grid=finer_settings)
 

@@ -36,7 +36,7 @@ from nnreg.cli.common import SpaceSeparated, results_option, user_errors_as_one_
 @click.option("--final-spacing", type=click.FloatRange(min=0.1), default=None,
               help="Spacing (mm) of the finer grid the deformable stage ends on (default: the fixed image's finest "
                    "spacing); used when at least 1.5 times finer than the working spacing.")
-@click.option("--finer-steps", type=click.IntRange(min=0), default=8, show_default=True,
+@click.option("--finer-steps", type=click.IntRange(min=0), default=6, show_default=True,
               help="Steps on that finer grid (0: end on the working grid).")
 @click.option("--affine-only", is_flag=True, help="Skip the deformable stage.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch CPU threads (default: torch's).")

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from nnreg.inference.instance_optimization import (InstanceOptimization, RefinementReport, Stage,
+from nnreg.inference.instance_optimization import (InstanceOptimization, RefinementReport, Stage, deterministic_mode,
                                                    exponential_field, folding_percent, optimise, refusal)
+from nnreg.preprocessing.grid import GridMapping
 from nnreg.spatial import resize_field
 from nnreg.utilities.errors import ConfigurationError
 
@@ -40,6 +41,7 @@ class FinerGridSettings:
     ncc_window: int = 9          # local NCC window on the finer grid (odd)
     finer_velocity: bool = False  # resample the velocity onto the finer grid too (more detail, integration costs more)
     lambda_reg: float | None = None  # weight of ||grad v||^2 in this stage (None: the refinement's)
+    integration_steps: int | None = None  # scaling-and-squaring steps in this stage (None: the refinement's)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
@@ -48,6 +50,11 @@ class FinerGridSettings:
             raise ConfigurationError(f"invalid finer-grid setting: lr must be > 0, got {self.lr!r}")
         if self.lambda_reg is not None and not self.lambda_reg >= 0:
             raise ConfigurationError(f"invalid finer-grid setting: lambda_reg must be >= 0, got {self.lambda_reg!r}")
+        if self.integration_steps is not None and (isinstance(self.integration_steps, bool)
+                                                   or not isinstance(self.integration_steps, int)
+                                                   or self.integration_steps < 0):
+            raise ConfigurationError(f"invalid finer-grid setting: integration_steps must be an integer >= 0, got "
+                                     f"{self.integration_steps!r}")
         if self.ncc_window < 1 or self.ncc_window % 2 == 0:
             raise ConfigurationError(f"invalid finer-grid setting: ncc_window must be an odd number >= 1, "
                                      f"got {self.ncc_window!r}")
@@ -56,9 +63,28 @@ class FinerGridSettings:
         return asdict(self)
 
 
+#: A network grid coarser than the original by at least this factor along an axis is subdivided along it.
+MIN_FINER_RATIO = 1.5
+
+
+def finer_mapping(mapping: GridMapping) -> GridMapping | None:
+    """The network grid of ``mapping`` subdivided ``k = round(f)`` times along each axis whose resampling factor ``f``
+    (network / original spacing) is at least :data:`MIN_FINER_RATIO`: the same box at about the original spacing, as
+    a mapping from the original grid (factor ``f / k``, box start ``c·k``: finer voxel ``q`` sits at
+    ``((q + 0.5) / k + c)·f - 0.5`` original voxels, where network voxel ``(q + 0.5) / k - 0.5`` sits). With an
+    integer ``f`` it is a pure crop of the original grid. None when no axis is subdivided."""
+    ks = tuple(int(round(f)) if f >= MIN_FINER_RATIO else 1 for f in mapping.factor)
+    if all(k == 1 for k in ks):
+        return None
+    return GridMapping(mapping.original_shape, tuple(f / k for f, k in zip(mapping.factor, ks)),
+                       tuple(c * k for c, k in zip(mapping.crop_start, ks)),
+                       tuple(n * k for n, k in zip(mapping.shape, ks)))
+
+
 def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Tensor,
                          refinement: InstanceOptimization,
-                         settings: FinerGridSettings = FinerGridSettings()) -> tuple[torch.Tensor, RefinementReport]:
+                         settings: FinerGridSettings = FinerGridSettings(),
+                         deterministic: bool = False) -> tuple[torch.Tensor, RefinementReport]:
     """Go on from ``velocity`` (1, 3, h, w, d; whole transform ``exp(v)``) with the similarity of ``fixed`` and
     ``moving`` (1, 1, H, W, D) on their finer grid; the other settings (regulariser, integration, similarity,
     patience, folding limit) are ``refinement``'s. Returns the field on the finer grid and a report whose losses are
@@ -71,7 +97,9 @@ def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: to
     options = replace(refinement, lr=settings.lr)
     if settings.lambda_reg is not None:
         options = replace(options, lambda_reg=settings.lambda_reg)
-    with torch.inference_mode(False), torch.enable_grad():
+    if settings.integration_steps is not None:
+        options = replace(options, integration_steps=settings.integration_steps)
+    with torch.inference_mode(False), torch.enable_grad(), deterministic_mode(deterministic, fixed.device):
         with torch.no_grad():
             start = velocity.detach().float().clone().contiguous()
             if settings.finer_velocity:

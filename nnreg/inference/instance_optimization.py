@@ -200,7 +200,7 @@ def _downsample(image: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor
 
 
 @contextmanager
-def _deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
+def deterministic_mode(enabled: bool, device: torch.device) -> Iterator[None]:
     """Deterministic algorithms while refining (CUDA's grid_sample backward has none: warn, as the trainer does)."""
     if not enabled:
         yield
@@ -346,7 +346,7 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
         return displacement, RefinementReport(0, math.nan, math.nan, math.nan, math.nan)
     shape = tuple(int(s) for s in fixed.shape[2:])
     whole = settings.velocity_start == "network"       # v is the whole transform: no network field to compose
-    with torch.inference_mode(False), torch.enable_grad(), _deterministic(deterministic, fixed.device):
+    with torch.inference_mode(False), torch.enable_grad(), deterministic_mode(deterministic, fixed.device):
         with torch.no_grad():   # clones: inference-mode tensors cannot enter autograd
             displacement = displacement.clone()
             moving = moving.detach().float().clone()

@@ -3,7 +3,9 @@
 Conventions: the returned field is float32 ``(H, W, D, 3)`` on the **original fixed grid**, voxel units along
 the array axes (nibabel order), pull: ``warped(x) = moving(x + u(x))`` — the Learn2Reg/LUMIR format. The
 network runs on the configuration's grid (resampled, cropped/padded); :meth:`GridMapping.field_to_original`
-undoes that and rescales the vectors. Inference runs under ``torch.inference_mode``; CPU threads default to
+undoes that and rescales the vectors. When the network grid is coarser than the original (e.g. ``3d_halfres`` of
+1 mm images), the refinement ends with a few steps on the network box at the original spacing
+(:mod:`nnreg.inference.finer_grid`), so the field carries the original grid's detail. Inference runs under ``torch.inference_mode``; CPU threads default to
 the cores this process may use.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from nnreg.dataset.image_io import Geometry, read_image
 from nnreg.dataset.naming import challenge_id_and_modality
 from nnreg.inference.ensemble import EnsembleReport, ensemble_displacements
+from nnreg.inference.finer_grid import FinerGridSettings, finer_mapping, refine_on_finer_grid
 from nnreg.inference.instance_optimization import (MULTIMODAL_REFINEMENT, InstanceOptimization, RefinementReport,
                                                    exponential_field, refine_field)
 from nnreg.inference.model_folder import DEFAULT_CHECKPOINT, read_trained_model
@@ -48,10 +51,13 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
                  channels_last: bool = False,
                  instance_optimization: int | InstanceOptimization | None = None,
                  deterministic: bool = False,
-                 instance_optimization_overrides: dict[str, Any] | None = None) -> None:
+                 instance_optimization_overrides: dict[str, Any] | None = None,
+                 finer_grid: FinerGridSettings | None = None) -> None:
         """``instance_optimization``: None = the setting recorded in the plans (off if none), an int = that many
         refinement steps with the recorded (or default) settings, or full :class:`InstanceOptimization` settings.
-        ``instance_optimization_overrides`` replaces single keys of the recorded settings (before an int's steps)."""
+        ``instance_optimization_overrides`` replaces single keys of the recorded settings (before an int's steps).
+        ``finer_grid``: the stage on the original grid after a refinement on a coarser network grid (default
+        :class:`FinerGridSettings`; ``steps=0``: the field ends on the network grid)."""
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigurationError("--device cuda requested but no CUDA device is available")
@@ -74,6 +80,8 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         InstanceOptimization().with_overrides(self.instance_optimization_overrides)   # bad keys fail here, early
         self.deterministic = deterministic
         self.last_refinement: RefinementReport | None = None
+        self.finer_grid = finer_grid if finer_grid is not None else FinerGridSettings()
+        self.last_finer_grid: RefinementReport | None = None
 
     # -- set-up ----------------------------------------------------------------------------------------
     def initialize_from_trained_model_folder(self, folder: str | Path,
@@ -208,8 +216,7 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         self.last_refinement = None
         if not settings.enabled:
             return field
-        fixed = torch.from_numpy(np.ascontiguousarray(fixed_network, dtype=np.float32))[None, None].to(self.device)
-        moving = torch.from_numpy(np.ascontiguousarray(moving_network, dtype=np.float32))[None, None].to(self.device)
+        fixed, moving = self._image(fixed_network), self._image(moving_network)
         refined, self.last_refinement = refine_field(fixed, moving, field.to(self.device), settings,
                                                      self.deterministic)
         velocity = self.last_refinement.velocity
@@ -227,7 +234,39 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         """The original-grid ``(H, W, D, 3)`` float32 field of a prepared pair (refined with ``settings``, default
         those in effect)."""
         field = self.predict_network_grid(pair.fixed_network, pair.moving_network, settings=settings)
-        return pair.mapping.field_to_original(field[0].numpy())
+        finer = self.refine_on_original_grid(pair, settings)
+        return finer if finer is not None else pair.mapping.field_to_original(field[0].numpy())
+
+    def refine_on_original_grid(self, pair: PreparedPair,
+                                settings: InstanceOptimization | None = None) -> np.ndarray | None:
+        """The finer-grid stage after :meth:`refine` (``settings``: the refinement's, default those in effect): the
+        last refinement's velocity goes on with the similarity measured on the network box at about the original
+        spacing (:func:`nnreg.inference.finer_grid.finer_mapping`). Returns the original-grid ``(H, W, D, 3)`` field,
+        or None where the stage does not apply (off, no refined velocity, ``velocity_start="zero"``, a network grid
+        less than 1.5 times coarser than the original). Report in ``last_finer_grid``."""
+        settings = self.instance_optimization if settings is None else settings
+        self.last_finer_grid = None
+        report = self.last_refinement
+        mapping = finer_mapping(pair.mapping)
+        if (mapping is None or self.finer_grid.steps == 0 or report is None or report.velocity is None
+                or settings.velocity_start != "network" or pair.fixed_normalised is None
+                or pair.moving_normalised is None):
+            return None
+        fixed = self._image(mapping.to_network(pair.fixed_normalised, order=1))
+        moving = self._image(mapping.to_network(pair.moving_normalised, order=1))
+        field, self.last_finer_grid = refine_on_finer_grid(fixed, moving, report.velocity.to(self.device), settings,
+                                                           self.finer_grid, self.deterministic)
+        del fixed, moving
+        velocity = self.last_finer_grid.velocity
+        if self.keep_velocity_inverse and velocity is not None and not self.last_finer_grid.kept_network:
+            steps = self.finer_grid.integration_steps
+            with torch.no_grad():
+                self.last_velocity_inverse = exponential_field(
+                    -velocity, tuple(pair.mapping.shape), settings.integration_steps if steps is None else steps).cpu()
+        return mapping.field_to_original(field[0].cpu().numpy())
+
+    def _image(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(self.device)
 
     def prepare(self, fixed: np.ndarray | str | Path, moving: np.ndarray | str | Path,
                 fixed_geometry: Geometry | None = None, moving_geometry: Geometry | None = None) -> PreparedPair:
@@ -255,4 +294,5 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         """A short summary for logs and benchmark output."""
         return {"configuration": self.configuration_name, "folds": list(self.folds), "device": str(self.device),
                 "threads": torch.get_num_threads(), "channels_last": self.channels_last,
-                "instance_optimization": self.instance_optimization.to_json() if self.configuration else None}
+                "instance_optimization": self.instance_optimization.to_json() if self.configuration else None,
+                "finer_grid": self.finer_grid.to_json()}

@@ -32,6 +32,8 @@ class PreparedPair:
     fixed: np.ndarray                # original fixed image
     moving_on_fixed: np.ndarray      # moving image on the fixed grid (resampled only if the grids differ)
     moving_geometry: Geometry        # the moving image's own grid (for the ITK export and warped labels)
+    fixed_normalised: np.ndarray | None = None    # original-grid images normalised as for the network: what the
+    moving_normalised: np.ndarray | None = None   # finer-grid stage measures the similarity on (finer_grid.py)
 
 
 def default_geometry(shape: tuple[int, ...], config: ConfigurationPlan) -> Geometry:
@@ -62,18 +64,14 @@ def prepare_arrays(fixed: np.ndarray, moving: np.ndarray, config: ConfigurationP
             raise NnregError(f"array shape {list(array.shape)} does not match its geometry {list(geometry.shape)}",
                              name)
     moving_on_fixed = align_moving(moving, moving_geometry, fixed_geometry, moving_name)
-    fixed_network, mapping = to_network(fixed, fixed_geometry, config, fixed_name)
-    moving_network, _ = to_network(moving_on_fixed, fixed_geometry, config, moving_name)
-    return PreparedPair(fixed_network, moving_network, mapping, fixed_geometry, fixed, moving_on_fixed,
-                        moving_geometry)
-
-
-def to_network(array: np.ndarray, geometry: Geometry, config: ConfigurationPlan,
-               name: str) -> tuple[np.ndarray, GridMapping]:
-    """Normalise (a foreign intensity range is one warning naming ``name``) and resample one checked image onto the
-    network grid, as the training data was preprocessed (:func:`nnreg.preprocessing.preprocessor.preprocess_image`)."""
-    mapping = grid_mapping_for(geometry, config)
-    return mapping.to_network(normalize(array, config.normalization, name), order=1), mapping
+    mapping = grid_mapping_for(fixed_geometry, config)
+    # normalised once (a foreign intensity range is one warning naming the file), as the training data was
+    # preprocessed (nnreg.preprocessing.preprocessor.preprocess_image), then resampled onto the network grid
+    fixed_normalised = normalize(fixed, config.normalization, fixed_name)
+    moving_normalised = normalize(moving_on_fixed, config.normalization, moving_name)
+    return PreparedPair(mapping.to_network(fixed_normalised, order=1), mapping.to_network(moving_normalised, order=1),
+                        mapping, fixed_geometry, fixed, moving_on_fixed, moving_geometry, fixed_normalised,
+                        moving_normalised)
 
 
 def with_training_reference(config: ConfigurationPlan, model_folder: str | Path) -> ConfigurationPlan:

@@ -19,7 +19,8 @@ from nnreg.losses import gradient_l2
 from nnreg.registration.pipeline import RegistrationSettings
 from nnreg.registration.run import RunRequest, run_registration
 from nnreg.utilities.errors import ConfigurationError
-from tests.registration.conftest import brain, itk_reproduction_error, read, write_pair
+from tests.alignment.phantom import affine, phantom
+from tests.registration.conftest import TRUTH, brain, itk_reproduction_error, read, write_pair
 
 
 def _one_millimetre(path: Path) -> None:
@@ -33,10 +34,19 @@ def _one_millimetre(path: Path) -> None:
     sitk.WriteImage(sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0), str(path))
 
 
+def _affine_and_warp() -> sitk.Transform:
+    """The registration tests' affine, then a smooth B-spline warp (up to ~3 mm) for the deformable stages."""
+    reference, _ = phantom(0)
+    warp = sitk.BSplineTransformInitializer(reference, [3, 3, 3])
+    coefficients = np.random.default_rng(5).uniform(-3.0, 3.0, len(warp.GetParameters()))
+    warp.SetParameters([float(c) for c in coefficients])
+    return sitk.CompositeTransform([affine(*TRUTH), warp])
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
     folder = tmp_path_factory.mktemp("finer")
-    fixed, moving, labels = write_pair(folder / "inputs")
+    fixed, moving, labels = write_pair(folder / "inputs", moving_transform=_affine_and_warp())
     _one_millimetre(fixed)
     out = {}
     for name, steps in (("finer", FinerGridSettings().steps), ("working", 0)):
@@ -122,3 +132,23 @@ def test_the_stage_has_its_own_regulariser_weight() -> None:
         roughness[weight] = float(gradient_l2(report.velocity))
     assert roughness[None] == roughness[0.1]
     assert roughness[1e4] < 0.5 * roughness[0.1]
+
+
+def test_the_stage_has_its_own_integration_steps() -> None:
+    """``integration_steps`` replaces the refinement's scaling-and-squaring steps in this stage only: the returned
+    field is ``exp(v)`` integrated with the stage's steps (None: the refinement's); a bad value is refused."""
+    torch.manual_seed(0)
+    fixed = torch.zeros(1, 1, 16, 16, 16)
+    fixed[:, :, 3:13, 3:13, 3:13] = torch.rand(1, 1, 10, 10, 10)
+    moving = torch.roll(fixed, 2, dims=2)
+    settings = InstanceOptimization(steps=1, lambda_reg=0.1, integration_steps=5)
+    for steps, expected in ((None, 5), (1, 1)):
+        field, report = refine_on_finer_grid(fixed, moving, torch.zeros(1, 3, 8, 8, 8), settings,
+                                             FinerGridSettings(steps=6, lr=0.4, integration_steps=steps))
+        assert report.velocity is not None and float(report.velocity.abs().max()) > 0.1
+        torch.testing.assert_close(field, exponential_field(report.velocity, (16, 16, 16), expected))
+        other = 1 if expected == 5 else 5
+        assert not torch.allclose(field, exponential_field(report.velocity, (16, 16, 16), other))
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ConfigurationError, match="integration_steps"):
+            FinerGridSettings(integration_steps=bad)
