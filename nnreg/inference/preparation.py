@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from nnreg.dataset.image_io import Geometry, read_image
+from nnreg.inference.finer_grid import finer_mapping
 from nnreg.inference.resample import align_moving
 from nnreg.planning.plans import ConfigurationPlan
 from nnreg.preprocessing.grid import GridMapping
@@ -69,9 +70,10 @@ def prepare_arrays(fixed: np.ndarray, moving: np.ndarray, config: ConfigurationP
     # preprocessed (nnreg.preprocessing.preprocessor.preprocess_image), then resampled onto the network grid
     fixed_normalised = normalize(fixed, config.normalization, fixed_name)
     moving_normalised = normalize(moving_on_fixed, config.normalization, moving_name)
+    keep = finer_mapping(mapping) is not None    # only a finer-grid stage reads them (they travel from reader workers)
     return PreparedPair(mapping.to_network(fixed_normalised, order=1), mapping.to_network(moving_normalised, order=1),
-                        mapping, fixed_geometry, fixed, moving_on_fixed, moving_geometry, fixed_normalised,
-                        moving_normalised)
+                        mapping, fixed_geometry, fixed, moving_on_fixed, moving_geometry,
+                        fixed_normalised if keep else None, moving_normalised if keep else None)
 
 
 def with_training_reference(config: ConfigurationPlan, model_folder: str | Path) -> ConfigurationPlan:

@@ -176,3 +176,14 @@ def test_cli_finer_steps(tmp_path) -> None:
     bad = CliRunner().invoke(main, ["--fixed", str(fine[0]), "--moving", str(fine[1]), "-o", str(tmp_path / "x"),
                                     "-m", str(model), "--finer-steps", "-1"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_only_pairs_with_a_finer_grid_carry_their_normalised_images() -> None:
+    """The original-grid normalised images travel from the reader workers only where the stage can use them."""
+    fixed, moving = _pair()
+    predictor = _predictor(6)
+    finer = predictor.prepare(fixed, moving, _geometry(1.0), _geometry(1.0))
+    assert finer.fixed_normalised is not None and finer.moving_normalised is not None
+    assert finer.fixed_normalised.shape == ORIGINAL and float(finer.fixed_normalised.max()) <= 1.0
+    same = predictor.prepare(fixed, moving, _geometry(2.0), _geometry(2.0))
+    assert same.fixed_normalised is None and same.moving_normalised is None
