@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -62,9 +62,25 @@ class FinerGridSettings:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def options(self, refinement: InstanceOptimization) -> InstanceOptimization:
+        """The refinement settings this stage optimises with: ``refinement``'s, with this stage's learning rate and,
+        where set, its own regulariser weight and integration steps."""
+        options = replace(refinement, lr=self.lr)
+        if self.lambda_reg is not None:
+            options = replace(options, lambda_reg=self.lambda_reg)
+        if self.integration_steps is not None:
+            options = replace(options, integration_steps=self.integration_steps)
+        return options
+
 
 #: A network grid coarser than the original by at least this factor along an axis is subdivided along it.
 MIN_FINER_RATIO = 1.5
+
+
+def subdivisions(factor: Sequence[float]) -> tuple[int, ...]:
+    """Finer voxels per network voxel along each axis of resampling factor ``f`` (network / original spacing):
+    ``round(f)`` where ``f`` is at least :data:`MIN_FINER_RATIO`, else 1."""
+    return tuple(int(round(f)) if f >= MIN_FINER_RATIO else 1 for f in factor)
 
 
 def finer_mapping(mapping: GridMapping) -> GridMapping | None:
@@ -73,7 +89,7 @@ def finer_mapping(mapping: GridMapping) -> GridMapping | None:
     a mapping from the original grid (factor ``f / k``, box start ``c·k``: finer voxel ``q`` sits at
     ``((q + 0.5) / k + c)·f - 0.5`` original voxels, where network voxel ``(q + 0.5) / k - 0.5`` sits). With an
     integer ``f`` it is a pure crop of the original grid. None when no axis is subdivided."""
-    ks = tuple(int(round(f)) if f >= MIN_FINER_RATIO else 1 for f in mapping.factor)
+    ks = subdivisions(mapping.factor)
     if all(k == 1 for k in ks):
         return None
     return GridMapping(mapping.original_shape, tuple(f / k for f, k in zip(mapping.factor, ks)),
@@ -94,11 +110,7 @@ def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: to
     if velocity.dim() != 5 or velocity.shape[:2] != (1, 3):
         raise ValueError(f"expected a (1, 3, h, w, d) velocity, got {tuple(velocity.shape)}")
     shape = tuple(int(s) for s in fixed.shape[2:])
-    options = replace(refinement, lr=settings.lr)
-    if settings.lambda_reg is not None:
-        options = replace(options, lambda_reg=settings.lambda_reg)
-    if settings.integration_steps is not None:
-        options = replace(options, integration_steps=settings.integration_steps)
+    options = settings.options(refinement)
     with torch.inference_mode(False), torch.enable_grad(), deterministic_mode(deterministic, fixed.device):
         with torch.no_grad():
             start = velocity.detach().float().clone().contiguous()

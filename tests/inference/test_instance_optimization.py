@@ -24,13 +24,7 @@ SETTINGS = InstanceOptimization(steps=80, lr=0.2, grid_factor=2, image_factor=1,
                                 patience=80)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny volumes gain nothing from more, and a busy machine loses a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/inference/conftest.py
 
 
 def _blobs(seed: int = 0) -> np.ndarray:

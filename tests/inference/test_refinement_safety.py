@@ -14,7 +14,7 @@ from nnreg.inference.instance_optimization import InstanceOptimization, parse_ov
 from nnreg.utilities.errors import ConfigurationError
 from tests.inference.test_instance_optimization import (SETTINGS, SHAPE, _as_field, _blobs, _pull_warp, _refine,
                                                         _smooth_field, _tensor)
-from tests.inference.test_instance_optimization import one_thread  # noqa: F401 - the same autouse fixture
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/inference/conftest.py
 
 
 def _ncc_of(fixed: np.ndarray, moving: np.ndarray, field: torch.Tensor, window: int) -> float:
