@@ -226,7 +226,7 @@ def nnreg_variant(overrides: str) -> Callable[..., tuple[np.ndarray, dict[str, A
     """nnreg's pipeline in this process with the deformable settings ``overrides`` (``KEY=VALUE,...``; keys
     ``finer_<name>`` replace single keys of ``nnreg_register``'s finer-grid stage, ``FinerGridSettings.<name>``:
     ``finer_steps``, ``finer_lr``, ``finer_ncc_window``, ``finer_finer_velocity``, ``finer_lambda_reg``,
-    ``finer_integration_steps``)."""
+    ``finer_integration_steps``, ``finer_warmup_steps``)."""
     from dataclasses import replace
 
     from nnreg.inference.instance_optimization import parse_overrides

@@ -42,6 +42,7 @@ class FinerGridSettings:
     finer_velocity: bool = False  # resample the velocity onto the finer grid too (more detail, integration costs more)
     lambda_reg: float | None = None  # weight of ||grad v||^2 in this stage (None: the refinement's)
     integration_steps: int | None = None  # scaling-and-squaring steps in this stage (None: the refinement's)
+    warmup_steps: int | None = None  # Adam's learning-rate warm-up in this stage (None: the refinement's)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
@@ -50,11 +51,10 @@ class FinerGridSettings:
             raise ConfigurationError(f"invalid finer-grid setting: lr must be > 0, got {self.lr!r}")
         if self.lambda_reg is not None and not self.lambda_reg >= 0:
             raise ConfigurationError(f"invalid finer-grid setting: lambda_reg must be >= 0, got {self.lambda_reg!r}")
-        if self.integration_steps is not None and (isinstance(self.integration_steps, bool)
-                                                   or not isinstance(self.integration_steps, int)
-                                                   or self.integration_steps < 0):
-            raise ConfigurationError(f"invalid finer-grid setting: integration_steps must be an integer >= 0, got "
-                                     f"{self.integration_steps!r}")
+        for name in ("integration_steps", "warmup_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigurationError(f"invalid finer-grid setting: {name} must be an integer >= 0, got {value!r}")
         if self.ncc_window < 1 or self.ncc_window % 2 == 0:
             raise ConfigurationError(f"invalid finer-grid setting: ncc_window must be an odd number >= 1, "
                                      f"got {self.ncc_window!r}")
@@ -64,12 +64,14 @@ class FinerGridSettings:
 
     def options(self, refinement: InstanceOptimization) -> InstanceOptimization:
         """The refinement settings this stage optimises with: ``refinement``'s, with this stage's learning rate and,
-        where set, its own regulariser weight and integration steps."""
+        where set, its own regulariser weight, integration steps and warm-up."""
         options = replace(refinement, lr=self.lr)
         if self.lambda_reg is not None:
             options = replace(options, lambda_reg=self.lambda_reg)
         if self.integration_steps is not None:
             options = replace(options, integration_steps=self.integration_steps)
+        if self.warmup_steps is not None:
+            options = replace(options, warmup_steps=self.warmup_steps)
         return options
 
 

@@ -83,6 +83,7 @@ class InstanceOptimization:
     similarity: str = "lncc"       # "lncc" (local NCC, same contrast) or "mind" (MIND-SSC, any contrasts)
     mind_radius: int = 1           # MIND-SSC patch radius and neighbour dilation (voxels of each stage's grid)
     mind_dilation: int = 2
+    warmup_steps: int = 0          # Adam's learning rate ramps up linearly over this many steps after each (re)start
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -101,6 +102,7 @@ class InstanceOptimization:
             (self.max_folding_percent >= 0, "max_folding_percent must be >= 0"),
             (self.similarity in SIMILARITIES, f"similarity must be one of {', '.join(SIMILARITIES)}"),
             (self.mind_radius >= 0 and self.mind_dilation >= 1, "mind_radius must be >= 0 and mind_dilation >= 1"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -300,6 +302,7 @@ def optimise(stages: list[Stage], velocity: torch.Tensor, settings: InstanceOpti
         best, best_velocity = math.inf, None          # the lowest loss evaluated and the velocity it was measured at
         patience_best, since_best = math.inf, 0       # early stopping: improvements of at least min_delta
         for _ in range(stage.steps):
+            optimizer.param_groups[0]["lr"] = warmup_lr(settings, optimizer.steps)
             optimizer.zero_grad(set_to_none=True)
             loss, _ = stage.loss(velocity, settings)
             value = float(loss.detach())
@@ -322,6 +325,16 @@ def optimise(stages: list[Stage], velocity: torch.Tensor, settings: InstanceOpti
             velocity = best_velocity.requires_grad_(True)     # go on from the best iterate, with a fresh Adam
             optimizer = Adam([{"params": [velocity], "lr": settings.lr}])
     return velocity.detach(), steps_run
+
+
+def warmup_lr(settings: InstanceOptimization, steps_taken: int) -> float:
+    """The learning rate of the next Adam step after ``steps_taken`` steps of a fresh Adam: ``lr`` ramped linearly
+    over ``warmup_steps`` steps (``lr·(t + 1)/(warmup_steps + 1)``), then ``lr``. Why: Adam's first step moves every
+    component by about the learning rate whatever its gradient, so a stage that restarts Adam from a good velocity
+    first moves away from it."""
+    if steps_taken >= settings.warmup_steps:
+        return settings.lr
+    return settings.lr * (steps_taken + 1) / (settings.warmup_steps + 1)
 
 
 def folding_percent(field: torch.Tensor) -> float:
