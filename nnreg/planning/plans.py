@@ -17,10 +17,8 @@ from nnreg.utilities.files import read_json, write_json
 
 
 #: The refinement that new plans record (the other keys take InstanceOptimization's defaults); the planner adds
-#: ``fine_grid_factor`` from the configuration's spacing (nnreg.planning.planner.refinement_settings). 30 coarse and
-#: 10 fine steps (60 and 12 before 2026-12-05): the same Dice on training pairs in 30 % less time
-#: (documentation/prediction.md, "Fewer steps").
-DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 30, "fine_steps": 10, "grid_factor": 2, "lambda_reg": 1.5,
+#: ``fine_grid_factor`` from the configuration's spacing (nnreg.planning.planner.refinement_settings).
+DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 60, "fine_steps": 12, "grid_factor": 2, "lambda_reg": 1.5,
                                                  "integration_steps": 3}
 
 
