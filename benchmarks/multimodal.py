@@ -51,8 +51,9 @@ from nnreg.dataset.learn2reg import load_dataset  # noqa: E402
 from nnreg.dataset.naming import displacement_filename  # noqa: E402
 from nnreg.evaluation import evaluate_pair  # noqa: E402
 from nnreg.example.contrast import synthetic_contrast  # noqa: E402
-from nnreg.inference.instance_optimization import (MULTIMODAL_REFINEMENT, InstanceOptimization,  # noqa: E402
-                                                   parse_overrides, refine_field)
+from nnreg.inference.instance_optimization import refine_field  # noqa: E402
+from nnreg.inference.refinement_settings import (MULTIMODAL_REFINEMENT, InstanceOptimization,  # noqa: E402
+                                                 parse_overrides)
 
 logger = logging.getLogger("nnreg.benchmarks.multimodal")
 

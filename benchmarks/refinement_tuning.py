@@ -31,7 +31,7 @@ from nnreg.dataset.learn2reg import ImageEntry, load_dataset
 from nnreg.evaluation import evaluate_pair, load_config
 from nnreg.evaluation.ground_truth import load_volume
 from nnreg.inference import nnRegPredictor
-from nnreg.inference.instance_optimization import InstanceOptimization, parse_overrides
+from nnreg.inference.refinement_settings import InstanceOptimization, parse_overrides
 from nnreg.utilities.files import read_json, write_json
 
 logger = logging.getLogger("nnreg.benchmarks.refinement_tuning")

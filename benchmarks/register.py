@@ -229,7 +229,7 @@ def nnreg_variant(overrides: str) -> Callable[..., tuple[np.ndarray, dict[str, A
     ``finer_integration_steps``, ``finer_warmup_steps``)."""
     from dataclasses import replace
 
-    from nnreg.inference.instance_optimization import parse_overrides
+    from nnreg.inference.refinement_settings import parse_overrides
     from nnreg.registration.pipeline import RegistrationSettings
 
     items = [item.strip() for item in overrides.split(",") if item.strip()]

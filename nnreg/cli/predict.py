@@ -127,7 +127,7 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
     """Register image pairs with a trained nnreg model; fields in the Learn2Reg/LUMIR format."""
     from nnreg.inference import ExportOptions, collect_pairs, nnRegPredictor, predict_pairs
     from nnreg.inference.finer_grid import FinerGridSettings
-    from nnreg.inference.instance_optimization import parse_overrides
+    from nnreg.inference.refinement_settings import parse_overrides
 
     overrides = parse_overrides(instance_optimization_settings or "")
     pairs = collect_pairs(input_path, pairs_key, fixed, moving)

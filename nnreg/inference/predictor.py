@@ -22,10 +22,10 @@ from nnreg.dataset.image_io import Geometry, read_image
 from nnreg.dataset.naming import challenge_id_and_modality
 from nnreg.inference.ensemble import EnsembleReport, ensemble_displacements
 from nnreg.inference.finer_grid import FinerGridSettings, finer_mapping, refine_on_finer_grid
-from nnreg.inference.instance_optimization import (MULTIMODAL_REFINEMENT, InstanceOptimization, RefinementReport,
-                                                   exponential_field, refine_field)
+from nnreg.inference.instance_optimization import RefinementReport, exponential_field, refine_field
 from nnreg.inference.model_folder import DEFAULT_CHECKPOINT, read_trained_model
 from nnreg.inference.preparation import PreparedPair, prepare_arrays, with_training_reference
+from nnreg.inference.refinement_settings import MULTIMODAL_REFINEMENT, InstanceOptimization
 from nnreg.planning.plans import ConfigurationPlan
 from nnreg.spatial import compose
 from nnreg.utilities.cpus import usable_cpus

@@ -37,7 +37,7 @@ class ConfigurationPlan:
     architecture: dict[str, Any]         # {"network_class": str, "kwargs": {...}}
     inherits_from: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
-    # test-time refinement read by the predictor (keys of nnreg.inference.instance_optimization.InstanceOptimization;
+    # test-time refinement read by the predictor (keys of nnreg.inference.refinement_settings.InstanceOptimization;
     # None = not recorded = off); new plans record DEFAULT_INSTANCE_OPTIMIZATION
     instance_optimization: dict[str, Any] | None = None
     # symmetric, inverse-consistent training read by the trainer (nnreg.training.symmetric; None = off)

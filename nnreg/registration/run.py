@@ -13,7 +13,7 @@ from nnreg.alignment.affine import AffineSettings
 from nnreg.dataset.image_io import read_image
 from nnreg.dataset.naming import challenge_id_and_modality
 from nnreg.inference.finer_grid import FinerGridSettings
-from nnreg.inference.instance_optimization import MULTIMODAL_REFINEMENT
+from nnreg.inference.refinement_settings import MULTIMODAL_REFINEMENT
 from nnreg.registration.outputs import OutputPaths, transform_files, write_outputs
 from nnreg.registration.pipeline import FINER_GRID, RegistrationSettings, register_images
 from nnreg.utilities.errors import NnregError

@@ -12,7 +12,8 @@ from scipy import ndimage
 
 from nnreg.evaluation.jacobian import ndv
 from nnreg.inference import nnRegPredictor
-from nnreg.inference.instance_optimization import InstanceOptimization, parse_overrides, refine_field
+from nnreg.inference.instance_optimization import refine_field
+from nnreg.inference.refinement_settings import InstanceOptimization, parse_overrides
 from nnreg.planning.planner import refinement_settings
 from nnreg.planning.plans import DEFAULT_INSTANCE_OPTIMIZATION, ConfigurationPlan, Plans
 from nnreg.spatial import jacobian_determinant

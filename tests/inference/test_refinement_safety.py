@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from nnreg.evaluation.jacobian import ndv
-from nnreg.inference.instance_optimization import InstanceOptimization, parse_overrides, refine_field
+from nnreg.inference.instance_optimization import refine_field
+from nnreg.inference.refinement_settings import InstanceOptimization, parse_overrides
 from nnreg.utilities.errors import ConfigurationError
 from tests.inference.test_instance_optimization import (SETTINGS, SHAPE, _as_field, _blobs, _pull_warp, _refine,
                                                         _smooth_field, _tensor)
@@ -112,7 +113,7 @@ def test_mind_similarity_registers_another_contrast() -> None:
 
 def test_pairs_of_different_modalities_refine_with_mind_unless_a_similarity_was_chosen() -> None:
     from nnreg.inference import nnRegPredictor
-    from nnreg.inference.instance_optimization import MULTIMODAL_REFINEMENT
+    from nnreg.inference.refinement_settings import MULTIMODAL_REFINEMENT
     from tests.inference.helpers import OracleNet
     from tests.inference.test_instance_optimization import _config
 

@@ -82,7 +82,7 @@ def test_the_similarity_follows_the_modalities_unless_given(tmp_path, monkeypatc
     """Different LUMIR modality suffixes pick MIND-SSC (MI for the affine stage); --similarity overrides; the run
     with MIND writes its outputs and says what it did."""
     import nnreg.registration.run as run_module
-    from nnreg.inference.instance_optimization import MULTIMODAL_REFINEMENT
+    from nnreg.inference.refinement_settings import MULTIMODAL_REFINEMENT
     from nnreg.registration.run import RunRequest, choose_similarity
 
     assert choose_similarity(RunRequest("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz")) == "mind"
