@@ -18,8 +18,8 @@ from nnreg.utilities.files import read_json, write_json
 
 #: The refinement that new plans record (the other keys take InstanceOptimization's defaults); the planner adds
 #: ``fine_grid_factor`` from the configuration's spacing (nnreg.planning.planner.refinement_settings).
-DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 60, "fine_steps": 12, "grid_factor": 2, "lambda_reg": 1.5,
-                                                 "integration_steps": 3}
+DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 30, "fine_steps": 10, "grid_factor": 2, "lambda_reg": 1.5,
+                                                 "integration_steps": 3, "warmup_steps": 3}
 
 
 @dataclass
