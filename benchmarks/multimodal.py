@@ -14,8 +14,8 @@ Methods (each a voxel-unit pull field on the fixed grid, scored with :func:`nnre
 and HD95 over the labels of the dataset's official ``*_All_*`` config, NDV with the moving-image mask):
 
 * ``refine_lncc`` / ``refine_mind``: nnreg's refinement (:func:`nnreg.inference.instance_optimization.refine_field`)
-  from the identity with the settings 2 mm plans recorded when this benchmark's tables were measured (:data:`REFINEMENT`,
-  60 + 12 steps without warm-up; kept so those tables reproduce), local NCC, or MIND-SSC with the
+  from the identity with the settings 2 mm plans recorded when this benchmark's tables were measured
+  (:data:`REFINEMENT`, 60 + 12 steps without warm-up; kept so those tables reproduce), local NCC, or MIND-SSC with the
   multi-modal default :data:`nnreg.inference.refinement_settings.MULTIMODAL_REFINEMENT` (what ``nnreg_predict``
   uses for a pair of two modalities); ``--mind-settings KEY=VALUE,...`` replaces keys of the MIND rows (tuning);
   images scaled to [0, 1] by their 99.5th percentile;

@@ -17,14 +17,15 @@ parametrisations (``velocity_start``):
   transform, and the moving image is warped once per step from the original (one interpolation, not two). Measured
   on training pairs, this lowers HD95 (documentation/prediction.md).
 
-The loss is the training loss of one level: ``-LNCC(fixed, moving o phi) + lambda_reg * ||grad v||^2`` (``v`` in
-its own voxel units; ``similarity="mind"`` replaces the LNCC term by the MIND-SSC loss of :mod:`nnreg.losses.mind`,
-for pairs of different contrasts), minimised by Adam (0 steps return the network's field unchanged) in two stages: ``steps`` on
-the network grid / ``image_factor`` (cheap: 1/8 of the voxels) with ``v`` on the network grid / ``grid_factor``,
-then ``fine_steps`` on the network grid itself with ``v`` on the network grid / ``fine_grid_factor`` (resampled by
-:func:`nnreg.spatial.resize_field`, Adam restarted, when that grid differs; otherwise ``v`` and the optimiser carry
-on; after each restart the learning rate can ramp up over ``warmup_steps``, :func:`warmup_lr`), each stopped early when its loss stops improving (or at once on a non-finite loss). Each stage goes on from, and
-the refinement returns, the **best** velocity it evaluated (lowest loss), not the last iterate. The result is then
+The loss is the training loss of one level: ``-LNCC(fixed, moving o phi) + lambda_reg * ||grad v||^2`` (``v`` in its
+own voxel units; ``similarity="mind"`` replaces the LNCC term by the MIND-SSC loss of :mod:`nnreg.losses.mind`, for
+pairs of different contrasts), minimised by Adam (0 steps return the network's field unchanged) in two stages:
+``steps`` on the network grid / ``image_factor`` (cheap: 1/8 of the voxels) with ``v`` on the network grid /
+``grid_factor``, then ``fine_steps`` on the network grid itself with ``v`` on the network grid / ``fine_grid_factor``
+(resampled by :func:`nnreg.spatial.resize_field`, Adam restarted, when that grid differs; otherwise ``v`` and the
+optimiser carry on; after each restart the learning rate can ramp up over ``warmup_steps``, :func:`warmup_lr`), each
+stopped early when its loss stops improving (or at once on a non-finite loss). Each stage goes on from, and the
+refinement returns, the **best** velocity it evaluated (lowest loss), not the last iterate. The result is then
 checked against the network's own field, scored by the same loss on the last stage's grid (its similarity, plus the
 regulariser of its velocity representation): the network's field is returned unchanged when the refined one is not
 finite, has a higher loss, or folds (``det(I + grad u) <= 0``, central differences) on more than

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nnreg.inference import instance_optimization as io
-from nnreg.inference.instance_optimization import InstanceOptimization, Stage, optimise, warmup_lr
+from nnreg.inference.instance_optimization import Stage, optimise, warmup_lr
+from nnreg.inference.refinement_settings import InstanceOptimization
 from nnreg.utilities.errors import ConfigurationError
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/inference/conftest.py
