@@ -112,6 +112,8 @@ def _workers(value: int | None, num_pairs: int) -> int:
 @click.option("--finer-steps", type=click.IntRange(min=0), default=8, show_default=True,
               help="After the refinement, this many steps with the similarity on the original grid when the network "
                    "grid is at least 1.5 times coarser (e.g. 3d_halfres of 1 mm images; 0: end on the network grid).")
+@click.option("--finer-grid-settings", "finer_grid_settings", default=None, metavar="KEY=VALUE,...",
+              help="Override keys of that stage, e.g. 'finer_velocity=false,lr=0.25' (see prediction.md).")
 @click.option("--deterministic", is_flag=True, help="Deterministic algorithms for the refinement.")
 @results_option
 @verbose_option
@@ -123,13 +125,14 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
          resume: bool, num_readers: int | None, num_writers: int | None, num_parts: int, part_id: int,
          threads: int | None, channels_last: bool,
          instance_optimization: int | None, instance_optimization_settings: str | None, finer_steps: int,
-         deterministic: bool, results: str | None, verbose: bool) -> None:
+         finer_grid_settings: str | None, deterministic: bool, results: str | None, verbose: bool) -> None:
     """Register image pairs with a trained nnreg model; fields in the Learn2Reg/LUMIR format."""
     from nnreg.inference import ExportOptions, collect_pairs, nnRegPredictor, predict_pairs
-    from nnreg.inference.finer_grid import FinerGridSettings
+    from nnreg.inference.finer_grid import FinerGridSettings, parse_finer_overrides
     from nnreg.inference.refinement_settings import parse_overrides
 
     overrides = parse_overrides(instance_optimization_settings or "")
+    finer_grid = FinerGridSettings(steps=finer_steps).with_overrides(parse_finer_overrides(finer_grid_settings or ""))
     pairs = collect_pairs(input_path, pairs_key, fixed, moving)
     from nnreg.inference.pipeline import select_part
 
@@ -142,7 +145,7 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
     predictor = nnRegPredictor(device=device, num_threads=threads, channels_last=channels_last,
                                instance_optimization=instance_optimization, deterministic=deterministic,
                                instance_optimization_overrides=overrides,
-                               finer_grid=FinerGridSettings(steps=finer_steps))
+                               finer_grid=finer_grid)
     predictor.initialize_from_trained_model_folder(folder, parse_folds(folds), checkpoint, configuration)
     if device_note is not None:      # said once the model is read: an input error above stays the only line
         logger.info(device_note)

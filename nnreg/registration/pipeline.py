@@ -47,7 +47,8 @@ DEFORMABLE = InstanceOptimization(steps=30, fine_steps=12, grid_factor=2, lambda
 # as well, so the last steps can move 1 mm detail (exact Dice +0.007 on perturbed training pairs of OpenBrains160,
 # documentation/benchmarks.md); 2 integration steps and 6 steps at lr 0.4 keep its cost at about 1.5x the 2 mm
 # velocity's 8 steps, and lambda 2 (not the working grid's 1.5) keeps NDV well below 0.01 %.
-FINER_GRID = FinerGridSettings(steps=6, lr=0.4, finer_velocity=True, lambda_reg=2.0, integration_steps=2)
+FINER_GRID = FinerGridSettings(steps=6, lr=0.4, finer_velocity=True, lambda_reg=2.0, integration_steps=2,
+                               parametrisation="velocity")
 
 @dataclass(frozen=True)
 class RegistrationSettings:

@@ -19,6 +19,27 @@ def test_pairs_visit_every_subject_before_repeating_and_never_pair_an_image_with
     assert len(tuning.make_pairs(images, 100)) == 12
 
 
+def test_settings_split_into_refinement_and_finer_grid_keys() -> None:
+    from nnreg.inference.refinement_settings import InstanceOptimization
+
+    refinement, finer = tuning.parse_setting("steps=5,finer.parametrisation=velocity,finer.lambda_reg=none,"
+                                             "lambda_reg=2", InstanceOptimization(steps=30))
+    assert refinement.steps == 5 and refinement.lambda_reg == 2.0
+    assert finer.parametrisation == "velocity" and finer.lambda_reg is None and finer.steps == 8
+
+
+def test_cross_miss_counts_moving_voxels_no_fixed_voxel_reaches() -> None:
+    """Identity: every moving voxel is hit. A pull field that samples every 4th moving voxel along each axis leaves
+    crosses no fixed voxel lands in (the official TRE's vanishing landmark blobs)."""
+    import numpy as np
+
+    moving = np.ones((16, 16, 16), np.float32)
+    assert tuning.cross_miss_ppm(np.zeros((16, 16, 16, 3), np.float32), moving) == 0.0
+    grid = np.stack(np.meshgrid(*(np.arange(4),) * 3, indexing="ij"), axis=-1).astype(np.float32)
+    stretched = 3.0 * grid                                     # x + u(x) = 4x
+    assert tuning.cross_miss_ppm(stretched, moving) > 0.5e6
+
+
 def test_run_on_a_tiny_model_scores_training_pairs(tmp_path: Path) -> None:
     root, plans = planned_dataset(tmp_path, shape=(24, 28, 20), n_train=5, n_val=2)
     configuration = "3d_fullres"

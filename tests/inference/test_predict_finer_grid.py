@@ -73,9 +73,11 @@ def _ncc_after(fixed: np.ndarray, moving: np.ndarray, field: np.ndarray) -> floa
     return float(local_ncc(*as_tensor, window=5).mean())
 
 
-def _predictor(steps: int, **kwargs) -> nnRegPredictor:
+def _predictor(steps: int, parametrisation: str = "velocity", **kwargs) -> nnRegPredictor:
+    extra = {"lambda_reg": None, "lr": 0.25} if parametrisation == "velocity" else {"lambda_reg": 0.5, "lr": 0.05}
     predictor = nnRegPredictor(num_threads=1, instance_optimization=REFINEMENT,
-                               finer_grid=FinerGridSettings(steps=steps, ncc_window=5), **kwargs)
+                               finer_grid=FinerGridSettings(steps=steps, ncc_window=5, parametrisation=parametrisation,
+                                                            **extra), **kwargs)
     predictor.manual_initialization(OracleNet(np.zeros((3, *NETWORK), np.float32)), _config())
     return predictor
 
@@ -86,13 +88,14 @@ def _geometry(spacing: float):
     return Geometry(ORIGINAL, (spacing,) * 3, (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
 
 
-def test_the_stage_adds_the_original_grids_detail() -> None:
+@pytest.mark.parametrize("parametrisation", ["velocity", "displacement"])
+def test_the_stage_adds_the_original_grids_detail(parametrisation: str) -> None:
     fixed, moving = _pair()
     geometry = _geometry(1.0)
     coarse = _predictor(0)
     ended_coarse = coarse.predict_pair(fixed, moving, geometry, geometry)
     assert coarse.last_refinement is not None and coarse.last_finer_grid is None
-    finer = _predictor(12)
+    finer = _predictor(12, parametrisation)
     ended_finer = finer.predict_pair(fixed, moving, geometry, geometry)
     report = finer.last_finer_grid
     assert report is not None and not report.kept_network and report.steps_run > 0
@@ -129,6 +132,20 @@ def test_the_inverse_estimate_is_the_finer_stages() -> None:
     assert torch.allclose(predictor.last_velocity_inverse, expected)
     refined = predictor.last_refinement
     assert refined is not None and not torch.equal(report.velocity, refined.velocity)
+
+
+def test_the_inverse_estimate_of_a_displacement_correction_is_the_refinements() -> None:
+    """With ``parametrisation="displacement"`` the velocity is the refinement's (the correction has none): the
+    inverse's start is its ``exp(-v)``, integrated with the refinement's steps."""
+    fixed, moving = _pair()
+    predictor = _predictor(6, "displacement")
+    predictor.keep_velocity_inverse = True
+    predictor.predict_pair(fixed, moving, _geometry(1.0), _geometry(1.0))
+    report, refined = predictor.last_finer_grid, predictor.last_refinement
+    assert report is not None and not report.kept_network and refined is not None
+    assert torch.equal(report.velocity, refined.velocity)
+    expected = exponential_field(-refined.velocity, NETWORK, REFINEMENT.integration_steps)
+    assert torch.allclose(predictor.last_velocity_inverse, expected)
 
 
 def test_cli_finer_steps(tmp_path) -> None:
@@ -168,9 +185,15 @@ def test_cli_finer_steps(tmp_path) -> None:
     ended_finer, _ = predict("on", "--finer-steps", "4")
     assert ended_finer.shape == ended_coarse.shape == (*sitk.ReadImage(str(fine[0])).GetSize(), 3)
     assert not np.array_equal(ended_finer, ended_coarse)
-    bad = CliRunner().invoke(main, ["--fixed", str(fine[0]), "--moving", str(fine[1]), "-o", str(tmp_path / "x"),
-                                    "-m", str(model), "--finer-steps", "-1"])
-    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    as_velocity, _ = predict("velocity", "--finer-steps", "4", "--finer-grid-settings",
+                             "parametrisation=velocity,lambda_reg=none,lr=0.25")
+    assert not np.array_equal(as_velocity, ended_finer) and not np.array_equal(as_velocity, ended_coarse)
+    for args in (["--finer-steps", "-1"], ["--finer-grid-settings", "parametrisation=spline"],
+                 ["--finer-grid-settings", "step=3"]):
+        bad = CliRunner().invoke(main, ["--fixed", str(fine[0]), "--moving", str(fine[1]), "-o",
+                                        str(tmp_path / "x"), "-m", str(model), *args])
+        assert bad.exit_code != 0 and "Traceback" not in bad.output, args
+        assert ("finer-steps" if args[1] == "-1" else args[1].split("=")[0]) in bad.output, bad.output
 
 
 def test_only_pairs_with_a_finer_grid_carry_their_normalised_images() -> None:

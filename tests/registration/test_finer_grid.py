@@ -22,6 +22,8 @@ from nnreg.utilities.errors import ConfigurationError
 from tests.alignment.phantom import affine, phantom
 from tests.registration.conftest import TRUTH, brain, itk_reproduction_error, read, write_pair
 
+VELOCITY = {"parametrisation": "velocity", "lambda_reg": None}   # the stage as exp(v), the refinement's weight
+
 
 def _one_millimetre(path: Path) -> None:
     """Rewrite the image at ``path`` on a 1 mm grid of the same box (linear)."""
@@ -106,7 +108,7 @@ def test_the_stage_returns_its_best_iterate_and_checks_settings() -> None:
     moving = torch.roll(fixed, 1, dims=2)
     velocity = torch.zeros(1, 3, 8, 8, 8)
     settings = InstanceOptimization(steps=1, lambda_reg=0.1, integration_steps=3)
-    field, report = refine_on_finer_grid(fixed, moving, velocity, settings, FinerGridSettings(steps=6, lr=0.2))
+    field, report = refine_on_finer_grid(fixed, moving, velocity, settings, FinerGridSettings(steps=6, lr=0.2, **VELOCITY))
     assert report.steps_run >= 1 and report.final_loss <= report.initial_loss
     torch.testing.assert_close(field, exponential_field(report.velocity, (16, 16, 16), 3))
     unchanged, off = refine_on_finer_grid(fixed, moving, velocity, settings, FinerGridSettings(steps=0))
@@ -127,7 +129,8 @@ def test_the_stage_has_its_own_regulariser_weight() -> None:
     roughness = {}
     for weight in (None, 0.1, 1e4):
         _, report = refine_on_finer_grid(fixed, moving, torch.zeros(1, 3, 8, 8, 8), settings,
-                                         FinerGridSettings(steps=6, lr=0.2, lambda_reg=weight))
+                                         FinerGridSettings(steps=6, lr=0.2, lambda_reg=weight,
+                                                           parametrisation="velocity"))
         assert report.velocity is not None
         roughness[weight] = float(gradient_l2(report.velocity))
     assert roughness[None] == roughness[0.1]
@@ -144,7 +147,8 @@ def test_the_stage_has_its_own_integration_steps() -> None:
     settings = InstanceOptimization(steps=1, lambda_reg=0.1, integration_steps=5)
     for steps, expected in ((None, 5), (1, 1)):
         field, report = refine_on_finer_grid(fixed, moving, torch.zeros(1, 3, 8, 8, 8), settings,
-                                             FinerGridSettings(steps=6, lr=0.4, integration_steps=steps))
+                                             FinerGridSettings(steps=6, lr=0.4, integration_steps=steps,
+                                                               **VELOCITY))
         assert report.velocity is not None and float(report.velocity.abs().max()) > 0.1
         torch.testing.assert_close(field, exponential_field(report.velocity, (16, 16, 16), expected))
         other = 1 if expected == 5 else 5
