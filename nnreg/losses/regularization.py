@@ -3,10 +3,48 @@
 Forward differences along each array axis, squared and averaged over voxels and components, then averaged
 over the three axes — the ``Grad3d('l2')`` of VoxelMorph/TransMorph with which the paper's λ = 5-6 were tuned.
 Units are the field's own voxel units on its own grid.
+
+The gradient is written out (:class:`_GradientL2`): the loss is quadratic, so its gradient is the linear map
+``2/(3·N_a) · Dᵀ D f`` summed over the axes ``a`` (``D`` the forward difference, ``N_a`` the number of differences),
+computed in place on one buffer. Autograd's version zero-filled a full-size tensor for each of the six slices' backward;
+on a 1 mm field (3 × 160 × 208 × 192) that was about a fifth of a test-time refinement step.
 """
 from __future__ import annotations
 
 import torch
+
+
+def _differences(f: torch.Tensor, axis: int) -> torch.Tensor | None:
+    n = f.shape[axis]
+    return f.narrow(axis, 1, n - 1) - f.narrow(axis, 0, n - 1) if n >= 2 else None
+
+
+class _GradientL2(torch.autograd.Function):
+    """``gradient_l2`` with its gradient written out (module docstring)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, f: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(f)
+        total = f.new_zeros(())
+        for axis in (2, 3, 4):
+            diff = _differences(f, axis)
+            if diff is not None:
+                total = total + (diff * diff).mean()
+        return total / 3.0
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (f,) = ctx.saved_tensors                                             # type: ignore[attr-defined]
+        out = torch.zeros_like(f)
+        for axis in (2, 3, 4):
+            diff = _differences(f, axis)
+            if diff is None:
+                continue
+            diff.mul_(grad * (2.0 / (3.0 * diff.numel())))
+            n = f.shape[axis]
+            out.narrow(axis, 1, n - 1).add_(diff)
+            out.narrow(axis, 0, n - 1).sub_(diff)
+        return out
 
 
 def gradient_l2(field: torch.Tensor) -> torch.Tensor:
@@ -14,13 +52,4 @@ def gradient_l2(field: torch.Tensor) -> torch.Tensor:
     if field.dim() != 5:
         raise ValueError(f"expected a field (B, C, H, W, D), got {tuple(field.shape)}")
     with torch.autocast(device_type=field.device.type, enabled=False):
-        f = field.float()
-        terms = []
-        for axis in (2, 3, 4):
-            n = f.shape[axis]
-            if n < 2:
-                terms.append(f.new_zeros(()))
-                continue
-            diff = f.narrow(axis, 1, n - 1) - f.narrow(axis, 0, n - 1)
-            terms.append((diff * diff).mean())
-        return (terms[0] + terms[1] + terms[2]) / 3.0
+        return _GradientL2.apply(field.float())
