@@ -196,14 +196,15 @@ def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: to
         with torch.no_grad():
             refined = exponential_field(best, shape, options.integration_steps)           # type: ignore[arg-type]
             final_loss, final_ncc = (float(t) for t in stage.field_loss(refined, best, options))
-            reason = refusal(refined, start_field, final_loss, initial_loss, options)
+            folding = folding_percent(refined) if math.isfinite(final_loss) else math.nan
+            reason = refusal(refined, start_field, final_loss, initial_loss, options, folding)
     if reason:
         logger.info("finer-grid stage: the coarse grid's field is kept (%s)", reason)
         return start_field, RefinementReport(steps_run, initial_loss, initial_loss, initial_ncc, initial_ncc,
                                              start.detach(), True, reason, folding_percent(start_field))
     logger.debug("finer-grid stage: %d steps, loss %.4f -> %.4f", steps_run, initial_loss, final_loss)
     return refined, RefinementReport(steps_run, initial_loss, final_loss, initial_ncc, final_ncc, best,
-                                     folding_percent=folding_percent(refined) if math.isfinite(final_loss) else math.nan)
+                                     folding_percent=folding)
 
 
 def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Tensor,
@@ -231,11 +232,12 @@ def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity
         with torch.no_grad():
             final_loss, final_ncc = (float(t) for t in stage.loss(best, correction))
             refined = compose(start_field, exponential_field(best, shape, correction.integration_steps))
-            reason = refusal(refined, start_field, final_loss, initial_loss, options)
+            folding = folding_percent(refined) if math.isfinite(final_loss) else math.nan
+            reason = refusal(refined, start_field, final_loss, initial_loss, options, folding)
     if reason:
         logger.info("finer-grid stage: the coarse grid's field is kept (%s)", reason)
         return start_field, RefinementReport(steps_run, initial_loss, initial_loss, initial_ncc, initial_ncc,
                                              start, True, reason, folding_percent(start_field))
     logger.debug("finer-grid stage (displacement): %d steps, loss %.4f -> %.4f", steps_run, initial_loss, final_loss)
     return refined, RefinementReport(steps_run, initial_loss, final_loss, initial_ncc, final_ncc, start,
-                                     folding_percent=folding_percent(refined) if math.isfinite(final_loss) else math.nan)
+                                     folding_percent=folding)
