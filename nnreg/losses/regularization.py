@@ -20,31 +20,35 @@ def _differences(f: torch.Tensor, axis: int) -> torch.Tensor | None:
 
 
 class _GradientL2(torch.autograd.Function):
-    """``gradient_l2`` with its gradient written out (module docstring)."""
+    """``gradient_l2`` with its gradient written out (module docstring). The forward differences are kept for the
+    backward (three field-size tensors) and read, never modified, so a retained graph can run backward again."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, f: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(f)
         total = f.new_zeros(())
+        diffs = []
         for axis in (2, 3, 4):
             diff = _differences(f, axis)
-            if diff is not None:
-                total = total + (diff * diff).mean()
+            diffs.append(diff)
+            if diff is not None:      # the sum of squares without a squared copy
+                total = total + torch.linalg.vector_norm(diff).square() / diff.numel()
+        ctx.shape = f.shape                                                  # type: ignore[attr-defined]
+        ctx.has = [d is not None for d in diffs]                             # type: ignore[attr-defined]
+        ctx.save_for_backward(*(d for d in diffs if d is not None))
         return total / 3.0
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        (f,) = ctx.saved_tensors                                             # type: ignore[attr-defined]
-        out = torch.zeros_like(f)
-        for axis in (2, 3, 4):
-            diff = _differences(f, axis)
-            if diff is None:
+        saved = iter(ctx.saved_tensors)                                      # type: ignore[attr-defined]
+        out = grad.new_zeros(ctx.shape)                                      # type: ignore[attr-defined]
+        for axis, has in zip((2, 3, 4), ctx.has):                            # type: ignore[attr-defined]
+            if not has:
                 continue
-            diff.mul_(grad * (2.0 / (3.0 * diff.numel())))
-            n = f.shape[axis]
-            out.narrow(axis, 1, n - 1).add_(diff)
-            out.narrow(axis, 0, n - 1).sub_(diff)
-        return out
+            diff = next(saved)
+            n, scale = out.shape[axis], 2.0 / (3.0 * diff.numel())
+            out.narrow(axis, 1, n - 1).add_(diff, alpha=scale)
+            out.narrow(axis, 0, n - 1).sub_(diff, alpha=scale)
+        return out.mul_(grad)
 
 
 def gradient_l2(field: torch.Tensor) -> torch.Tensor:

@@ -41,4 +41,14 @@ def test_constant_field_has_zero_loss_and_gradient() -> None:
     field = torch.full((1, 3, 4, 5, 6), 2.5, requires_grad=True)
     loss = gradient_l2(field)
     loss.backward()
-    assert float(loss) == 0.0 and float(field.grad.abs().max()) == 0.0
+    assert float(loss.detach()) == 0.0 and float(field.grad.abs().max()) == 0.0
+
+
+def test_a_retained_graph_gives_the_same_gradient_twice() -> None:
+    """The saved differences are read, not modified, by the backward."""
+    torch.manual_seed(1)
+    field = torch.randn(1, 3, 6, 5, 4, requires_grad=True)
+    loss = gradient_l2(field)
+    (first,) = torch.autograd.grad(loss, field, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, field)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
