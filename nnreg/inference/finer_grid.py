@@ -41,6 +41,7 @@ from nnreg.inference.instance_optimization import (InstanceOptimization, Refinem
 from nnreg.preprocessing.grid import GridMapping
 from nnreg.spatial import compose, resize_field, warp
 from nnreg.utilities.errors import ConfigurationError
+from nnreg.utilities.key_values import parse_key_values
 
 logger = logging.getLogger(__name__)
 
@@ -118,27 +119,7 @@ def parse_finer_overrides(text: str) -> dict[str, Any]:
     else."""
     kinds = {"steps": int, "lr": float, "ncc_window": int, "finer_velocity": bool, "lambda_reg": float,
              "integration_steps": int, "warmup_steps": int, "parametrisation": str}
-    overrides: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = (part.strip() for part in item.partition("="))
-        if not sep or key not in kinds:
-            raise ConfigurationError(f"finer-grid setting '{item}' is not KEY=VALUE with KEY one of {', '.join(kinds)}")
-        kind, lowered = kinds[key], value.lower()
-        if lowered == "none" and key in ("lambda_reg", "integration_steps", "warmup_steps"):
-            overrides[key] = None
-        elif kind is str:
-            overrides[key] = value
-        elif kind is bool:
-            if lowered not in ("true", "false", "1", "0"):
-                raise ConfigurationError(f"finer-grid setting '{item}': {value!r} is not true or false")
-            overrides[key] = lowered in ("true", "1")
-        else:
-            try:
-                overrides[key] = kind(value)
-            except ValueError:
-                raise ConfigurationError(f"finer-grid setting '{item}': {value!r} is not a valid "
-                                         f"{kind.__name__}") from None
-    return overrides
+    return parse_key_values(text, kinds, "finer-grid", nullable=("lambda_reg", "integration_steps", "warmup_steps"))
 
 
 #: A network grid coarser than the original by at least this factor along an axis is subdivided along it.

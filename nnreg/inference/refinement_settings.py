@@ -10,6 +10,7 @@ from typing import Any
 
 from nnreg.losses.similarity import SIMILARITIES
 from nnreg.utilities.errors import ConfigurationError
+from nnreg.utilities.key_values import parse_key_values
 
 
 # what a pair of two different contrasts refines with, unless a similarity was chosen (nnRegPredictor.settings_for_pair):
@@ -115,16 +116,5 @@ class InstanceOptimization:
 def parse_overrides(text: str) -> dict[str, Any]:
     """``"grid_factor=2,lambda_reg=0.5"`` -> ``{"grid_factor": 2, "lambda_reg": 0.5}``, each value typed like the
     setting it replaces (the ``--instance-optimization-settings`` syntax); one-line error for anything else."""
-    types = {f.name: type(f.default) for f in fields(InstanceOptimization)}
-    overrides: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = (part.strip() for part in item.partition("="))
-        if not sep or key not in types:
-            raise ConfigurationError(f"instance optimisation setting '{item}' is not KEY=VALUE with KEY one of "
-                                     f"{', '.join(types)}")
-        try:
-            overrides[key] = types[key](value)
-        except ValueError:
-            raise ConfigurationError(f"instance optimisation setting '{item}': {value!r} is not a valid "
-                                     f"{types[key].__name__}") from None
-    return overrides
+    return parse_key_values(text, {f.name: type(f.default) for f in fields(InstanceOptimization)},
+                            "instance optimisation")
