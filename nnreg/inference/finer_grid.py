@@ -100,6 +100,14 @@ class FinerGridSettings:
     def with_overrides(self, overrides: dict[str, Any] | None) -> "FinerGridSettings":
         return FinerGridSettings.from_json({**self.to_json(), **(overrides or {})}) if overrides else self
 
+    def velocity_integration_steps(self, refinement: InstanceOptimization) -> int:
+        """The scaling-and-squaring steps whose ``exp`` of the report's velocity is the stage's coarse transform:
+        this stage's (velocity parametrisation), or the refinement's, whose velocity a displacement correction keeps
+        (``exp(v) ∘ (id + w)``)."""
+        if self.parametrisation == "displacement":
+            return refinement.integration_steps
+        return self.options(refinement).integration_steps
+
     def options(self, refinement: InstanceOptimization) -> InstanceOptimization:
         """The refinement settings this stage optimises with: ``refinement``'s, with this stage's learning rate and,
         where set, its own regulariser weight, integration steps and warm-up."""
@@ -158,10 +166,10 @@ def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: to
         raise ValueError(f"expected two (1, 1, H, W, D) images, got {tuple(fixed.shape)} and {tuple(moving.shape)}")
     if velocity.dim() != 5 or velocity.shape[:2] != (1, 3):
         raise ValueError(f"expected a (1, 3, h, w, d) velocity, got {tuple(velocity.shape)}")
-    shape = tuple(int(s) for s in fixed.shape[2:])
-    options = settings.options(refinement)
     if settings.parametrisation == "displacement":
         return _displacement_correction(fixed, moving, velocity, refinement, settings, deterministic)
+    shape = tuple(int(s) for s in fixed.shape[2:])
+    options = settings.options(refinement)
     with torch.inference_mode(False), torch.enable_grad(), deterministic_mode(deterministic, fixed.device):
         with torch.no_grad():
             start = velocity.detach().float().clone().contiguous()
@@ -176,15 +184,27 @@ def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: to
         best, steps_run = optimise([stage], start.requires_grad_(True), options)
         with torch.no_grad():
             refined = exponential_field(best, shape, options.integration_steps)           # type: ignore[arg-type]
-            final_loss, final_ncc = (float(t) for t in stage.field_loss(refined, best, options))
-            folding = folding_percent(refined) if math.isfinite(final_loss) else math.nan
-            reason = refusal(refined, start_field, final_loss, initial_loss, options, folding)
+            final = tuple(float(t) for t in stage.field_loss(refined, best, options))
+            return _checked(refined, start_field, start.detach(), best, steps_run, (initial_loss, initial_ncc),
+                            final, options, "velocity")
+
+
+def _checked(refined: torch.Tensor, start_field: torch.Tensor, start_velocity: torch.Tensor,
+             velocity: torch.Tensor, steps_run: int, initial: tuple[float, float], final: tuple[float, ...],
+             options: InstanceOptimization, parametrisation: str) -> tuple[torch.Tensor, RefinementReport]:
+    """The stage's field and report, or its start field when :func:`refusal` refuses the result (not finite, a
+    higher loss, folding; the report then carries ``start_velocity`` and the reason). ``initial`` and ``final``:
+    (loss, NCC loss) of the start and of the result."""
+    (initial_loss, initial_ncc), (final_loss, final_ncc) = initial, final
+    folding = folding_percent(refined) if math.isfinite(final_loss) else math.nan
+    reason = refusal(refined, start_field, final_loss, initial_loss, options, folding)
     if reason:
         logger.info("finer-grid stage: the coarse grid's field is kept (%s)", reason)
         return start_field, RefinementReport(steps_run, initial_loss, initial_loss, initial_ncc, initial_ncc,
-                                             start.detach(), True, reason, folding_percent(start_field))
-    logger.debug("finer-grid stage: %d steps, loss %.4f -> %.4f", steps_run, initial_loss, final_loss)
-    return refined, RefinementReport(steps_run, initial_loss, final_loss, initial_ncc, final_ncc, best,
+                                             start_velocity, True, reason, folding_percent(start_field))
+    logger.debug("finer-grid stage (%s): %d steps, loss %.4f -> %.4f", parametrisation, steps_run, initial_loss,
+                 final_loss)
+    return refined, RefinementReport(steps_run, initial_loss, final_loss, initial_ncc, final_ncc, velocity,
                                      folding_percent=folding)
 
 
@@ -211,14 +231,7 @@ def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity
             return start_field, RefinementReport(0, initial_loss, initial_loss, initial_ncc, initial_ncc, start)
         best, steps_run = optimise([stage], zero.clone().requires_grad_(True), correction)
         with torch.no_grad():
-            final_loss, final_ncc = (float(t) for t in stage.loss(best, correction))
+            final = tuple(float(t) for t in stage.loss(best, correction))
             refined = compose(start_field, exponential_field(best, shape, correction.integration_steps))
-            folding = folding_percent(refined) if math.isfinite(final_loss) else math.nan
-            reason = refusal(refined, start_field, final_loss, initial_loss, options, folding)
-    if reason:
-        logger.info("finer-grid stage: the coarse grid's field is kept (%s)", reason)
-        return start_field, RefinementReport(steps_run, initial_loss, initial_loss, initial_ncc, initial_ncc,
-                                             start, True, reason, folding_percent(start_field))
-    logger.debug("finer-grid stage (displacement): %d steps, loss %.4f -> %.4f", steps_run, initial_loss, final_loss)
-    return refined, RefinementReport(steps_run, initial_loss, final_loss, initial_ncc, final_ncc, start,
-                                     folding_percent=folding)
+            return _checked(refined, start_field, start, start, steps_run, (initial_loss, initial_ncc), final,
+                            options, "displacement")

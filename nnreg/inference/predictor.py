@@ -259,8 +259,7 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         del fixed, moving
         velocity = self.last_finer_grid.velocity
         if self.keep_velocity_inverse and velocity is not None and not self.last_finer_grid.kept_network:
-            steps = (settings.integration_steps if self.finer_grid.parametrisation == "displacement"  # exp(v) o w
-                     else self.finer_grid.options(settings).integration_steps)
+            steps = self.finer_grid.velocity_integration_steps(settings)
             with torch.no_grad():
                 self.last_velocity_inverse = exponential_field(-velocity, tuple(pair.mapping.shape), steps).cpu()
         return mapping.field_to_original(field[0].cpu().numpy())
