@@ -33,18 +33,15 @@ class _GradientL2(torch.autograd.Function):
             if diff is not None:      # the sum of squares without a squared copy
                 total = total + torch.linalg.vector_norm(diff).square() / diff.numel()
         ctx.shape = f.shape                                                  # type: ignore[attr-defined]
-        ctx.has = [d is not None for d in diffs]                             # type: ignore[attr-defined]
-        ctx.save_for_backward(*(d for d in diffs if d is not None))
+        ctx.save_for_backward(*diffs)                                        # None for an axis of length 1
         return total / 3.0
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        saved = iter(ctx.saved_tensors)                                      # type: ignore[attr-defined]
         out = grad.new_zeros(ctx.shape)                                      # type: ignore[attr-defined]
-        for axis, has in zip((2, 3, 4), ctx.has):                            # type: ignore[attr-defined]
-            if not has:
+        for axis, diff in zip((2, 3, 4), ctx.saved_tensors):                 # type: ignore[attr-defined]
+            if diff is None:
                 continue
-            diff = next(saved)
             n, scale = out.shape[axis], 2.0 / (3.0 * diff.numel())
             out.narrow(axis, 1, n - 1).add_(diff, alpha=scale)
             out.narrow(axis, 0, n - 1).sub_(diff, alpha=scale)
