@@ -5,23 +5,25 @@
 
 Each ``--settings`` entry is a comma-separated list of ``key=value`` overrides of the model's recorded
 ``instance_optimization`` (:class:`nnreg.inference.instance_optimization.InstanceOptimization`; the syntax of
-``nnreg_predict --instance-optimization-settings``; ``""`` = the recorded setting as it is); the row ``network``
-is the network's field without refinement. Items ``finer.KEY=VALUE`` override the finer-grid stage
+``nnreg_predict --instance-optimization-settings``; ``""`` = the recorded setting as it is); the row ``network`` is
+the network's field without refinement. Items ``finer.KEY=VALUE`` override the finer-grid stage
 (:class:`nnreg.inference.finer_grid.FinerGridSettings`, the syntax of ``nnreg_predict --finer-grid-settings``), which
 runs after the refinement, as in ``nnreg_predict``, when the network grid is coarser than the images (``3d_halfres``
-of 1 mm data); ``finer.steps=0`` ends on the network grid. The pairs are ordered pairs of **training** images with labels (``labelsTr``), never the held-out ``validation`` pairs: with a numeric
-``-f`` the images of that fold's validation split in ``splits_final.json`` (which that fold's network never saw),
-with ``-f all`` all training images (seen by the network, so the starting field is better than on new subjects).
-Pair ``k`` is ``(image[k mod n], image[(k + 1 + k // n) mod n])``, so every subject is fixed and moving once
-before any repeats. The network field of a pair is computed once and every setting refines that same field.
+of 1 mm data); ``finer.steps=0`` ends on the network grid. The pairs are ordered pairs of **training** images with
+labels (``labelsTr``), never the held-out ``validation`` pairs: with a numeric ``-f`` the images of that fold's
+validation split in ``splits_final.json`` (which that fold's network never saw), with ``-f all`` all training images
+(seen by the network, so the starting field is better than on new subjects). Pair ``k`` is
+``(image[k mod n], image[(k + 1 + k // n) mod n])``, so every subject is fixed and moving once before any repeats.
+The network field of a pair is computed once and every setting refines that same field.
 
-Scores are the official metrics of :mod:`nnreg.evaluation` (Dice and HD95 over the labels of ``--eval-config``
-or every label of the fixed map, NDV in % of the moving image's foreground, ``ndv_mask="moving"``) and the
-refinement's wall seconds per pair, finer-grid stage included (network excluded). ``cross miss ppm`` estimates the
-risk of the official TRE being NaN on landmark pairs, which training pairs do not have: the official TRE warps each
-moving landmark blob (a 7-voxel cross in LUMIR-style data) with nearest neighbours and is NaN when a blob vanishes;
-the column counts, per million moving-foreground voxels, those whose 7-voxel cross no fixed voxel's rounded
-``x + u(x)`` lands in (such a cross would vanish). Prints a table and writes the rows to ``--json``.
+Scores are the official metrics of :mod:`nnreg.evaluation` (Dice and HD95 over the labels of ``--eval-config`` or
+every label of the fixed map, NDV in % of the moving image's foreground, ``ndv_mask="moving"``) and the refinement's
+wall seconds per pair, finer-grid stage included (network excluded). ``cross miss ppm`` estimates the risk of the
+official TRE being NaN on landmark pairs, which training pairs do not have: the official TRE warps each moving
+landmark blob (a 7-voxel cross in LUMIR-style data) with nearest neighbours and is NaN when a blob vanishes; the
+column counts, per million moving-foreground voxels, those whose 7-voxel cross no fixed voxel's nearest-neighbour pick
+of ``x + u(x)`` (the evaluator's) lands in (such a cross would vanish). Prints a table and writes the rows to
+``--json``.
 """
 from __future__ import annotations
 
@@ -33,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from scipy import ndimage
 
 from nnreg.dataset.learn2reg import ImageEntry, load_dataset
 from nnreg.evaluation import evaluate_pair, load_config
 from nnreg.evaluation.ground_truth import load_volume
+from nnreg.evaluation.warp import OUTSIDE, nearest_indices
 from nnreg.inference import nnRegPredictor
 from nnreg.inference.finer_grid import FinerGridSettings, parse_finer_overrides
 from nnreg.inference.refinement_settings import InstanceOptimization, parse_overrides
@@ -72,13 +74,12 @@ def make_pairs(images: list[ImageEntry], max_pairs: int) -> list[tuple[ImageEntr
 
 def cross_miss_ppm(disp: np.ndarray, moving_image: np.ndarray) -> float:
     """Moving-foreground voxels (per million) whose 6-neighbour cross gets no nearest-neighbour hit from ``disp``
-    (``(H, W, D, 3)`` voxel pull field on the fixed grid; the moving image on its own grid)."""
-    shape = moving_image.shape
-    grid = np.stack(np.meshgrid(*(np.arange(n) for n in disp.shape[:3]), indexing="ij"), axis=-1)
-    target = np.rint(grid + disp).astype(np.int64).reshape(-1, 3)
-    inside = np.all((target >= 0) & (target < np.array(shape)), axis=1)
-    hits = np.zeros(shape, dtype=bool)
-    hits[tuple(target[inside].T)] = True
+    (``(H, W, D, 3)`` voxel pull field on the fixed grid; the moving image on its own grid), each fixed voxel's hit
+    picked as the official evaluator picks it (:func:`nnreg.evaluation.warp.nearest_indices`)."""
+    indices = nearest_indices(disp, moving_image.shape)       # the official evaluator's nearest-neighbour pick
+    hits = np.zeros(moving_image.size, dtype=bool)
+    hits[indices[indices != OUTSIDE]] = True
+    hits = hits.reshape(moving_image.shape)
     cross = ndimage.generate_binary_structure(3, 1)
     reached = ndimage.binary_dilation(hits, structure=cross)
     foreground = moving_image > 0
