@@ -9,12 +9,13 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 from click.testing import CliRunner, Result
+from scipy import ndimage
 
 from nnreg.networks import RegistrationOutput, build_network
 from nnreg.planning.plans import Plans
@@ -102,6 +103,21 @@ def smooth_field(shape: tuple[int, int, int], amplitude: float = 2.0, seed: int 
         comps.append(amplitude * np.sin(np.pi * grids[0] + phase[0]) * np.cos(np.pi * grids[1] + phase[1])
                      * np.sin(np.pi * grids[2] + phase[2]))
     return np.stack(comps, axis=-1).astype(np.float32)
+
+
+def textured_pair(shape: tuple[int, int, int], seed: int, sigma: float, border: int,
+                  shift: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(fixed, moving) float32: a moving image of Gaussian-smoothed noise in [0, 1] with ``border`` zero voxels on
+    each side, and the fixed image its linear pull warp ``moving(x + shift(x))`` by scipy (``x`` the (3, H, W, D)
+    voxel grid)."""
+    rng = np.random.default_rng(seed)
+    moving = ndimage.gaussian_filter(rng.random(shape), sigma)
+    moving = (moving - moving.min()) / (moving.max() - moving.min())
+    b = border
+    moving[:b], moving[-b:], moving[:, :b], moving[:, -b:], moving[..., :b], moving[..., -b:] = 0, 0, 0, 0, 0, 0
+    grid = np.mgrid[tuple(slice(0, n) for n in shape)].astype(np.float64)
+    fixed = ndimage.map_coordinates(moving, grid + shift(grid), order=1, mode="constant")
+    return fixed.astype(np.float32), moving.astype(np.float32)
 
 
 def invoke_cli(command: object, *args: object) -> Result:

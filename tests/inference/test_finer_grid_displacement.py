@@ -14,6 +14,7 @@ from nnreg.inference.finer_grid import FinerGridSettings, parse_finer_overrides,
 from nnreg.inference.instance_optimization import InstanceOptimization, exponential_field
 from nnreg.losses.ncc import local_ncc
 from nnreg.utilities.errors import ConfigurationError
+from tests.inference.helpers import textured_pair
 
 SHAPE = (24, 20, 22)
 REFINEMENT = InstanceOptimization(steps=1, lambda_reg=0.1, integration_steps=3)
@@ -21,15 +22,10 @@ REFINEMENT = InstanceOptimization(steps=1, lambda_reg=0.1, integration_steps=3)
 
 def _pair() -> tuple[torch.Tensor, torch.Tensor]:
     """A textured fixed image and a moving image moved by a fine warp (wavelength ~7 voxels)."""
-    rng = np.random.default_rng(0)
-    moving = ndimage.gaussian_filter(rng.random(SHAPE), 0.7)
-    moving = (moving - moving.min()) / (moving.max() - moving.min())
-    moving[:2], moving[-2:], moving[:, :2], moving[:, -2:], moving[..., :2], moving[..., -2:] = 0, 0, 0, 0, 0, 0
-    grid = np.mgrid[tuple(slice(0, n) for n in SHAPE)].astype(np.float64)
-    shift = np.stack([0.5 * np.sin(grid[1] / 1.1), 0.4 * np.cos(grid[2] / 1.2), 0.4 * np.sin(grid[0] / 1.15)])
-    fixed = ndimage.map_coordinates(moving, grid + shift, order=1, mode="constant")
-    as_tensor = [torch.from_numpy(a.astype(np.float32))[None, None] for a in (fixed, moving)]
-    return as_tensor[0], as_tensor[1]
+    fixed, moving = textured_pair(SHAPE, 0, 0.7, 2, lambda g: np.stack([0.5 * np.sin(g[1] / 1.1),
+                                                                        0.4 * np.cos(g[2] / 1.2),
+                                                                        0.4 * np.sin(g[0] / 1.15)]))
+    return torch.from_numpy(fixed)[None, None], torch.from_numpy(moving)[None, None]
 
 
 def _velocity() -> torch.Tensor:

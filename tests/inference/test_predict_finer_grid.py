@@ -16,7 +16,7 @@ from nnreg.inference.instance_optimization import InstanceOptimization, exponent
 from nnreg.losses.ncc import local_ncc
 from nnreg.planning.plans import ConfigurationPlan
 from nnreg.preprocessing.grid import GridMapping
-from tests.inference.helpers import OracleNet
+from tests.inference.helpers import OracleNet, textured_pair
 
 ORIGINAL = (32, 36, 28)          # 1 mm images
 NETWORK = (16, 18, 14)           # the 2 mm network grid over the same extent
@@ -56,14 +56,8 @@ def _config(**refinement) -> ConfigurationPlan:
 
 def _pair() -> tuple[np.ndarray, np.ndarray]:
     """A textured 1 mm pair with detail a 2 mm grid blurs away, the fixed image a smooth warp of the moving one."""
-    rng = np.random.default_rng(3)
-    moving = ndimage.gaussian_filter(rng.random(ORIGINAL), 0.9)
-    moving = (moving - moving.min()) / (moving.max() - moving.min())
-    moving[:3], moving[-3:], moving[:, :3], moving[:, -3:], moving[..., :3], moving[..., -3:] = 0, 0, 0, 0, 0, 0
-    grid = np.mgrid[tuple(slice(0, n) for n in ORIGINAL)].astype(np.float64)
-    shift = np.stack([1.2 * np.sin(grid[1] / 9.0), 0.8 * np.cos(grid[0] / 8.0), 0.6 * np.sin(grid[2] / 7.0)])
-    fixed = ndimage.map_coordinates(moving, grid + shift, order=1, mode="constant")
-    return fixed.astype(np.float32), moving.astype(np.float32)
+    return textured_pair(ORIGINAL, 3, 0.9, 3, lambda g: np.stack([1.2 * np.sin(g[1] / 9.0), 0.8 * np.cos(g[0] / 8.0),
+                                                                  0.6 * np.sin(g[2] / 7.0)]))
 
 
 def _ncc_after(fixed: np.ndarray, moving: np.ndarray, field: np.ndarray) -> float:
