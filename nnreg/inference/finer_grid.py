@@ -94,7 +94,8 @@ class FinerGridSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d or {}) - known)
         if unknown:
-            raise ConfigurationError(f"unknown finer-grid key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise ConfigurationError(f"unknown finer-grid key(s): {', '.join(unknown)} "
+                                     f"(known: {', '.join(sorted(known))})")
         return cls(**(d or {}))
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> "FinerGridSettings":
@@ -216,7 +217,8 @@ def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity
     ``w`` itself integrated by this stage's ``integration_steps`` when set (default 0: a plain displacement). The
     report's velocity is ``v``, whose ``exp(-v)`` starts the inverse's fixed-point iteration (``--inverse``)."""
     shape = tuple(int(s) for s in fixed.shape[2:])
-    options = replace(settings.options(refinement), integration_steps=refinement.integration_steps)
+    options = replace(settings.options(refinement),                 # exp(v) integrated as the refinement did
+                      integration_steps=settings.velocity_integration_steps(refinement))
     correction = replace(options, integration_steps=settings.integration_steps or 0)
     with torch.inference_mode(False), torch.enable_grad(), deterministic_mode(deterministic, fixed.device):
         with torch.no_grad():
