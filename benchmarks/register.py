@@ -46,7 +46,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -55,6 +55,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository 
 from benchmarks import anchors  # noqa: E402
 from benchmarks.register_pairs import Perturbation, max_rotation_degrees, perturb  # noqa: E402
 from benchmarks.register_scoring import config_labels, rescore, score, summarise  # noqa: E402
+
+if TYPE_CHECKING:
+    from nnreg.registration.pipeline import RegistrationSettings
 
 logger = logging.getLogger("nnreg.benchmarks.register")
 
@@ -222,23 +225,26 @@ def _demons(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[
     return anchors.sitk_field_to_voxels(total, geometry), {}
 
 
-def nnreg_variant(overrides: str) -> Callable[..., tuple[np.ndarray, dict[str, Any]]]:
-    """nnreg's pipeline in this process with the deformable settings ``overrides`` (``KEY=VALUE,...``; keys
-    ``finer_<name>`` replace single keys of ``nnreg_register``'s finer-grid stage, ``FinerGridSettings.<name>``:
-    ``finer_steps``, ``finer_lr``, ``finer_ncc_window``, ``finer_finer_velocity``, ``finer_lambda_reg``,
-    ``finer_integration_steps``, ``finer_warmup_steps``)."""
-    from dataclasses import replace
-
+def variant_settings(overrides: str) -> RegistrationSettings:
+    """``nnreg_register``'s settings with the tuning row's ``overrides`` (``KEY=VALUE,...``): keys ``finer_<name>``
+    replace ``FinerGridSettings.<name>`` of the finer-grid stage (``finer_steps``, ``finer_parametrisation``, ...,
+    in the ``--finer-grid-settings`` syntax of :func:`nnreg.inference.finer_grid.parse_finer_overrides`), the
+    others the deformable stage's (``--refinement-settings`` syntax); a wrong key or value is one line."""
+    from nnreg.inference.finer_grid import parse_finer_overrides
     from nnreg.inference.refinement_settings import parse_overrides
     from nnreg.registration.pipeline import RegistrationSettings
 
     items = [item.strip() for item in overrides.split(",") if item.strip()]
-    finer = {k.removeprefix("finer_"): v for k, _, v in (i.partition("=") for i in items if i.startswith("finer_"))}
-    kinds = {"lr": float, "lambda_reg": float, "finer_velocity": lambda text: text.lower() in ("1", "true", "yes")}
+    finer = parse_finer_overrides(",".join(i.removeprefix("finer_") for i in items if i.startswith("finer_")))
     settings = RegistrationSettings()
-    finer_settings = replace(settings.finer_grid, **{k: kinds.get(k, int)(v) for k, v in finer.items()})
-    settings = RegistrationSettings(deformable=settings.deformable.with_overrides(
-        parse_overrides(",".join(i for i in items if not i.startswith("finer_")))), finer_grid=finer_settings)
+    return RegistrationSettings(deformable=settings.deformable.with_overrides(
+        parse_overrides(",".join(i for i in items if not i.startswith("finer_")))),
+        finer_grid=settings.finer_grid.with_overrides(finer))
+
+
+def nnreg_variant(overrides: str) -> Callable[..., tuple[np.ndarray, dict[str, Any]]]:
+    """nnreg's pipeline in this process with :func:`variant_settings` of ``overrides``."""
+    settings = variant_settings(overrides)
 
     def run(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[np.ndarray, dict[str, Any]]:
         from nnreg.dataset.image_io import read_image

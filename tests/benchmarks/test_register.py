@@ -208,3 +208,21 @@ def test_exact_scores_undo_the_generator(tmp_path: Path) -> None:
     assert exact["dice_exact"] == pytest.approx(aligned["dice"], abs=0.02)
     resampled = scoring.score(ideal, record, Path(record["moving"]["geometry"]), labels, "geometry")
     assert resampled["dice"] < exact["dice_exact"]
+
+
+def test_tuning_rows_parse_finer_keys_as_nnreg_predict_does() -> None:
+    """``finer_*`` keys of a tuning row take the ``--finer-grid-settings`` syntax: typed, ``none`` allowed, a wrong
+    value one line (the row's own loose parser read ``finer_finer_velocity=flase`` as false)."""
+    from nnreg.utilities.errors import ConfigurationError
+
+    settings = register.variant_settings("steps=5,finer_parametrisation=displacement,finer_finer_velocity=false,"
+                                         "finer_integration_steps=none,finer_lambda_reg=8")
+    assert settings.deformable.steps == 5
+    finer = settings.finer_grid
+    assert (finer.parametrisation, finer.finer_velocity, finer.integration_steps, finer.lambda_reg) == \
+        ("displacement", False, None, 8.0)
+    assert finer.steps == register.variant_settings("").finer_grid.steps        # untouched keys keep the default
+    with pytest.raises(ConfigurationError, match="finer_velocity"):
+        register.nnreg_variant("finer_finer_velocity=flase")
+    with pytest.raises(ConfigurationError, match="parametrisation"):
+        register.nnreg_variant("finer_parametrisation=spline,finer_finer_velocity=false")
