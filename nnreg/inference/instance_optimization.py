@@ -38,12 +38,13 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
+from nnreg.inference.intensity_mapping import apply_mapping, conditional_mean_mapping
 from nnreg.inference.refinement_settings import InstanceOptimization
 from nnreg.losses import gradient_l2
 from nnreg.losses.ncc import TargetWindows
@@ -246,8 +247,8 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
         with torch.no_grad():   # clones: inference-mode tensors cannot enter autograd
             displacement = displacement.clone()
             moving = moving.detach().float().clone()
-            stages = _stages(fixed.detach().float().clone(), moving if whole else warp(moving, displacement),
-                             settings)
+            fixed, source = fixed.detach().float().clone(), moving if whole else warp(moving, displacement)
+            stages = _stages(fixed, source, settings)
             grid = stages[0].grid     # the first stage's velocity grid: where v starts
             start = resize_field(displacement, grid) if whole else torch.zeros((1, 3, *grid))
             start = start.to(device=fixed.device, dtype=torch.float32).contiguous()
@@ -258,6 +259,15 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
             initial_loss, initial_ncc = (float(t) for t in last.field_loss(
                 network_field.to(start.device), network_start.to(start.device), settings))
         velocity, steps_run = optimise(stages, start.requires_grad_(True), settings)
+        remapped = _remapped_stage(fixed, source, last.grid, velocity, settings)
+        if remapped is not None:      # the last stage is now local NCC against the remapped moving image
+            last, settings = remapped
+            with torch.no_grad():      # the network's field scored by that stage too (its grid is the last one's)
+                network_field = displacement if whole else torch.zeros_like(displacement)
+                initial_loss, initial_ncc = (float(t) for t in last.field_loss(
+                    network_field.to(start.device), network_start.to(start.device), settings))
+            velocity, more = optimise([last], velocity.detach().clone().requires_grad_(True), settings)
+            steps_run += more
         with torch.no_grad():
             final_loss, final_ncc = (float(t) for t in last.loss(velocity, settings))
             exp_v = exponential_field(velocity, shape, settings.integration_steps)
@@ -273,6 +283,29 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
                               folding_percent=folding)
     logger.debug("instance optimisation: %d steps, loss %.4f -> %.4f", steps_run, initial_loss, final_loss)
     return refined, report
+
+
+def _remapped_stage(fixed: torch.Tensor, source: torch.Tensor, grid: tuple[int, int, int], velocity: torch.Tensor,
+                    settings: InstanceOptimization) -> tuple[Stage, InstanceOptimization] | None:
+    """With ``remap_steps`` after a MIND-SSC refinement: the local NCC stage (network grid, velocity on ``grid``,
+    ``fine_ncc_window``, ``remap_lambda_reg``) against ``source`` mapped onto ``fixed``'s contrast by their
+    joint intensities under ``exp(velocity)`` (:mod:`nnreg.inference.intensity_mapping`), and its settings; None when
+    the setting is off or the two images share too few foreground voxels to map (logged)."""
+    if settings.remap_steps == 0 or settings.similarity != "mind":
+        return None
+    with torch.no_grad():
+        size = tuple(int(s) for s in fixed.shape[2:])
+        warped = warp(source, exponential_field(velocity.detach(), size, settings.integration_steps))
+        try:
+            t, f = conditional_mean_mapping(fixed, warped)
+        except ValueError as error:
+            logger.info("instance optimisation: no remapped local NCC stage (%s)", error)
+            return None
+        lncc = replace(settings, similarity="lncc", lambda_reg=settings.remap_lambda_reg)
+        stage = Stage(fixed.contiguous(), apply_mapping(source, t, f).contiguous(), settings.fine_ncc_window,
+                      settings.remap_steps, grid, lncc)
+    logger.debug("instance optimisation: moving intensities remapped through %d points", t.numel())
+    return stage, lncc
 
 
 def refusal(refined: torch.Tensor, network: torch.Tensor, loss: float, network_loss: float,

@@ -43,6 +43,9 @@ class InstanceOptimization:
     mind_radius: int = 1           # MIND-SSC patch radius and neighbour dilation (voxels of each stage's grid)
     mind_dilation: int = 2
     warmup_steps: int = 0          # Adam's learning rate ramps up linearly over this many steps after each (re)start
+    remap_steps: int = 0           # with similarity "mind": then at most this many local NCC steps against the moving
+                                   # image mapped onto the fixed image's contrast (nnreg.inference.intensity_mapping)
+    remap_lambda_reg: float = 1.5  # lambda_reg of those steps (local NCC's scale, not MIND's)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -62,6 +65,7 @@ class InstanceOptimization:
             (self.similarity in SIMILARITIES, f"similarity must be one of {', '.join(SIMILARITIES)}"),
             (self.mind_radius >= 0 and self.mind_dilation >= 1, "mind_radius must be >= 0 and mind_dilation >= 1"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.remap_steps >= 0 and self.remap_lambda_reg >= 0, "remap_steps and remap_lambda_reg must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
