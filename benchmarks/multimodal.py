@@ -19,8 +19,9 @@ and HD95 over the labels of the dataset's official ``*_All_*`` config, NDV with 
   multi-modal default :data:`nnreg.inference.refinement_settings.MULTIMODAL_REFINEMENT` (what ``nnreg_predict``
   uses for a pair of two modalities); ``--mind-settings KEY=VALUE,...`` replaces keys of the MIND rows (tuning);
   images scaled to [0, 1] by their 99.5th percentile;
-* ``nnreg_lncc`` / ``nnreg_mind`` (``--model``): ``nnreg_predict -m MODEL`` on a pairs file, its recorded refinement
-  with ``similarity=lncc`` / ``mind``;
+* ``nnreg_lncc`` / ``nnreg_mind`` (``--model``): ``nnreg_predict -m MODEL --fixed F --moving M``, its recorded
+  refinement with ``similarity=lncc``, or with the multi-modal default's keys (and ``--mind-settings``) for every
+  contrast, T1 included;
 * anchors from ``benchmarks/anchors.py`` (``--anchors``; default ``demons`` and ``ants_syn_mi``, ANTs SyN with Mattes
   mutual information when ``antspyx`` is installed, a "not installed" row otherwise);
 * ``zero``: the zero field.
@@ -123,13 +124,21 @@ def refinement_method(similarity: str, mind_settings: dict[str, Any]) -> Callabl
     return run
 
 
-def nnreg_predict_method(model: Path, similarity: str, folder: Path) -> Callable[[Path, Path, Path], float]:
-    """``nnreg_predict -m MODEL --fixed F --moving M`` with the recorded refinement and ``similarity``."""
+def nnreg_predict_method(model: Path, similarity: str, folder: Path,
+                         mind_settings: dict[str, Any]) -> Callable[[Path, Path, Path], float]:
+    """``nnreg_predict -m MODEL --fixed F --moving M`` with the recorded refinement and ``similarity``: for ``mind``
+    with the multi-modal default's keys (:data:`MULTIMODAL_REFINEMENT`, what ``nnreg_predict`` uses by itself for a
+    pair of two modalities) and ``mind_settings``, so that the T1 pairs' row is the same refinement."""
+    overrides = {"similarity": similarity}
+    if similarity == "mind":
+        overrides = {**MULTIMODAL_REFINEMENT, **mind_settings, **overrides}
+    text = ",".join(f"{key}={value}" for key, value in overrides.items())
+
     def run(fixed_path: Path, moving_path: Path, target: Path) -> float:
         out = folder / f"predict_{similarity}"
         start = time.perf_counter()
         subprocess.run(["nnreg_predict", "--fixed", str(fixed_path), "--moving", str(moving_path), "-o", str(out),
-                        "-m", str(model), "--instance-optimization-settings", f"similarity={similarity}",
+                        "-m", str(model), "--instance-optimization-settings", text,
                         "--disable_progress_bar"], check=True, capture_output=True)
         seconds = time.perf_counter() - start
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +204,7 @@ def methods_of(args: argparse.Namespace) -> tuple[dict[str, Callable[[Path, Path
     methods: dict[str, Callable[[Path, Path, Path], float]] = {
         f"refine_{s}": refinement_method(s, mind_settings) for s in args.similarities}
     if args.model is not None:
-        methods.update({f"nnreg_{s}": nnreg_predict_method(args.model, s, args.output / "work")
+        methods.update({f"nnreg_{s}": nnreg_predict_method(args.model, s, args.output / "work", mind_settings)
                         for s in args.similarities})
     missing = []
     for name in filter(None, (n.strip() for n in args.anchors.split(","))):

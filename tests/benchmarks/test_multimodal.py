@@ -47,3 +47,29 @@ def test_every_method_and_contrast_is_scored(tiny: Path, tmp_path: Path, monkeyp
     assert table[("zero", "t2")]["dice"] == pytest.approx(table[("zero", "t1")]["dice"])   # same labels, same field
     assert table[("refine_lncc", "t1")]["dice_vs_t1"] == 1.0
     assert json.loads((tmp_path / "mm.json").read_text())["table"] == json.loads(json.dumps(result["table"]))
+
+
+def test_model_mind_row_runs_the_multimodal_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``nnreg_mind`` row asks ``nnreg_predict`` for the multi-modal default's keys (with ``--mind-settings``),
+    not MIND with the plans' local-NCC regulariser (under which it does not move); ``nnreg_lncc`` for local NCC."""
+    calls: list[list[str]] = []
+
+    def fake_run(command: list[str], **_: object) -> None:
+        calls.append(command)
+        out = Path(command[command.index("-o") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        name = multimodal.displacement_filename(command[command.index("--fixed") + 1],
+                                                command[command.index("--moving") + 1])
+        (out / name).write_bytes(b"")
+
+    monkeypatch.setattr(multimodal.subprocess, "run", fake_run)
+    fixed, moving = tmp_path / "OBR_0001_0000.nii.gz", tmp_path / "OBR_0002_0001.nii.gz"
+    for similarity in ("mind", "lncc"):
+        method = multimodal.nnreg_predict_method(tmp_path / "model", similarity, tmp_path / "work",
+                                                 {"remap_steps": 7})
+        method(fixed, moving, tmp_path / similarity / "field.nii.gz")
+        assert (tmp_path / similarity / "field.nii.gz").is_file()
+    mind, lncc = (dict(item.split("=") for item in c[c.index("--instance-optimization-settings") + 1].split(","))
+                  for c in calls)
+    expected = {k: str(v) for k, v in multimodal.MULTIMODAL_REFINEMENT.items()}
+    assert mind == {**expected, "remap_steps": "7"} and lncc == {"similarity": "lncc"}
