@@ -32,6 +32,10 @@ finite, has a higher loss, or folds (``det(I + grad u) <= 0``, central differenc
 ``max_folding_percent`` of the voxels and more than the network's field does. Everything runs on the predictor's
 device; on the CPU the result is bitwise reproducible for a fixed thread count. The settings live in
 :mod:`nnreg.inference.refinement_settings`.
+
+With ``similarity="mind"`` and ``remap_steps``, one more stage follows the MIND ones: local NCC on the network grid
+against the moving image whose intensities were mapped onto the fixed image's contrast under the MIND result
+(:mod:`nnreg.inference.intensity_mapping`); it is then the last stage, whose loss scores the network's field too.
 """
 from __future__ import annotations
 

@@ -141,6 +141,8 @@ def _deformable(fixed: torch.Tensor, moving: torch.Tensor, starts: dict[str, tor
         results[name] = field, report
         label = "deformable" if len(starts) == 1 else f"deformable from the {name}"
         measure = {"lncc": "local NCC", "mind": "MIND-SSC similarity"}.get(settings.similarity, settings.similarity)
+        if settings.similarity == "mind" and settings.remap_steps:   # the last stage measured the remapped local NCC
+            measure = "local NCC after remapping the moving contrast"
         log.append(f"{label}: {report.steps_run} steps, {measure} {-report.initial_ncc:.4f} -> "
                    f"{-report.final_ncc:.4f}, loss {report.final_loss:.4f}"
                    f"{' (start kept: ' + report.reason + ')' if report.kept_network else ''} "

@@ -125,6 +125,7 @@ def test_pairs_of_different_modalities_refine_with_mind_unless_a_similarity_was_
     default = predictor(recorded)
     mixed = default.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz")
     assert mixed.similarity == "mind" and mixed.lambda_reg == MULTIMODAL_REFINEMENT["lambda_reg"]
+    assert mixed.remap_steps == MULTIMODAL_REFINEMENT["remap_steps"] > 0
     assert default.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0000.nii.gz") == default.instance_optimization
     chosen = predictor(recorded, {"similarity": "lncc"})             # --instance-optimization-settings similarity=lncc
     assert chosen.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz").similarity == "lncc"

@@ -105,4 +105,5 @@ def test_the_similarity_follows_the_modalities_unless_given(tmp_path, monkeypatc
     assert settings.affine.similarity == "mi" and not settings.histogram_matching
     assert settings.deformable.similarity == "mind"
     assert settings.deformable.lambda_reg == MULTIMODAL_REFINEMENT["lambda_reg"]
+    assert settings.deformable.remap_steps == MULTIMODAL_REFINEMENT["remap_steps"] > 0   # MIND, then remapped NCC
     assert (tmp_path / "f.nii.gz").is_file()
