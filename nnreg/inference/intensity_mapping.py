@@ -26,11 +26,11 @@ MIN_VOXELS_PER_BIN = 50
 
 def conditional_mean_mapping(fixed: torch.Tensor, warped: torch.Tensor,
                              bins: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(t, f(t))``: for each of ``warped``'s foreground intervals between its ``bins + 1`` quantiles (a value that
-    many voxels share is one edge, so one intensity never straddles two intervals; with at most ``bins`` distinct
-    intensities, one interval each), the mean of ``warped`` and of the
-    fixed image over its voxels (module docstring); fewer intervals when the overlap is small (about
-    :data:`MIN_VOXELS_PER_BIN` voxels each). Raises ValueError when the images share (almost) no foreground."""
+    """``(t, f(t))``: for each of ``warped``'s foreground intervals between its ``bins + 1`` quantiles, the mean of
+    ``warped`` and of the fixed image over its voxels (module docstring). A value that many voxels share is one edge,
+    so one intensity never straddles two intervals; with at most ``bins`` distinct intensities each is its own
+    interval; fewer intervals when the overlap is small (about :data:`MIN_VOXELS_PER_BIN` voxels each). Raises
+    ValueError when the images share (almost) no foreground."""
     if fixed.shape != warped.shape:
         raise ValueError(f"expected two images of one shape, got {tuple(fixed.shape)} and {tuple(warped.shape)}")
     mask = (fixed != 0) & (warped != 0)
