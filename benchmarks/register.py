@@ -32,7 +32,8 @@ CPU seconds of this process and its children, the fairer clock on a shared machi
   examples do it: demons compares intensities), then benchmarks/anchors.py's demons;
 * ``zero``: the zero field;
 * with ``--deformable-settings "steps=60,integration_steps=3" ...`` (tuning), one more row per setting string:
-  nnreg's pipeline in this process (``register_images`` with the deformable stage's settings overridden, the field
+  nnreg's pipeline in this process (``benchmarks/register_variants.py``: ``register_images`` with the deformable
+  and finer-grid stages' settings overridden, ``finer_``-prefixed keys for the latter; the field
   written as ``nnreg_register`` writes it; seconds without the process start-up).
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,9 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository 
 from benchmarks import anchors  # noqa: E402
 from benchmarks.register_pairs import Perturbation, max_rotation_degrees, perturb  # noqa: E402
 from benchmarks.register_scoring import config_labels, rescore, score, summarise  # noqa: E402
-
-if TYPE_CHECKING:
-    from nnreg.registration.pipeline import RegistrationSettings
+from benchmarks.register_variants import nnreg_variant  # noqa: E402
 
 logger = logging.getLogger("nnreg.benchmarks.register")
 
@@ -223,41 +222,6 @@ def _demons(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[
                                               fix.GetSpacing(), fix.GetDirection())
     assert isinstance(geometry, Geometry)
     return anchors.sitk_field_to_voxels(total, geometry), {}
-
-
-def variant_settings(overrides: str) -> RegistrationSettings:
-    """``nnreg_register``'s settings with the tuning row's ``overrides`` (``KEY=VALUE,...``): keys ``finer_<name>``
-    replace ``FinerGridSettings.<name>`` of the finer-grid stage (``finer_steps``, ``finer_parametrisation``, ...,
-    in the ``--finer-grid-settings`` syntax of :func:`nnreg.inference.finer_grid.parse_finer_overrides`), the
-    others the deformable stage's (``--refinement-settings`` syntax); a wrong key or value is one line."""
-    from nnreg.inference.finer_grid import parse_finer_overrides
-    from nnreg.inference.refinement_settings import parse_overrides
-    from nnreg.registration.pipeline import RegistrationSettings
-
-    items = [item.strip() for item in overrides.split(",") if item.strip()]
-    finer = parse_finer_overrides(",".join(i.removeprefix("finer_") for i in items if i.startswith("finer_")))
-    settings = RegistrationSettings()
-    return RegistrationSettings(deformable=settings.deformable.with_overrides(
-        parse_overrides(",".join(i for i in items if not i.startswith("finer_")))),
-        finer_grid=settings.finer_grid.with_overrides(finer))
-
-
-def nnreg_variant(overrides: str) -> Callable[..., tuple[np.ndarray, dict[str, Any]]]:
-    """nnreg's pipeline in this process with :func:`variant_settings` of ``overrides``."""
-    settings = variant_settings(overrides)
-
-    def run(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[np.ndarray, dict[str, Any]]:
-        from nnreg.dataset.image_io import read_image
-        from nnreg.registration.pipeline import register_images
-        from nnreg.registration.transforms import forward_on_fixed_grid
-
-        f, f_geometry = read_image(fixed)
-        m, m_geometry = read_image(moving)
-        registration = register_images(f, f_geometry, m, m_geometry, settings)
-        (out / "register.log").write_text("\n".join(registration.log) + "\n")
-        return forward_on_fixed_grid(registration, f_geometry, m_geometry)[0], {}
-
-    return run
 
 
 def _zero(fixed: Path, moving: Path, out: Path, threads: int | None) -> tuple[np.ndarray, dict[str, Any]]:

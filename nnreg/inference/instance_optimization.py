@@ -74,6 +74,7 @@ class RefinementReport:
     kept_network: bool = False             # the network's field was returned (``reason`` says why)
     reason: str = ""
     folding_percent: float = math.nan      # % of voxels of the returned field with det(I + grad u) <= 0
+    remapped: bool = False                 # the last stage was local NCC against the remapped moving image
 
 
 def _shrink(shape: tuple[int, ...], factor: int) -> tuple[int, int, int]:
@@ -281,10 +282,10 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
     if reason:
         logger.info("instance optimisation: the network's field is kept (%s)", reason)
         report = RefinementReport(steps_run, initial_loss, initial_loss, initial_ncc, initial_ncc, None, True, reason,
-                                  folding)
+                                  folding, remapped is not None)
         return displacement, report
     report = RefinementReport(steps_run, initial_loss, final_loss, initial_ncc, final_ncc, velocity,
-                              folding_percent=folding)
+                              folding_percent=folding, remapped=remapped is not None)
     logger.debug("instance optimisation: %d steps, loss %.4f -> %.4f", steps_run, initial_loss, final_loss)
     return refined, report
 

@@ -15,7 +15,9 @@ sharper than a modality-independent descriptor, can go on from there.
 
 Why after a first registration: the conditional mean is only as good as the overlap of the tissues it is estimated
 on; MIND-SSC brings the pair close enough first (documentation/prediction.md, the multi-modal table). Voxels are
-those where both images are non-zero (skull-stripped brains: the brain). Tensors ``(1, 1, H, W, D)``, one grid, float32.
+those where both images are non-zero (skull-stripped brains: the brain): zero means background, so an image whose
+background is not zero (z-scored, CT) is mapped over its whole grid, and a tissue voxel that is exactly 0 stays 0.
+Tensors ``(1, 1, H, W, D)``, one grid, float32.
 """
 from __future__ import annotations
 
@@ -28,12 +30,12 @@ def conditional_mean_mapping(fixed: torch.Tensor, warped: torch.Tensor,
                              bins: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """``(t, f(t))``: for each of ``warped``'s foreground intervals between its ``bins + 1`` quantiles, the mean of
     ``warped`` and of the fixed image over its voxels (module docstring). A value that many voxels share is one edge,
-    so one intensity never straddles two intervals; with at most ``bins`` distinct intensities each is its own
-    interval; fewer intervals when the overlap is small (about :data:`MIN_VOXELS_PER_BIN` voxels each). Raises
-    ValueError when the images share (almost) no foreground."""
+    so one intensity never straddles two intervals. ``n = min(bins, overlap voxels // MIN_VOXELS_PER_BIN)``
+    intervals: with at most ``n`` distinct intensities each is its own interval. Non-finite voxels are left out.
+    Raises ValueError when the images share (almost) no foreground."""
     if fixed.shape != warped.shape:
         raise ValueError(f"expected two images of one shape, got {tuple(fixed.shape)} and {tuple(warped.shape)}")
-    mask = (fixed != 0) & (warped != 0)
+    mask = (fixed != 0) & (warped != 0) & torch.isfinite(fixed) & torch.isfinite(warped)
     j, i = warped[mask].double(), fixed[mask].double()
     if j.numel() < MIN_VOXELS_PER_BIN:
         raise ValueError(f"the two images overlap on {j.numel()} non-zero voxels: too few to map intensities")
@@ -41,10 +43,12 @@ def conditional_mean_mapping(fixed: torch.Tensor, warped: torch.Tensor,
     values = torch.unique(j)                          # sorted
     if values.numel() <= n:                           # few distinct intensities (a label-like image): one bin each
         edges = values
+        k = torch.searchsorted(edges, j, right=True) - 1
     else:                                             # a value shared by many voxels is one edge
         positions = torch.linspace(0, j.numel() - 1, n + 1, dtype=torch.float64).round().long()
         edges = torch.unique(torch.sort(j).values[positions])
-    k = torch.searchsorted(edges, j, right=True) - 1      # interval [e_k, e_k+1); the top value its own
+        # interval [e_k, e_k+1); the maximum joins the last one (alone it would be one voxel's fixed intensity)
+        k = (torch.searchsorted(edges, j, right=True) - 1).clamp(max=max(edges.numel() - 2, 0))
     count = torch.bincount(k, minlength=edges.numel()).double()
     used = count > 0
     t = torch.bincount(k, weights=j, minlength=edges.numel())[used] / count[used]

@@ -243,7 +243,8 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         last refinement's velocity goes on with the similarity measured on the network box at about the original
         spacing (:func:`nnreg.inference.finer_grid.finer_mapping`). Returns the original-grid ``(H, W, D, 3)`` field,
         or None where the stage does not apply (off, no refined velocity, ``velocity_start="zero"``, a network grid
-        less than 1.5 times coarser than the original). Report in ``last_finer_grid``."""
+        less than 1.5 times coarser than the original, a pair of two contrasts refined with MIND-SSC). Report in
+        ``last_finer_grid``."""
         settings = self.instance_optimization if settings is None else settings
         self.last_finer_grid = None
         report = self.last_refinement
@@ -251,6 +252,9 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         if (mapping is None or self.finer_grid.steps == 0 or report is None or report.velocity is None
                 or settings.velocity_start != "network" or pair.fixed_normalised is None
                 or pair.moving_normalised is None):
+            return None
+        if settings.similarity != "lncc":   # its local NCC of the raw images assumes one contrast; MIND unmeasured
+            logger.info("finer-grid stage skipped: the pair refines with %s (two contrasts)", settings.similarity)
             return None
         fixed = self._image(mapping.to_network(pair.fixed_normalised, order=1))
         moving = self._image(mapping.to_network(pair.moving_normalised, order=1))

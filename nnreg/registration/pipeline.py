@@ -127,7 +127,8 @@ def _deformable(fixed: torch.Tensor, moving: torch.Tensor, starts: dict[str, tor
     """The deformable stage from each start (the identity; a trained model's field); the refinement kept is the one
     whose returned field does not fold beyond ``max_folding_percent``, then the one with the lower loss (similarity
     plus regulariser of the velocity, on the working grid: comparable because both starts optimise the whole
-    transform, ``velocity_start="network"``). Why both: a network trained for a few minutes on other data can start
+    transform, ``velocity_start="network"``; with a remapped last stage, each start is scored against its own
+    remapped moving image, so the comparison is approximate). Why both: a network trained for a few minutes on other data can start
     the optimisation in a worse basin than the identity does (measured, documentation/benchmarks.md); the loss decides
     per pair, at the cost of a second refinement. A refused refinement returns its start, scored with the start
     standing in for its velocity."""
@@ -141,7 +142,7 @@ def _deformable(fixed: torch.Tensor, moving: torch.Tensor, starts: dict[str, tor
         results[name] = field, report
         label = "deformable" if len(starts) == 1 else f"deformable from the {name}"
         measure = {"lncc": "local NCC", "mind": "MIND-SSC similarity"}.get(settings.similarity, settings.similarity)
-        if settings.similarity == "mind" and settings.remap_steps:   # the last stage measured the remapped local NCC
+        if report.remapped:                 # the last stage measured local NCC against the remapped moving image
             measure = "local NCC after remapping the moving contrast"
         log.append(f"{label}: {report.steps_run} steps, {measure} {-report.initial_ncc:.4f} -> "
                    f"{-report.final_ncc:.4f}, loss {report.final_loss:.4f}"

@@ -18,6 +18,7 @@ from tests.synthetic import make_learn2reg_dataset, make_subject
 register = load_benchmark("register")
 from benchmarks import register_pairs as pairs  # noqa: E402  (importable once the benchmark put the root on sys.path)
 from benchmarks import register_scoring as scoring  # noqa: E402
+from benchmarks import register_variants as variants  # noqa: E402
 
 # anisotropic spacing and a permuted, flipped direction: an axis-order or mm/voxel slip shows
 GEOMETRY = Geometry((28, 32, 24), (1.5, 1.0, 1.25), (3.0, -4.0, 5.0), (0, 1, 0, -1, 0, 0, 0, 0, 1))
@@ -215,14 +216,14 @@ def test_tuning_rows_parse_finer_keys_as_nnreg_predict_does() -> None:
     value one line (the row's own loose parser read ``finer_finer_velocity=flase`` as false)."""
     from nnreg.utilities.errors import ConfigurationError
 
-    settings = register.variant_settings("steps=5,finer_parametrisation=displacement,finer_finer_velocity=false,"
+    settings = variants.variant_settings("steps=5,finer_parametrisation=displacement,finer_finer_velocity=false,"
                                          "finer_integration_steps=none,finer_lambda_reg=8")
     assert settings.deformable.steps == 5
     finer = settings.finer_grid
     assert (finer.parametrisation, finer.finer_velocity, finer.integration_steps, finer.lambda_reg) == \
         ("displacement", False, None, 8.0)
-    assert finer.steps == register.variant_settings("").finer_grid.steps        # untouched keys keep the default
+    assert finer.steps == variants.variant_settings("").finer_grid.steps        # untouched keys keep the default
     with pytest.raises(ConfigurationError, match="finer_velocity"):
-        register.nnreg_variant("finer_finer_velocity=flase")
+        variants.nnreg_variant("finer_finer_velocity=flase")
     with pytest.raises(ConfigurationError, match="parametrisation"):
-        register.nnreg_variant("finer_parametrisation=spline,finer_finer_velocity=false")
+        variants.nnreg_variant("finer_parametrisation=spline,finer_finer_velocity=false")

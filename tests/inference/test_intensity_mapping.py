@@ -52,6 +52,22 @@ def test_mapping_is_the_conditional_mean_per_bin() -> None:
         assert abs(float(mapped[labels == label][0]) - expected) < 0.02, label
 
 
+def test_continuous_intensities_map_through_quantile_intervals() -> None:
+    """Many distinct intensities (the quantile branch): a fixed image that is a smooth decreasing function of the
+    moving one plus noise is recovered within the noise, up to the brightest voxel (no one-voxel last interval), and
+    a NaN voxel is left out of the estimate."""
+    rng = np.random.default_rng(4)
+    moving = rng.uniform(0.1, 1.0, size=(30, 30, 30))
+    fixed = 1.2 - moving ** 2 + 0.05 * rng.standard_normal(moving.shape)
+    fixed[0, 0, 0] = np.nan
+    t, f = conditional_mean_mapping(torch.tensor(fixed, dtype=torch.float32)[None, None],
+                                    torch.tensor(moving, dtype=torch.float32)[None, None])
+    assert 30 <= t.numel() <= 65 and bool(torch.isfinite(f).all())
+    probe = torch.tensor([0.15, 0.5, 0.9, float(moving.max())]).reshape(1, 1, 4, 1, 1)
+    mapped = apply_mapping(probe, t, f).flatten().numpy()
+    np.testing.assert_allclose(mapped, 1.2 - probe.flatten().numpy() ** 2, atol=0.03)
+
+
 def test_linear_between_points_and_constant_beyond() -> None:
     t, f = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([10.0, 20.0, 0.0])
     image = torch.tensor([0.0, 0.5, 1.5, 3.0, 9.0]).reshape(1, 1, 5, 1, 1)
@@ -90,4 +106,5 @@ def test_remapped_stage_finishes_a_mind_refinement() -> None:
         return float((field - truth).norm(dim=1)[0][inside].mean())
 
     assert report.steps_run > plain_report.steps_run and not report.kept_network
+    assert report.remapped and not plain_report.remapped
     assert error(remapped) < error(plain)

@@ -115,6 +115,17 @@ def test_no_stage_on_the_network_grids_own_spacing_or_from_a_network_composition
     assert composed.last_refinement is not None and composed.last_finer_grid is None
 
 
+def test_no_stage_after_a_mind_refinement() -> None:
+    """A pair of two contrasts refined with MIND-SSC gets no finer-grid stage (its local NCC of the raw images
+    assumes one contrast); the same predictor with local NCC does."""
+    fixed, moving = _pair()
+    for similarity, staged in (("mind", False), ("lncc", True)):
+        predictor = _predictor(4)
+        predictor.instance_optimization_request = REFINEMENT.with_overrides({"similarity": similarity, "steps": 4})
+        predictor.predict_pair(fixed, moving, _geometry(1.0), _geometry(1.0))
+        assert predictor.last_refinement is not None and (predictor.last_finer_grid is not None) == staged
+
+
 def test_the_inverse_estimate_is_the_finer_stages() -> None:
     fixed, moving = _pair()
     predictor = _predictor(6)
