@@ -4,6 +4,7 @@ command-line option for each.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +24,7 @@ def variant_settings(overrides: str) -> RegistrationSettings:
     items = [item.strip() for item in overrides.split(",") if item.strip()]
     finer = parse_finer_overrides(",".join(i.removeprefix("finer_") for i in items if i.startswith("finer_")))
     settings = RegistrationSettings()
-    return RegistrationSettings(deformable=settings.deformable.with_overrides(
+    return replace(settings, deformable=settings.deformable.with_overrides(
         parse_overrides(",".join(i for i in items if not i.startswith("finer_")))),
         finer_grid=settings.finer_grid.with_overrides(finer))
 

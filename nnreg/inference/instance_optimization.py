@@ -258,22 +258,18 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
             start = resize_field(displacement, grid) if whole else torch.zeros((1, 3, *grid))
             start = start.to(device=fixed.device, dtype=torch.float32).contiguous()
             last = stages[-1]
-            # the network's own field, scored by the same loss on the last stage's grid
-            network_start = resize_field(displacement, last.grid) if whole else torch.zeros((1, 3, *last.grid))
-            network_field = resize_field(displacement, last.size) if whole else torch.zeros((1, 3, *last.size))
-            initial_loss, initial_ncc = (float(t) for t in last.field_loss(
-                network_field.to(start.device), network_start.to(start.device), settings))
         velocity, steps_run = optimise(stages, start.requires_grad_(True), settings)
         remapped = _remapped_stage(fixed, source, last.grid, velocity, settings)
         if remapped is not None:      # the last stage is now local NCC against the remapped moving image
             last, settings = remapped
-            with torch.no_grad():      # the network's field scored by that stage too (its grid is the last one's)
-                network_field = displacement if whole else torch.zeros_like(displacement)
-                initial_loss, initial_ncc = (float(t) for t in last.field_loss(
-                    network_field.to(start.device), network_start.to(start.device), settings))
             velocity, more = optimise([last], velocity.detach().clone().requires_grad_(True), settings)
             steps_run += more
         with torch.no_grad():
+            # the network's own field, scored by the same loss on the (final) last stage's grid
+            network_start = resize_field(displacement, last.grid) if whole else torch.zeros((1, 3, *last.grid))
+            network_field = resize_field(displacement, last.size) if whole else torch.zeros((1, 3, *last.size))
+            initial_loss, initial_ncc = (float(t) for t in last.field_loss(
+                network_field.to(start.device), network_start.to(start.device), settings))
             final_loss, final_ncc = (float(t) for t in last.loss(velocity, settings))
             exp_v = exponential_field(velocity, shape, settings.integration_steps)
             refined = exp_v if whole else compose(displacement, exp_v)

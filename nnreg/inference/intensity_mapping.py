@@ -40,13 +40,14 @@ def conditional_mean_mapping(fixed: torch.Tensor, warped: torch.Tensor,
     if j.numel() < MIN_VOXELS_PER_BIN:
         raise ValueError(f"the two images overlap on {j.numel()} non-zero voxels: too few to map intensities")
     n = max(1, min(bins, j.numel() // MIN_VOXELS_PER_BIN))
-    values = torch.unique(j)                          # sorted
+    values, counts = torch.unique(j, return_counts=True)    # sorted
     if values.numel() <= n:                           # few distinct intensities (a label-like image): one bin each
         edges = values
         k = torch.searchsorted(edges, j, right=True) - 1
     else:                                             # a value shared by many voxels is one edge
         positions = torch.linspace(0, j.numel() - 1, n + 1, dtype=torch.float64).round().long()
-        edges = torch.unique(torch.sort(j).values[positions])
+        # the sorted j at those positions, read from the counts (no second sort)
+        edges = torch.unique(values[torch.searchsorted(counts.cumsum(0), positions, right=True)])
         # interval [e_k, e_k+1); the maximum joins the last one (alone it would be one voxel's fixed intensity)
         k = (torch.searchsorted(edges, j, right=True) - 1).clamp(max=max(edges.numel() - 2, 0))
     count = torch.bincount(k, minlength=edges.numel()).double()
