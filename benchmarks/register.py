@@ -54,6 +54,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository root: benchmarks/ is importable
 
 from benchmarks import anchors  # noqa: E402
+from benchmarks.landmark_proxy import write_proxy_landmarks  # noqa: E402
 from benchmarks.register_pairs import Perturbation, max_rotation_degrees, perturb  # noqa: E402
 from benchmarks.register_scoring import config_labels, rescore, score, summarise  # noqa: E402
 from benchmarks.register_variants import nnreg_variant  # noqa: E402
@@ -100,22 +101,33 @@ def generate(dataset: Path, split: str, count: int, seed: int, perturbation: Per
         moving, geometry = read_image(image_file(dataset, moving_rel))
         labels = _optional(ground_truth_file(dataset, moving_rel, "labels"))
         landmarks = _optional(ground_truth_file(dataset, moving_rel, "landmarks"))
-        moved = perturb(moving, geometry, labels, landmarks, perturbation, seed, index)
         stem = f"pair{index:02d}"
+        proxies = {} if landmarks is not None or labels is None else write_proxy_landmarks(
+            ground_truth_file(dataset, fixed_rel, "labels"), ground_truth_file(dataset, moving_rel, "labels"),
+            out / stem)
+        if proxies:
+            landmarks = read_image(proxies["moving"], dtype=np.int32)[0]
+        moved = perturb(moving, geometry, labels, landmarks, perturbation, seed, index)
         files = {"geometry": out / f"{stem}_moving.nii.gz", "scanner": out / f"{stem}_moving_scanner.nii.gz"}
         write_image(moved.image, geometry, files["geometry"])
         write_image(moved.scanner_image, geometry, files["scanner"])
         files["aligned"] = image_file(dataset.resolve(), moving_rel)       # the pair as the dataset has it
         aligned_truth = {f"moving_{kind}": str(ground_truth_file(dataset.resolve(), moving_rel, kind))
                          for kind in ("labels", "landmarks")}
+        if proxies:
+            aligned_truth["moving_landmarks"] = str(proxies["moving"])
         record: dict[str, Any] = {"fixed": str(image_file(dataset.resolve(), fixed_rel)), "moving_source": moving_rel,
                                   "moving": {k: str(v) for k, v in files.items()},
                                   "truth": {"aligned": aligned_truth},
                                   "fixed_labels": str(ground_truth_file(dataset.resolve(), fixed_rel, "labels")),
                                   "fixed_landmarks": str(ground_truth_file(dataset.resolve(), fixed_rel,
                                                                            "landmarks")),
+                                  "landmarks": "label centroids (benchmarks/landmark_proxy.py)" if proxies
+                                  else "the dataset's",
                                   "transform": moved.record,
                                   "rotation_total_deg": round(max_rotation_degrees(moved.record), 2)}
+        if proxies:
+            record["fixed_landmarks"] = str(proxies["fixed"])
         for kind, array in (("labels", moved.labels), ("landmarks", moved.landmarks)):
             record[f"moving_{kind}"] = None
             if array is not None:

@@ -16,17 +16,22 @@ from nnreg.registration.pipeline import RegistrationSettings
 def variant_settings(overrides: str) -> RegistrationSettings:
     """``nnreg_register``'s settings with the tuning row's ``overrides`` (``KEY=VALUE,...``): keys ``finer_<name>``
     replace ``FinerGridSettings.<name>`` of the finer-grid stage (``finer_steps``, ``finer_parametrisation``, ...,
-    in the ``--finer-grid-settings`` syntax of :func:`nnreg.inference.finer_grid.parse_finer_overrides`), the
+    in the ``--finer-grid-settings`` syntax of :func:`nnreg.inference.finer_grid.parse_finer_overrides`), keys
+    ``correction_<name>`` those of the displacement correction after it (``correction_steps=0``: none), the
     others the deformable stage's (``--refinement-settings`` syntax); a wrong key or value is one line."""
     from nnreg.inference.finer_grid import parse_finer_overrides
     from nnreg.inference.refinement_settings import parse_overrides
 
     items = [item.strip() for item in overrides.split(",") if item.strip()]
-    finer = parse_finer_overrides(",".join(i.removeprefix("finer_") for i in items if i.startswith("finer_")))
+
+    def prefixed(prefix: str) -> dict[str, Any]:
+        return parse_finer_overrides(",".join(i.removeprefix(prefix) for i in items if i.startswith(prefix)))
+
     settings = RegistrationSettings()
     return replace(settings, deformable=settings.deformable.with_overrides(
-        parse_overrides(",".join(i for i in items if not i.startswith("finer_")))),
-        finer_grid=settings.finer_grid.with_overrides(finer))
+        parse_overrides(",".join(i for i in items if not i.startswith(("finer_", "correction_"))))),
+        finer_grid=settings.finer_grid.with_overrides(prefixed("finer_")),
+        correction=settings.correction.with_overrides(prefixed("correction_")))
 
 
 def nnreg_variant(overrides: str) -> Callable[..., tuple[np.ndarray, dict[str, Any]]]:

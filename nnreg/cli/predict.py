@@ -130,7 +130,9 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
     from nnreg.inference import ExportOptions, collect_pairs, nnRegPredictor, predict_pairs
     from nnreg.inference.finer_grid import FinerGridSettings, parse_finer_overrides
     from nnreg.inference.refinement_settings import parse_overrides
+    from nnreg.utilities.allocator import keep_freed_memory
 
+    keep_freed_memory()      # refinement steps allocate full-size volumes: reuse them, do not fault them in
     overrides = parse_overrides(instance_optimization_settings or "")
     finer_grid = FinerGridSettings(steps=finer_steps).with_overrides(parse_finer_overrides(finer_grid_settings or ""))
     pairs = collect_pairs(input_path, pairs_key, fixed, moving)

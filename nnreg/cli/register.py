@@ -36,8 +36,11 @@ from nnreg.cli.common import SpaceSeparated, results_option, user_errors_as_one_
 @click.option("--final-spacing", type=click.FloatRange(min=0.1), default=None,
               help="Spacing (mm) of the finer grid the deformable stage ends on (default: the fixed image's finest "
                    "spacing); used when at least 1.5 times finer than the working spacing.")
-@click.option("--finer-steps", type=click.IntRange(min=0), default=6, show_default=True,
+@click.option("--finer-steps", type=click.IntRange(min=0), default=4, show_default=True,
               help="Steps on that finer grid (0: end on the working grid).")
+@click.option("--correction-steps", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Then steps of a displacement correction on that grid, for the detail a smooth velocity cannot "
+                   "move (0: none).")
 @click.option("--affine-only", is_flag=True, help="Skip the deformable stage.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch CPU threads (default: torch's).")
 @click.option("-m", "--model", default=None, type=click.Path(),
@@ -56,14 +59,17 @@ from nnreg.cli.common import SpaceSeparated, results_option, user_errors_as_one_
 def main(fixed: str, moving: str, output: str | None, warped: str | None, field: str | None, transform: str | None,
          moving_labels: str | None, fixed_mask: str | None, moving_mask: str | None, inverse: bool,
          similarity: str | None,
-         working_spacing: float, final_spacing: float | None, finer_steps: int, affine_only: bool, threads: int | None, model: str | None, dataset: str | None,
+         working_spacing: float, final_spacing: float | None, finer_steps: int, correction_steps: int,
+         affine_only: bool, threads: int | None, model: str | None, dataset: str | None,
          configuration: str | None, plans: str, trainer: str, folds: tuple[str, ...], checkpoint: str,
          device: str | None, results: str | None, verbose: bool) -> None:
     """Register MOVING to FIXED: affine (moments, rigid, affine) then deformable (started by a trained model's
     network with -m or -d), outputs on the fixed grid."""
     from nnreg.cli.predict import choose_device, model_folder_from_options, parse_folds
     from nnreg.registration.run import RunRequest, run_registration
+    from nnreg.utilities.allocator import keep_freed_memory
 
+    keep_freed_memory()      # 1 mm volumes are allocated dozens of times a step: reuse them, do not fault them in
     folder, chosen = None, "cpu"
     if model is not None or dataset is not None:
         chosen = choose_device(device)[0]
@@ -72,7 +78,7 @@ def main(fixed: str, moving: str, output: str | None, warped: str | None, field:
     request = RunRequest(fixed=fixed, moving=moving, output=output, warped=warped, field=field, transform=transform,
                          moving_labels=moving_labels, fixed_mask=fixed_mask, moving_mask=moving_mask, inverse=inverse,
                          similarity=similarity, working_spacing=working_spacing, final_spacing=final_spacing,
-                         finer_steps=finer_steps, affine_only=affine_only,
+                         finer_steps=finer_steps, correction_steps=correction_steps, affine_only=affine_only,
                          threads=threads, model=folder, folds=parse_folds(folds), checkpoint=checkpoint,
                          configuration=configuration, device=chosen)
     for line in run_registration(request):

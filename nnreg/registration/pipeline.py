@@ -1,7 +1,7 @@
 """Pairwise registration of two user images: normalise -> working grids -> affine -> deformable refinement from
 the identity and, with a trained model, also from the network's field carried onto the working grid
 (:mod:`nnreg.registration.network`; the start whose refinement reaches the lower loss is kept) -> the last steps
-on a finer grid when the fixed image is finer than the working grid.
+on a finer grid when the fixed image is finer than the working grid (the velocity, then a displacement correction).
 
 Conventions: see :mod:`nnreg.alignment.grids` (LPS mm, ``(i, j, k)`` arrays). The optimisation runs on **working
 grids**: each image's own physical box, canonically oriented, at ``working_spacing`` mm. The affine ``T`` maps the
@@ -45,10 +45,15 @@ DEFORMABLE = InstanceOptimization(steps=30, fine_steps=12, grid_factor=2, lambda
                                   fine_grid_factor=1)
 # The finer-grid stage's defaults (a 1 mm image after the 2 mm working grid): the velocity resampled onto the 1 mm grid
 # as well, so the last steps can move 1 mm detail (exact Dice +0.007 on perturbed training pairs of OpenBrains160,
-# documentation/benchmarks.md); 2 integration steps and 6 steps at lr 0.4 keep its cost at about 1.5x the 2 mm
-# velocity's 8 steps, and lambda 2 (not the working grid's 1.5) keeps NDV well below 0.01 %.
-FINER_GRID = FinerGridSettings(steps=6, lr=0.4, finer_velocity=True, lambda_reg=2.0, integration_steps=2,
+# documentation/benchmarks.md); 2 integration steps at lr 0.4, and lambda 2 (not the working grid's 1.5) keeps NDV
+# well below 0.01 %. 4 steps (6 until the ninth session) since the correction below follows them.
+FINER_GRID = FinerGridSettings(steps=4, lr=0.4, finer_velocity=True, lambda_reg=2.0, integration_steps=2,
                                parametrisation="velocity")
+# Then a displacement correction on the same finer grid (nnreg_predict's 1 mm stage: exp(v) o (id + w), w optimised
+# with lambda 8, :mod:`nnreg.inference.finer_grid`): the velocity moves what a smooth transform can, the correction
+# the 1 mm detail left: exact Dice 0.700 -> 0.704, better on each of 4 perturbed training pairs of OpenBrains160
+# (4 velocity steps + 8 correction steps; 6 + 8 gave the same, 2 + 8 0.697; documentation/benchmarks.md).
+FINER_CORRECTION = FinerGridSettings(steps=8, lr=0.15, lambda_reg=8.0, parametrisation="displacement")
 
 @dataclass(frozen=True)
 class RegistrationSettings:
@@ -60,6 +65,7 @@ class RegistrationSettings:
     histogram_matching: bool = True
     min_overlap: float = 0.5       # Dice of the two foregrounds needed after the affine stage (prealign)
     finer_grid: FinerGridSettings = FINER_GRID    # last steps on a finer grid (finer_grid_factor)
+    correction: FinerGridSettings = FINER_CORRECTION  # then a displacement correction there (steps 0: off)
     final_spacing: float | None = None   # that grid's spacing; None: the fixed image's finest spacing
 
     def prealign(self) -> PrealignSettings:
@@ -199,5 +205,17 @@ def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor
         f"{-report.initial_ncc:.4f} -> {-report.final_ncc:.4f}"
         f"{' (kept the working grid field: ' + report.reason + ')' if report.kept_network else ''} "
         f"({time.perf_counter() - stage:.1f} s)")
+    if settings.correction.steps > 0 and settings.finer_grid.parametrisation == "velocity" and \
+            report.velocity is not None:
+        stage = time.perf_counter()
+        # exp(v) as the velocity stage integrated it (its options), then w optimised with the correction's own
+        field, report = refine_on_finer_grid(fixed_t, moving_affine, report.velocity,
+                                             settings.finer_grid.options(settings.deformable), settings.correction)
+        similarity["ncc_finer_grid"] = -report.final_ncc
+        registration.log.append(
+            f"correction at {fine_geo.spacing[0]:g} mm: {report.steps_run} steps, local NCC "
+            f"{-report.initial_ncc:.4f} -> {-report.final_ncc:.4f}"
+            f"{' (kept the velocity stage field: ' + report.reason + ')' if report.kept_network else ''} "
+            f"({time.perf_counter() - stage:.1f} s)")
     return Registration(registration.affine, fine_geo, field, fixed_t, moving_affine, registration.overlap,
                         similarity, registration.log)

@@ -15,7 +15,7 @@ from nnreg.dataset.naming import challenge_id_and_modality
 from nnreg.inference.finer_grid import FinerGridSettings
 from nnreg.inference.refinement_settings import MULTIMODAL_REFINEMENT
 from nnreg.registration.outputs import OutputPaths, transform_files, write_outputs
-from nnreg.registration.pipeline import FINER_GRID, RegistrationSettings, register_images
+from nnreg.registration.pipeline import FINER_CORRECTION, FINER_GRID, RegistrationSettings, register_images
 from nnreg.utilities.errors import NnregError
 from nnreg.utilities.files import atomic_path, write_json
 
@@ -40,6 +40,7 @@ class RunRequest:
     working_spacing: float = 2.0
     final_spacing: float | None = None       # the finer grid's spacing (None: the fixed image's finest)
     finer_steps: int = FINER_GRID.steps
+    correction_steps: int = FINER_CORRECTION.steps
     affine_only: bool = False
     threads: int | None = None
     model: str | None = None                 # a trained model folder: its network starts the deformable stage
@@ -104,6 +105,7 @@ def run_registration(request: RunRequest) -> list[str]:
     settings = RegistrationSettings(working_spacing=request.working_spacing,
                                     affine=AffineSettings(similarity=AFFINE_SIMILARITY[similarity]),
                                     finer_grid=dataclasses.replace(FINER_GRID, steps=request.finer_steps),
+                                    correction=dataclasses.replace(FINER_CORRECTION, steps=request.correction_steps),
                                     final_spacing=request.final_spacing)
     if similarity == "mind":    # other contrasts: MI for the affine, MIND-SSC refinement, no histogram matching; no
         # finer-grid stage (unmeasured for MIND, whose 12 descriptor channels cost 12 warps per step)

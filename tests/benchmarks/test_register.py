@@ -223,7 +223,54 @@ def test_tuning_rows_parse_finer_keys_as_nnreg_predict_does() -> None:
     assert (finer.parametrisation, finer.finer_velocity, finer.integration_steps, finer.lambda_reg) == \
         ("displacement", False, None, 8.0)
     assert finer.steps == variants.variant_settings("").finer_grid.steps        # untouched keys keep the default
+    corrected = variants.variant_settings("finer_steps=6,correction_steps=0,correction_lambda_reg=5")
+    assert (corrected.finer_grid.steps, corrected.correction.steps, corrected.correction.lambda_reg) == (6, 0, 5.0)
+    assert corrected.correction.parametrisation == "displacement" and corrected.deformable == settings.deformable.\
+        with_overrides({"steps": variants.variant_settings("").deformable.steps})
     with pytest.raises(ConfigurationError, match="finer_velocity"):
         variants.nnreg_variant("finer_finer_velocity=flase")
     with pytest.raises(ConfigurationError, match="parametrisation"):
         variants.nnreg_variant("finer_parametrisation=spline,finer_finer_velocity=false")
+
+
+def test_centroid_landmarks_sit_on_each_structures_centroid() -> None:
+    """Blob k: 7 voxels labelled k, centred on the rounded centroid of structure k (scipy's ``center_of_mass``);
+    an absent structure has no blob, a blob at the grid's edge loses its outside voxels."""
+    from benchmarks.landmark_proxy import centroid_landmarks
+
+    _, labels = _subject()
+    present = [10, 49]                                    # the synthetic subject's two deep structures (aseg ids)
+    edge = np.zeros_like(labels)
+    edge[0, 5, 5] = 99                                    # a one-voxel structure on the grid's first slice
+    blobs = centroid_landmarks(labels + edge * (labels == 0), (*present, 12345, 99))
+    for k, structure in enumerate(present, start=1):
+        centre = np.floor(np.asarray(ndimage.center_of_mass(labels == structure)) + 0.5).astype(int)
+        where = np.argwhere(blobs == k)
+        assert len(where) == 7 and np.array_equal(where.mean(axis=0), centre)
+    assert not np.any(blobs == len(present) + 1)          # structure 12345 is absent
+    assert len(np.argwhere(blobs == len(present) + 2)) == 6
+
+
+def test_training_pairs_get_centroid_landmarks_and_a_tre(tmp_path: Path) -> None:
+    """A split without landmark files (training subjects) is scored on TRE too, through landmarks built from both
+    label maps: the aligned zero field's TRE is the mean distance of the two images' rounded structure centroids
+    (the synthetic subjects have two of the landmark structures, aseg 10 and 49)."""
+    from nnreg.evaluation.ground_truth import ground_truth_file
+
+    dataset = make_learn2reg_dataset(tmp_path / "data", n_train=2, n_val=2)
+    fixed_rel, moving_rel = register.dataset_pairs(dataset, "train", 1)[0]
+    fixed_labels, moving_labels = (read_image(ground_truth_file(dataset, rel, "labels"), dtype=np.int32)[0]
+                                   for rel in (fixed_rel, moving_rel))
+    structures = (10, 49)
+    code = register.main(["--dataset", str(dataset), "--split", "train", "--pairs", "1", "--methods", "zero",
+                          "--sets", "geometry,aligned", "--output", str(tmp_path / "bench"), "--json",
+                          str(tmp_path / "r.json")])
+    assert code == 0
+    rows = {row["set"]: row for row in json.loads((tmp_path / "r.json").read_text())["rows"]}
+
+    def centre(labels: np.ndarray, structure: int) -> np.ndarray:
+        return np.floor(np.asarray(ndimage.center_of_mass(labels == structure)) + 0.5)
+
+    expected = np.mean([np.linalg.norm(centre(fixed_labels, s) - centre(moving_labels, s)) for s in structures])
+    assert rows["aligned"]["tre"] == pytest.approx(expected, abs=1e-6)
+    assert math.isfinite(rows["geometry"]["tre"]) and math.isfinite(rows["geometry"]["tre_exact"])

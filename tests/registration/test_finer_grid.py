@@ -16,7 +16,7 @@ from nnreg.dataset.image_io import Geometry
 from nnreg.inference.finer_grid import FinerGridSettings, refine_on_finer_grid
 from nnreg.inference.instance_optimization import InstanceOptimization, exponential_field
 from nnreg.losses import gradient_l2
-from nnreg.registration.pipeline import RegistrationSettings
+from nnreg.registration.pipeline import FINER_CORRECTION, FINER_GRID, RegistrationSettings
 from nnreg.registration.run import RunRequest, run_registration
 from nnreg.utilities.errors import ConfigurationError
 from tests.alignment.phantom import affine, phantom
@@ -51,10 +51,11 @@ def runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
     fixed, moving, labels = write_pair(folder / "inputs", moving_transform=_affine_and_warp())
     _one_millimetre(fixed)
     out = {}
-    for name, steps in (("finer", FinerGridSettings().steps), ("working", 0)):
+    for name, steps, correction in (("finer", FINER_GRID.steps, FINER_CORRECTION.steps),
+                                    ("velocity_only", FINER_GRID.steps, 0), ("working", 0, 0)):
         target = folder / name
         run_registration(RunRequest(fixed=str(fixed), moving=str(moving), output=str(target), finer_steps=steps,
-                                    threads=1))
+                                    correction_steps=correction, threads=1))
         out[name] = {"fixed": fixed, "moving": moving, "labels": labels, "out": target}
     return out
 
@@ -65,6 +66,35 @@ def test_the_registration_ends_on_the_finer_grid(runs) -> None:
     assert "finer grid" not in (runs["working"]["out"] / "register.log").read_text()
     similarity = json.loads((runs["finer"]["out"] / "register.json").read_text())["similarity"]
     assert similarity["ncc_finer_grid"] > similarity["ncc_finer_grid_start"]
+
+
+def test_a_displacement_correction_follows_the_velocity_stage(runs) -> None:
+    """After the finer grid's velocity steps, ``--correction-steps`` of a displacement correction on the same grid
+    (logged, raising the local NCC the velocity stage reached); 0 leaves the velocity stage's field."""
+    log = (runs["finer"]["out"] / "register.log").read_text()
+    assert f"correction at 1 mm: {FINER_CORRECTION.steps} steps, local NCC " in log
+    assert "correction" not in (runs["velocity_only"]["out"] / "register.log").read_text()
+    corrected, velocity_only = (json.loads((runs[name]["out"] / "register.json").read_text())["similarity"]
+                                for name in ("finer", "velocity_only"))
+    assert corrected["ncc_finer_grid_start"] == pytest.approx(velocity_only["ncc_finer_grid_start"], abs=1e-6)
+    assert corrected["ncc_finer_grid"] > velocity_only["ncc_finer_grid"] + 1e-4
+    fields = [sitk.GetArrayFromImage(sitk.ReadImage(str(runs[name]["out"] / "field.nii.gz")))
+              for name in ("finer", "velocity_only")]
+    assert float(np.abs(fields[0] - fields[1]).max()) > 0.05
+
+
+def test_the_command_line_defaults_are_the_settings() -> None:
+    """``nnreg_register``'s --finer-steps / --correction-steps defaults are the pipeline's (the CLI module keeps
+    literal defaults so that --help imports no torch)."""
+    from click.testing import CliRunner
+
+    from nnreg.cli.register import main
+
+    text = CliRunner().invoke(main, ["--help"], terminal_width=200).output
+    finer = text.split("--finer-steps", 1)[1].split("--correction-steps", 1)
+    assert f"[default: {FINER_GRID.steps};" in finer[0]
+    assert f"[default: {FINER_CORRECTION.steps};" in finer[1].split("--affine-only", 1)[0]
+    assert RegistrationSettings().correction == FINER_CORRECTION and FINER_CORRECTION.parametrisation == "displacement"
 
 
 def test_finer_grid_outputs_keep_the_conventions(runs) -> None:
