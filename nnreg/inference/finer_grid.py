@@ -131,6 +131,14 @@ def parse_finer_overrides(text: str) -> dict[str, Any]:
     return parse_key_values(text, kinds, "finer-grid", nullable=("lambda_reg", "integration_steps", "warmup_steps"))
 
 
+def finer_grid_applies(refinement: InstanceOptimization) -> bool:
+    """Whether a refinement with these settings may go on with a finer-grid stage: the stage measures local NCC of
+    the two raw images, which assumes one contrast, so a refinement with another similarity (MIND-SSC, two
+    contrasts; unmeasured there, and its 12 descriptor channels would cost 12 warps a step) ends without it. The
+    one rule of ``nnreg_predict`` and ``nnreg_register``."""
+    return refinement.similarity == "lncc"
+
+
 #: A network grid coarser than the original by at least this factor along an axis is subdivided along it.
 MIN_FINER_RATIO = 1.5
 

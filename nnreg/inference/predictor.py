@@ -21,7 +21,7 @@ import torch
 from nnreg.dataset.image_io import Geometry, read_image
 from nnreg.dataset.naming import challenge_id_and_modality
 from nnreg.inference.ensemble import EnsembleReport, ensemble_displacements
-from nnreg.inference.finer_grid import FinerGridSettings, finer_mapping, refine_on_finer_grid
+from nnreg.inference.finer_grid import FinerGridSettings, finer_grid_applies, finer_mapping, refine_on_finer_grid
 from nnreg.inference.instance_optimization import RefinementReport, exponential_field, refine_field
 from nnreg.inference.model_folder import DEFAULT_CHECKPOINT, read_trained_model
 from nnreg.inference.preparation import PreparedPair, prepare_arrays, with_training_reference
@@ -253,7 +253,7 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
                 or settings.velocity_start != "network" or pair.fixed_normalised is None
                 or pair.moving_normalised is None):
             return None
-        if settings.similarity != "lncc":   # its local NCC of the raw images assumes one contrast; MIND unmeasured
+        if not finer_grid_applies(settings):
             logger.info("finer-grid stage skipped: the pair refines with %s (two contrasts)", settings.similarity)
             return None
         fixed = self._image(mapping.to_network(pair.fixed_normalised, order=1))

@@ -24,7 +24,7 @@ from nnreg.alignment.affine import AffineResult, AffineSettings
 from nnreg.alignment.grids import subdivided_geometry
 from nnreg.alignment.sampling import sample_affine
 from nnreg.dataset.image_io import Geometry
-from nnreg.inference.finer_grid import FinerGridSettings, refine_on_finer_grid
+from nnreg.inference.finer_grid import FinerGridSettings, finer_grid_applies, refine_on_finer_grid
 from nnreg.inference.instance_optimization import InstanceOptimization, RefinementReport, refine_field
 from nnreg.registration.grids import resample_to
 from nnreg.registration.normalization import match_histogram
@@ -74,7 +74,7 @@ class RegistrationSettings:
     def finer_grid_factor(self, fixed_spacing: tuple[float, ...], coarse_spacing: float) -> int:
         """How many finer-grid voxels per refinement-grid voxel along each axis (1: no finer-grid stage): the
         refinement grid's spacing over the final spacing, rounded, when it is at least 1.5."""
-        if self.finer_grid.steps == 0 or not self.deformable.enabled:
+        if self.finer_grid.steps == 0 or not self.deformable.enabled or not finer_grid_applies(self.deformable):
             return 1
         final = self.final_spacing if self.final_spacing is not None else min(fixed_spacing)
         ratio = coarse_spacing / final

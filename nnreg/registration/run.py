@@ -12,7 +12,6 @@ import torch
 from nnreg.alignment.affine import AffineSettings
 from nnreg.dataset.image_io import read_image
 from nnreg.dataset.naming import challenge_id_and_modality
-from nnreg.inference.finer_grid import FinerGridSettings
 from nnreg.inference.refinement_settings import MULTIMODAL_REFINEMENT
 from nnreg.registration.outputs import OutputPaths, transform_files, write_outputs
 from nnreg.registration.pipeline import FINER_CORRECTION, FINER_GRID, RegistrationSettings, register_images
@@ -107,10 +106,10 @@ def run_registration(request: RunRequest) -> list[str]:
                                     finer_grid=dataclasses.replace(FINER_GRID, steps=request.finer_steps),
                                     correction=dataclasses.replace(FINER_CORRECTION, steps=request.correction_steps),
                                     final_spacing=request.final_spacing)
-    if similarity == "mind":    # other contrasts: MI for the affine, MIND-SSC refinement, no histogram matching; no
-        # finer-grid stage (unmeasured for MIND, whose 12 descriptor channels cost 12 warps per step)
+    if similarity == "mind":    # other contrasts: MI for the affine, MIND-SSC refinement, no histogram matching (and
+        # so no finer-grid stage: nnreg.inference.finer_grid.finer_grid_applies)
         settings = dataclasses.replace(settings, deformable=settings.deformable.with_overrides(MULTIMODAL_REFINEMENT),
-                                       histogram_matching=False, finer_grid=FinerGridSettings(steps=0))
+                                       histogram_matching=False)
     if request.affine_only:
         settings = dataclasses.replace(settings, deformable=settings.deformable.with_steps(0))
     lines = [f"fixed {request.fixed}: {list(fixed_geometry.shape)} @ {[round(s, 3) for s in fixed_geometry.spacing]} "

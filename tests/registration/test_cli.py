@@ -106,4 +106,5 @@ def test_the_similarity_follows_the_modalities_unless_given(tmp_path, monkeypatc
     assert settings.deformable.similarity == "mind"
     assert settings.deformable.lambda_reg == MULTIMODAL_REFINEMENT["lambda_reg"]
     assert settings.deformable.remap_steps == MULTIMODAL_REFINEMENT["remap_steps"] > 0   # MIND, then remapped NCC
+    assert settings.finer_grid_factor((1.0, 1.0, 1.0), 2.0) == 1    # no finer-grid stage after MIND, even at 1 mm
     assert (tmp_path / "f.nii.gz").is_file()
