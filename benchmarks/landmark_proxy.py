@@ -11,8 +11,12 @@ map gets no blob (the official TRE then skips landmark ``k``: it scores the fixe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from nnreg.dataset.image_io import Geometry
 
 #: aseg ids of OpenBrains' landmarks, in the order of their landmark label k = 1..21 (the dataset README's table)
 LANDMARK_STRUCTURES: tuple[int, ...] = (10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 28, 60, 7, 46,
@@ -43,16 +47,18 @@ def centroid_landmarks(labels: np.ndarray, structures: tuple[int, ...] | None = 
     return out
 
 
-def write_proxy_landmarks(fixed_labels: Path, moving_labels: Path, stem: Path) -> dict[str, Path]:
-    """Centroid landmarks of both label maps written as ``{stem}_{fixed,moving}_landmarks_proxy.nii.gz`` (the label
-    maps' geometry); {} when either label map is missing."""
+def write_proxy_landmarks(fixed_labels: Path, moving_labels: np.ndarray, geometry: "Geometry", stem: Path
+                          ) -> tuple[dict[str, Path], np.ndarray] | None:
+    """Centroid landmarks of the fixed label map (a file) and of the moving one (already read, on ``geometry``),
+    written as ``{stem}_{fixed,moving}_landmarks_proxy.nii.gz``: (their paths, the moving landmark volume); None when
+    the fixed label map is missing."""
     from nnreg.dataset.image_io import read_image, write_image
 
-    if not (fixed_labels.is_file() and moving_labels.is_file()):
-        return {}
-    paths = {}
-    for role, source in (("fixed", fixed_labels), ("moving", moving_labels)):
-        labels, geometry = read_image(source, dtype=np.int32)
-        paths[role] = Path(f"{stem}_{role}_landmarks_proxy.nii.gz")
-        write_image(centroid_landmarks(labels), geometry, paths[role])
-    return paths
+    if not fixed_labels.is_file():
+        return None
+    fixed, fixed_geometry = read_image(fixed_labels, dtype=np.int32)
+    moving = centroid_landmarks(moving_labels)
+    paths = {role: Path(f"{stem}_{role}_landmarks_proxy.nii.gz") for role in ("fixed", "moving")}
+    write_image(centroid_landmarks(fixed), fixed_geometry, paths["fixed"])
+    write_image(moving, geometry, paths["moving"])
+    return paths, moving

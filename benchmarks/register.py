@@ -102,11 +102,11 @@ def generate(dataset: Path, split: str, count: int, seed: int, perturbation: Per
         labels = _optional(ground_truth_file(dataset, moving_rel, "labels"))
         landmarks = _optional(ground_truth_file(dataset, moving_rel, "landmarks"))
         stem = f"pair{index:02d}"
-        proxies = {} if landmarks is not None or labels is None else write_proxy_landmarks(
-            ground_truth_file(dataset, fixed_rel, "labels"), ground_truth_file(dataset, moving_rel, "labels"),
-            out / stem)
-        if proxies:
-            landmarks = read_image(proxies["moving"], dtype=np.int32)[0]
+        proxy = None if landmarks is not None or labels is None else write_proxy_landmarks(
+            ground_truth_file(dataset, fixed_rel, "labels"), labels, geometry, out / stem)
+        proxies = {} if proxy is None else proxy[0]
+        if proxy is not None:
+            landmarks = proxy[1]
         moved = perturb(moving, geometry, labels, landmarks, perturbation, seed, index)
         files = {"geometry": out / f"{stem}_moving.nii.gz", "scanner": out / f"{stem}_moving_scanner.nii.gz"}
         write_image(moved.image, geometry, files["geometry"])
