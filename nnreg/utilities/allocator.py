@@ -43,8 +43,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = all(mallopt(param, value) == 1 for param, value in
-             ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
+    results = [mallopt(param, value) for param, value in      # each one tried, also after a refusal
+               ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD))]
+    ok = all(result == 1 for result in results)
     if not ok:
         logger.debug("mallopt refused a setting; glibc's defaults may partly remain")
     _applied = ok
