@@ -195,3 +195,30 @@ def test_target_windows_give_local_ncc_bitwise_and_the_same_gradient() -> None:
         want, = torch.autograd.grad(expected.sum(), warped)
         have, = torch.autograd.grad(windows.cc(warped).sum(), warped)
         torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-6)
+
+
+def test_variance_floor_zeroes_only_what_float32_cannot_resolve() -> None:
+    """Window variances are float64's where they stand clear of float32's cancellation error, and exactly 0 where they
+    are below ``8 w`` epsilons of the window's sum of squares: inside a 1000-offset texture (its border windows, half
+    zero padding, keep their large variance)."""
+    from nnreg.losses.ncc import TargetWindows
+
+    rng = np.random.default_rng(7)
+    texture = ndimage.gaussian_filter(rng.random((14, 16, 12)), 1.0)
+    for offset, window in ((0.0, 9), (0.5, 5), (1000.0, 9)):
+        image = offset + texture
+        windows = TargetWindows(_t(image), window)
+        exact = ndimage.uniform_filter(image * image, window, mode="constant") * window ** 3
+        total = ndimage.uniform_filter(image, window, mode="constant") * window ** 3
+        variance = exact - total * total / window ** 3
+        got = windows.var_i[0, 0].double().numpy()
+        clear = variance > 1e-3 * exact
+        resolved_below = variance < 8 * window * float(np.finfo(np.float32).eps) * exact / 4
+        if offset < 1.0:
+            assert clear.mean() > 0.5
+            np.testing.assert_allclose(got[clear], variance[clear], rtol=1e-3)
+        else:                                           # interior windows (the border ones take in zero padding)
+            inner = tuple(slice(window // 2, n - window // 2) for n in image.shape)
+            assert resolved_below[inner].all() and not clear[inner].any()
+            assert float(np.abs(got[inner]).max()) == 0.0
+            np.testing.assert_allclose(got[~resolved_below], variance[~resolved_below], rtol=1e-3)
