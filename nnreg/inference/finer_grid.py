@@ -36,8 +36,9 @@ from typing import Any, Sequence
 
 import torch
 
-from nnreg.inference.instance_optimization import (InstanceOptimization, RefinementReport, Stage, deterministic_mode,
-                                                   exponential_field, folding_percent, optimise, refusal)
+from nnreg.inference.instance_optimization import (InstanceOptimization, OptimisationTrace, RefinementReport, Stage,
+                                                   deterministic_mode, exponential_field, folding_percent, optimise,
+                                                   refusal)
 from nnreg.preprocessing.grid import GridMapping
 from nnreg.spatial import compose, resize_field, warp
 from nnreg.utilities.errors import ConfigurationError
@@ -185,16 +186,24 @@ def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: to
             if settings.finer_velocity:
                 start = resize_field(start, shape).contiguous()                           # type: ignore[arg-type]
             stage = Stage(fixed.detach().float().clone(), moving.detach().float().clone(), settings.ncc_window,
-                          settings.steps, tuple(int(s) for s in start.shape[2:]), options)  # type: ignore[arg-type]
-            start_field = exponential_field(start, shape, options.integration_steps)      # type: ignore[arg-type]
-            initial_loss, initial_ncc = (float(t) for t in stage.field_loss(start_field, start, options))
+                          settings.steps, tuple(int(s) for s in start.shape[2:]), options,  # type: ignore[arg-type]
+                          keep_fields=True)
         if settings.steps == 0:
+            with torch.no_grad():
+                start_field = exponential_field(start, shape, options.integration_steps)  # type: ignore[arg-type]
+                initial_loss, initial_ncc = (float(t) for t in stage.field_loss(start_field, start, options))
             return start_field, RefinementReport(0, initial_loss, initial_loss, initial_ncc, initial_ncc, start)
-        best, steps_run = optimise([stage], start.requires_grad_(True), options)
+        trace = OptimisationTrace()      # the start's and the best velocity's evaluations: not evaluated again
+        best, steps_run = optimise([stage], start.detach().clone().requires_grad_(True), options, trace)
         with torch.no_grad():
-            refined = exponential_field(best, shape, options.integration_steps)           # type: ignore[arg-type]
-            final = tuple(float(t) for t in stage.field_loss(refined, best, options))
-            return _checked(refined, start_field, start.detach(), best, steps_run, (initial_loss, initial_ncc),
+            assert trace.first is not None and trace.first.field is not None
+            start_field = trace.first.field
+            if trace.best is not None and trace.best.field is not None:
+                refined, final = trace.best.field, (trace.best.loss, trace.best.ncc)
+            else:                                          # no finite loss was evaluated: the start (refused)
+                refined = exponential_field(best, shape, options.integration_steps)       # type: ignore[arg-type]
+                final = tuple(float(t) for t in stage.field_loss(refined, best, options))
+            return _checked(refined, start_field, start, best, steps_run, (trace.first.loss, trace.first.ncc),
                             final, options, "velocity")
 
 
@@ -234,14 +243,21 @@ def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity
             start_field = exponential_field(start, shape, options.integration_steps)      # type: ignore[arg-type]
             moved = warp(moving.detach().float(), start_field).contiguous()
             stage = Stage(fixed.detach().float().clone(), moved, settings.ncc_window, settings.steps,
-                          shape, correction)                                             # type: ignore[arg-type]
+                          shape, correction, keep_fields=True)                           # type: ignore[arg-type]
             zero = torch.zeros_like(start_field)
-            initial_loss, initial_ncc = (float(t) for t in stage.field_loss(zero, zero, correction))
         if settings.steps == 0:
+            with torch.no_grad():
+                initial_loss, initial_ncc = (float(t) for t in stage.field_loss(zero, zero, correction))
             return start_field, RefinementReport(0, initial_loss, initial_loss, initial_ncc, initial_ncc, start)
-        best, steps_run = optimise([stage], zero.clone().requires_grad_(True), correction)
+        trace = OptimisationTrace()      # w = 0's and the best w's evaluations: not evaluated again
+        best, steps_run = optimise([stage], zero.clone().requires_grad_(True), correction, trace)
         with torch.no_grad():
-            final = tuple(float(t) for t in stage.loss(best, correction))
-            refined = compose(start_field, exponential_field(best, shape, correction.integration_steps))
-            return _checked(refined, start_field, start, start, steps_run, (initial_loss, initial_ncc), final,
-                            options, "displacement")
+            assert trace.first is not None
+            if trace.best is not None and trace.best.field is not None:
+                final, correction_field = (trace.best.loss, trace.best.ncc), trace.best.field
+            else:                                          # no finite loss was evaluated: w = 0 (refused)
+                final = tuple(float(t) for t in stage.loss(best, correction))
+                correction_field = exponential_field(best, shape, correction.integration_steps)
+            refined = compose(start_field, correction_field)
+            return _checked(refined, start_field, start, start, steps_run, (trace.first.loss, trace.first.ncc),
+                            final, options, "displacement")
