@@ -1,9 +1,9 @@
 """Writing ``nnreg_register``'s files: warped image, Learn2Reg field, ITK transforms, inverse, labels, QC, log.
 
 Conventions: see :mod:`nnreg.registration.transforms`. Every file is written atomically
-(:func:`nnreg.utilities.files.atomic_path`); images as gzip level 1 NIfTI with the fixed (or, for the inverse, the
-moving) image's geometry. The warped image is trilinear (0 outside the moving image), label maps nearest neighbour
-exactly as the Learn2Reg evaluator warps them.
+(:func:`nnreg.utilities.files.atomic_path`); images as gzip level 1 NIfTI (:mod:`nnreg.utilities.compression`) with
+the fixed (or, for the inverse, the moving) image's geometry. The warped image is trilinear (0 outside the moving
+image), label maps nearest neighbour exactly as the Learn2Reg evaluator warps them.
 """
 from __future__ import annotations
 
@@ -75,8 +75,9 @@ def write_outputs(registration: Registration, fixed: np.ndarray, fixed_geometry:
     """Write every requested file; returns log lines (what was written, how long it took).
 
     The files are independent once the fields are computed, so they are written by :data:`OUTPUT_THREADS` threads
-    at once: gzip (zlib releases the GIL) of a 1 mm field takes ~2 s, and the QC figure's matplotlib work can run
-    beside it (measured on a 1 mm pair, 2 cores: 10.1 s one after another, 5.5 s so). No more threads than torch
+    at once: the gzip of a 1 mm field (0.2-0.6 s with ISA-L, 2-4 s with zlib; both release the GIL) and the QC
+    figure's matplotlib work (~2 s) run side by side (a 1 mm pair, 2 cores: 10.1 s one after another, 5.5 s so
+    with zlib; 3.9 s with ISA-L). No more threads than torch
     may use (``--threads 1``: one). Each file is still written atomically; once every writer has finished, the first
     error is raised and the others are logged."""
     began = time.perf_counter()

@@ -71,10 +71,17 @@ class RegistrationSettings:
     def prealign(self) -> PrealignSettings:
         return PrealignSettings(self.working_spacing, self.affine, self.histogram_matching, self.min_overlap)
 
+    def correction_applies(self) -> bool:
+        """Whether the displacement correction follows the finer-grid stage: only after a velocity stage (a
+        displacement stage already is one)."""
+        return self.correction.steps > 0 and self.finer_grid.parametrisation == "velocity"
+
     def finer_grid_factor(self, fixed_spacing: tuple[float, ...], coarse_spacing: float) -> int:
         """How many finer-grid voxels per refinement-grid voxel along each axis (1: no finer-grid stage): the
-        refinement grid's spacing over the final spacing, rounded, when it is at least 1.5."""
-        if self.finer_grid.steps == 0 or not self.deformable.enabled or not finer_grid_applies(self.deformable):
+        refinement grid's spacing over the final spacing, rounded, when it is at least 1.5. The stage runs when it
+        or the correction after it has steps (a correction alone goes on from the working grid's velocity)."""
+        steps = self.finer_grid.steps + (self.correction.steps if self.correction_applies() else 0)
+        if steps == 0 or not self.deformable.enabled or not finer_grid_applies(self.deformable):
             return 1
         final = self.final_spacing if self.final_spacing is not None else min(fixed_spacing)
         ratio = coarse_spacing / final
@@ -205,8 +212,9 @@ def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor
         f"{-report.initial_ncc:.4f} -> {-report.final_ncc:.4f}"
         f"{' (kept the working grid field: ' + report.reason + ')' if report.kept_network else ''} "
         f"({time.perf_counter() - stage:.1f} s)")
-    if settings.correction.steps > 0 and settings.finer_grid.parametrisation == "velocity" and \
-            report.velocity is not None:
+    if settings.correction.steps > 0 and not settings.correction_applies():
+        registration.log.append("correction: skipped (the finer-grid stage is a displacement correction itself)")
+    elif settings.correction_applies() and report.velocity is not None:
         stage = time.perf_counter()
         # exp(v) as the velocity stage integrated it (its options), then w optimised with the correction's own
         field, report = refine_on_finer_grid(fixed_t, moving_affine, report.velocity,
