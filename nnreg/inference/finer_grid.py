@@ -167,17 +167,20 @@ def finer_mapping(mapping: GridMapping) -> GridMapping | None:
 def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Tensor,
                          refinement: InstanceOptimization,
                          settings: FinerGridSettings = FinerGridSettings(),
-                         deterministic: bool = False) -> tuple[torch.Tensor, RefinementReport]:
+                         deterministic: bool = False,
+                         start_field: torch.Tensor | None = None) -> tuple[torch.Tensor, RefinementReport]:
     """Go on from ``velocity`` (1, 3, h, w, d; whole transform ``exp(v)``) with the similarity of ``fixed`` and
     ``moving`` (1, 1, H, W, D) on their finer grid; the other settings (regulariser, integration, similarity,
     patience, folding limit) are ``refinement``'s. Returns the field on the finer grid and a report whose losses are
-    measured there (``initial_*``: the field of the given velocity)."""
+    measured there (``initial_*``: the field of the given velocity). ``start_field``: ``exp(velocity)`` on the finer
+    grid, integrated as a displacement correction integrates it, when the caller has it (the velocity stage's
+    result that the correction goes on from): not integrated again."""
     if fixed.shape != moving.shape or fixed.dim() != 5 or fixed.shape[:2] != (1, 1):
         raise ValueError(f"expected two (1, 1, H, W, D) images, got {tuple(fixed.shape)} and {tuple(moving.shape)}")
     if velocity.dim() != 5 or velocity.shape[:2] != (1, 3):
         raise ValueError(f"expected a (1, 3, h, w, d) velocity, got {tuple(velocity.shape)}")
     if settings.parametrisation == "displacement":
-        return _displacement_correction(fixed, moving, velocity, refinement, settings, deterministic)
+        return _displacement_correction(fixed, moving, velocity, refinement, settings, deterministic, start_field)
     shape = tuple(int(s) for s in fixed.shape[2:])
     options = settings.options(refinement)
     with torch.inference_mode(False), torch.enable_grad(), deterministic_mode(deterministic, fixed.device):
@@ -228,7 +231,8 @@ def _checked(refined: torch.Tensor, start_field: torch.Tensor, start_velocity: t
 
 def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Tensor,
                              refinement: InstanceOptimization, settings: FinerGridSettings,
-                             deterministic: bool) -> tuple[torch.Tensor, RefinementReport]:
+                             deterministic: bool, start_field: torch.Tensor | None = None
+                             ) -> tuple[torch.Tensor, RefinementReport]:
     """The ``"displacement"`` parametrisation (module docstring): optimise ``w`` from zero against the moving image
     warped once by ``exp(v)`` (integrated with the refinement's steps); the field is ``compose(exp(v), w)``, with
     ``w`` itself integrated by this stage's ``integration_steps`` when set (default 0: a plain displacement). The
@@ -240,7 +244,11 @@ def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity
     with torch.inference_mode(False), torch.enable_grad(), deterministic_mode(deterministic, fixed.device):
         with torch.no_grad():
             start = velocity.detach().float().clone().contiguous()
-            start_field = exponential_field(start, shape, options.integration_steps)      # type: ignore[arg-type]
+            if start_field is None:
+                start_field = exponential_field(start, shape, options.integration_steps)  # type: ignore[arg-type]
+            elif tuple(start_field.shape) != (1, 3, *shape):
+                raise ValueError(f"start field {tuple(start_field.shape)} does not match the images {shape}")
+            start_field = start_field.detach().float()
             moved = warp(moving.detach().float(), start_field).contiguous()
             stage = Stage(fixed.detach().float().clone(), moved, settings.ncc_window, settings.steps,
                           shape, correction, keep_fields=True)                           # type: ignore[arg-type]

@@ -218,7 +218,8 @@ def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor
         stage = time.perf_counter()
         # exp(v) as the velocity stage integrated it (its options), then w optimised with the correction's own
         field, report = refine_on_finer_grid(fixed_t, moving_affine, report.velocity,
-                                             settings.finer_grid.options(settings.deformable), settings.correction)
+                                             settings.finer_grid.options(settings.deformable), settings.correction,
+                                             start_field=field)      # exp(v): the velocity stage's own field
         similarity["ncc_finer_grid"] = -report.final_ncc
         registration.log.append(
             f"correction at {fine_geo.spacing[0]:g} mm: {report.steps_run} steps, local NCC "

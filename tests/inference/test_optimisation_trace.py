@@ -68,3 +68,20 @@ def test_finer_stages_return_what_separate_evaluations_give(parametrisation: str
         (report_again.initial_loss, report_again.final_loss, report_again.final_ncc, report_again.steps_run)
     assert torch.equal(report.velocity, report_again.velocity)
     assert report.final_loss < report.initial_loss and not report.kept_network
+
+
+def test_a_correction_given_its_start_field_returns_what_it_computes_itself() -> None:
+    """``start_field`` (the velocity stage's result, ``exp(v)``) saves the correction integrating ``v`` again: the same
+    field and report; a field on another grid is refused."""
+    fixed, moving = _pair(smoothing=5)
+    generator = torch.Generator().manual_seed(4)
+    velocity = 0.5 * torch.nn.functional.avg_pool3d(torch.randn((1, 3, 8, 9, 7), generator=generator), 3, 1, 1)
+    refinement = InstanceOptimization(steps=4, integration_steps=2, patience=100)
+    settings = FinerGridSettings(steps=5, lr=0.1, parametrisation="displacement", lambda_reg=1.0)
+    own, own_report = refine_on_finer_grid(fixed, moving, velocity, refinement, settings)
+    given = exponential_field(velocity, tuple(fixed.shape[2:]), 2)
+    field, report = refine_on_finer_grid(fixed, moving, velocity, refinement, settings, start_field=given)
+    assert torch.equal(field, own) and not report.kept_network
+    assert (report.initial_loss, report.final_loss) == (own_report.initial_loss, own_report.final_loss)
+    with pytest.raises(ValueError, match="start field"):
+        refine_on_finer_grid(fixed, moving, velocity, refinement, settings, start_field=given[:, :, :-1])

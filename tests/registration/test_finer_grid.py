@@ -4,6 +4,7 @@ follow the Learn2Reg and ITK conventions."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,8 @@ def runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
     _one_millimetre(fixed)
     out = {}
     for name, steps, correction in (("finer", FINER_GRID.steps, FINER_CORRECTION.steps),
-                                    ("velocity_only", FINER_GRID.steps, 0), ("working", 0, 0)):
+                                    ("velocity_only", FINER_GRID.steps, 0), ("working", 0, 0),
+                                    ("correction_only", 0, FINER_CORRECTION.steps)):
         target = folder / name
         run_registration(RunRequest(fixed=str(fixed), moving=str(moving), output=str(target), finer_steps=steps,
                                     correction_steps=correction, threads=1))
@@ -81,6 +83,16 @@ def test_a_displacement_correction_follows_the_velocity_stage(runs) -> None:
     fields = [sitk.GetArrayFromImage(sitk.ReadImage(str(runs[name]["out"] / "field.nii.gz")))
               for name in ("finer", "velocity_only")]
     assert float(np.abs(fields[0] - fields[1]).max()) > 0.05
+
+
+def test_a_correction_alone_goes_on_from_the_working_grid(runs) -> None:
+    """``--finer-steps 0 --correction-steps N``: no velocity steps on the finer grid, but the correction runs there
+    (it was skipped with the whole stage) and raises the local NCC the working grid's field has at 1 mm."""
+    log = (runs["correction_only"]["out"] / "register.log").read_text()
+    assert "finer grid [80, 96, 80] at 1 mm: 0 steps" in log
+    assert f"correction at 1 mm: {FINER_CORRECTION.steps} steps, local NCC " in log
+    similarity = json.loads((runs["correction_only"]["out"] / "register.json").read_text())["similarity"]
+    assert similarity["ncc_finer_grid"] > similarity["ncc_finer_grid_start"] + 1e-4
 
 
 def test_the_command_line_defaults_are_the_settings() -> None:
@@ -129,6 +141,10 @@ def test_the_finer_grid_factor(spacing, expected) -> None:
     assert RegistrationSettings().finer_grid_factor(spacing, 2.0) == expected
     off = RegistrationSettings(finer_grid=FinerGridSettings(steps=0))
     assert off.finer_grid_factor(spacing, 2.0) == 1
+    correction_only = RegistrationSettings(finer_grid=replace(FINER_GRID, steps=0))
+    assert correction_only.correction_applies() and correction_only.finer_grid_factor(spacing, 2.0) == expected
+    both_off = replace(correction_only, correction=replace(FINER_CORRECTION, steps=0))
+    assert not both_off.correction_applies() and both_off.finer_grid_factor(spacing, 2.0) == 1
 
 
 def test_the_stage_returns_its_best_iterate_and_checks_settings() -> None:
