@@ -249,8 +249,8 @@ def optimise(stages: list[Stage], velocity: torch.Tensor, settings: InstanceOpti
             optimizer = Adam([{"params": [velocity], "lr": settings.lr}])
         if traced:
             trace.best = best_evaluation               # type: ignore[union-attr]
-        for each in stages:
-            each.last_field = None
+    for stage in stages:                               # the trace holds what is needed; free the rest
+        stage.last_field = None
     return velocity.detach(), steps_run
 
 
