@@ -37,7 +37,8 @@ from nnreg.cli.common import SpaceSeparated, results_option, user_errors_as_one_
               help="Spacing (mm) of the finer grid the deformable stage ends on (default: the fixed image's finest "
                    "spacing); used when at least 1.5 times finer than the working spacing.")
 @click.option("--finer-steps", type=click.IntRange(min=0), default=4, show_default=True,
-              help="Steps on that finer grid (0: end on the working grid).")
+              help="Velocity steps on that finer grid (0: none; the correction below still runs there unless its "
+                   "steps are 0 too, which ends on the working grid).")
 @click.option("--correction-steps", type=click.IntRange(min=0), default=8, show_default=True,
               help="Then steps of a displacement correction on that grid, for the detail a smooth velocity cannot "
                    "move (0: none).")

@@ -248,7 +248,7 @@ def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity
                 start_field = exponential_field(start, shape, options.integration_steps)  # type: ignore[arg-type]
             elif tuple(start_field.shape) != (1, 3, *shape):
                 raise ValueError(f"start field {tuple(start_field.shape)} does not match the images {shape}")
-            start_field = start_field.detach().float()
+            start_field = start_field.detach().to(device=fixed.device, dtype=torch.float32)
             moved = warp(moving.detach().float(), start_field).contiguous()
             stage = Stage(fixed.detach().float().clone(), moved, settings.ncc_window, settings.steps,
                           shape, correction, keep_fields=True)                           # type: ignore[arg-type]

@@ -3,7 +3,7 @@
 For every voxel the window ``w^3`` around it (zero padding at the border, the window size kept constant, as the
 reference implementations do) gives, with ``n = w^3`` and the window sums ``S``,
 
-    cross = S(IJ) - S(I) S(J) / n,   var_I = S(I^2) - S(I)^2 / n  (0 below the floor),   var_J likewise
+    cross = S(IJ) - S(I) S(J) / n,   var_I = S(I^2) - S(I)^2 / n (0 below the floor),   var_J likewise
     cc    = min(cross^2, var_I var_J) / (var_I var_J + eps)                     in [0, 1]
 
 and the loss is ``-mean(cc)`` (in (-1, 0]). ``eps = 1e-5`` on the raw sums is VoxelMorph's and TransMorph's
@@ -15,7 +15,8 @@ differences of nearly equal sums: in flat regions and the zero background they c
 ``var_I var_J + eps`` can cross zero and ``cc`` explode (the old cumulative-sum version gave values from -64 to
 521 on a real 2 mm pair). Zeroing the variances below the cancellation floor (below) and clamping ``cross^2`` at
 ``var_I var_J`` make the bounds hold for any rounding, and bound the gradient: ``|d cc / d cross| <= 1 / sqrt(eps)``,
-and ``d var / d J`` vanishes where the window is flat (per window ``|d cc / d J_v| <= R (1 + 0.325 sqrt(n)) / sqrt(eps)``, ``R = max|I|``).
+and ``d var / d J`` vanishes where the window is flat (per window
+``|d cc / d J_v| <= R (1 + 0.325 sqrt(n)) / sqrt(eps)``, ``R = max|I|``).
 MONAI's ``LocalNormalizedCrossCorrelationLoss`` also works on raw sums and clamps the variances (at 0 in early
 releases, at ``smooth_dr = 1e-5`` in current ones) but not ``cross^2``; VoxelMorph and TransMorph clamp nothing
 (their ``conv3d`` sums are more accurate than chained cumulative sums, but can still cancel to a negative
@@ -49,7 +50,7 @@ def _resolved_variance(sum_sq: torch.Tensor, sum_: torch.Tensor, n: float, windo
     (also where rounding made it negative); the zeroed windows pass no gradient."""
     variance = sum_sq - sum_ * sum_ / n
     floor = sum_sq * (8 * window * torch.finfo(torch.float32).eps)
-    return torch.where(variance > floor, variance, torch.zeros((), dtype=variance.dtype, device=variance.device))
+    return torch.where(variance > floor, variance, variance.new_zeros(()))
 
 
 def _zero_padded(x: torch.Tensor, dim: int, pad: int) -> torch.Tensor:

@@ -1,19 +1,22 @@
 """gzip for the ``.nii.gz`` files nnreg writes (fields, warped images, ITK transforms).
 
-Every such file is first written uncompressed by its library (nibabel or SimpleITK) to an nnreg temporary and then
-gzipped here, so the bytes inside the gzip stream are exactly the library's. The compressor is Intel ISA-L's igzip
-(the ``isal`` package, a dependency): the same gzip format as zlib's, any reader (nibabel, ITK, FSL, ``gunzip``)
-reads it, at a fraction of the cost. Measured on this project's 2-core machine, one 160x224x192x3 float32 field
-(82.6 MB, nearly incompressible): zlib level 1 4.0 s, igzip level 1 0.22 s, 0.915 and 0.919 of the raw size; a
-warped 1 mm image 0.41 s and 0.05 s. With ``isal`` missing (a platform without its wheel) Python's zlib-based
-``gzip`` writes the same format, slower. Both release the GIL while compressing, so files written by threads at once
-compress in parallel. The stream's header carries no time stamp (``mtime=0``): the same data give the same file.
+Every such file is first written uncompressed by its library (SimpleITK: to an nnreg temporary; nibabel: to
+memory) and then gzipped here, so the bytes inside the gzip stream are exactly the library's. The compressor is
+Intel ISA-L's igzip (the ``isal`` package, a dependency): the same gzip format as zlib's, which any reader (nibabel,
+ITK, FSL, ``gunzip``) reads, at a fraction of the cost. Measured on this project's 2-core machine, one
+160x224x192x3 float32 field (82.6 MB, nearly incompressible): zlib level 1 4.0 s, igzip level 1 0.22 s, 0.915 and
+0.919 of the raw size; a warped 1 mm image 0.41 s and 0.05 s. With ``isal`` missing (a platform without its wheel)
+Python's zlib-based ``gzip`` writes the same format, slower. Both release the GIL while compressing, so files
+written by threads at once compress in parallel. The stream's header carries no time stamp (``mtime=0``): the same
+data give the same file.
 """
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from nnreg.utilities.files import atomic_path
 
@@ -21,7 +24,7 @@ try:                                   # ISA-L's gzip: a drop-in GzipFile, ~18x 
     from isal.igzip import GzipFile
     COMPRESSOR = "isal"
 except ImportError:                    # pragma: no cover - isal is a dependency; the fallback keeps the format
-    from gzip import GzipFile
+    from gzip import GzipFile  # type: ignore[assignment]
     COMPRESSOR = "zlib"
 
 #: gzip level of every written ``.nii.gz`` (igzip's levels are 0-3; level 1 compresses as well as zlib's 1 here)
@@ -50,3 +53,13 @@ def write_gzipped(path: Path, write_raw: Callable[[Path], None], level: int = LE
                 gzip_stream(source, target, level)
         finally:
             raw.unlink(missing_ok=True)
+
+
+def write_gzipped_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` (a whole uncompressed file held in memory) gzipped to ``path`` atomically: no uncompressed copy
+    on disk (a 1 mm field is 82 MB)."""
+    path = Path(path)
+    if not path.name.endswith(".gz"):
+        raise ValueError(f"write_gzipped_bytes writes .gz files, got {path}")
+    with atomic_path(path) as tmp, open(tmp, "wb") as target:
+        gzip_stream(io.BytesIO(data), target)

@@ -24,7 +24,8 @@ def _pair(smoothing: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("integration_steps, grid", [(2, (8, 9, 7)), (0, (16, 18, 14))])
-def test_traced_evaluations_are_a_separate_evaluations_values(integration_steps: int, grid: tuple) -> None:
+def test_traced_evaluations_equal_separate_evaluations(integration_steps: int,
+                                                        grid: tuple[int, int, int]) -> None:
     fixed, moving = _pair()
     settings = InstanceOptimization(steps=6, lr=0.3, integration_steps=integration_steps, lambda_reg=0.5,
                                     patience=100)
@@ -83,5 +84,27 @@ def test_a_correction_given_its_start_field_returns_what_it_computes_itself() ->
     field, report = refine_on_finer_grid(fixed, moving, velocity, refinement, settings, start_field=given)
     assert torch.equal(field, own) and not report.kept_network
     assert (report.initial_loss, report.final_loss) == (own_report.initial_loss, own_report.final_loss)
+    zero = torch.zeros_like(given)             # another start field is used as given (not exp(v) recomputed)
+    from_zero, zero_report = refine_on_finer_grid(fixed, moving, velocity, refinement, settings, start_field=zero)
+    plain, plain_report = refine_on_finer_grid(fixed, moving, torch.zeros_like(velocity), refinement, settings)
+    assert not torch.equal(from_zero, own)
+    assert torch.equal(from_zero, plain) and zero_report.initial_loss == plain_report.initial_loss
     with pytest.raises(ValueError, match="start field"):
         refine_on_finer_grid(fixed, moving, velocity, refinement, settings, start_field=given[:, :, :-1])
+
+
+@pytest.mark.parametrize("integration_steps", [2, 0])
+def test_a_refused_velocity_stage_reports_its_start(integration_steps: int) -> None:
+    """A velocity stage whose result folds is refused: its field is ``exp(start)`` and its report's velocity the
+    start itself, not Adam's last iterate (Adam steps its parameter in place: the stage must hand it a copy, also
+    where ``exp`` is the identity map of ``v``, integration 0 on the same grid)."""
+    fixed, moving = _pair(smoothing=5)
+    shape = tuple(int(n) for n in fixed.shape[2:])
+    velocity = torch.zeros((1, 3, *shape))          # on the finer grid (finer_velocity), from the identity
+    refinement = InstanceOptimization(steps=4, integration_steps=2, patience=100, max_folding_percent=0.0)
+    settings = FinerGridSettings(steps=4, lr=0.6, finer_velocity=True, lambda_reg=0.0,
+                                 integration_steps=integration_steps, parametrisation="velocity")
+    field, report = refine_on_finer_grid(fixed, moving, velocity, refinement, settings)
+    assert report.kept_network and "folds" in report.reason
+    assert torch.equal(report.velocity, velocity)
+    assert torch.equal(field, exponential_field(velocity, shape, integration_steps))

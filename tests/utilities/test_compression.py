@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from nnreg.dataset.image_io import Geometry, read_displacement, read_image, write_displacement, write_image
 from nnreg.utilities import compression
-from nnreg.utilities.compression import write_gzipped
+from nnreg.utilities.compression import write_gzipped, write_gzipped_bytes
 
 GEOMETRY = Geometry((9, 7, 5), (1.2, 1.0, 1.5), (3.0, -4.0, 5.0), (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
 
@@ -77,3 +77,6 @@ def test_a_failed_write_leaves_no_target_and_no_temporary(tmp_path: Path) -> Non
     assert (tmp_path / "old.nii.gz").read_bytes() == b"the user's file"
     with pytest.raises(ValueError, match=r"\.gz"):
         write_gzipped(tmp_path / "plain.nii", lambda raw: None)
+    with pytest.raises(ValueError, match=r"\.gz"):
+        write_gzipped_bytes(tmp_path / "plain.nii", b"")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.nii.gz"]
