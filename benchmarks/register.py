@@ -104,9 +104,9 @@ def generate(dataset: Path, split: str, count: int, seed: int, perturbation: Per
         stem = f"pair{index:02d}"
         proxy = None if landmarks is not None or labels is None else write_proxy_landmarks(
             ground_truth_file(dataset, fixed_rel, "labels"), labels, geometry, out / stem)
-        proxies = {} if proxy is None else proxy[0]
+        proxies: dict[str, Path] = {}
         if proxy is not None:
-            landmarks = proxy[1]
+            proxies, landmarks = proxy
         moved = perturb(moving, geometry, labels, landmarks, perturbation, seed, index)
         files = {"geometry": out / f"{stem}_moving.nii.gz", "scanner": out / f"{stem}_moving_scanner.nii.gz"}
         write_image(moved.image, geometry, files["geometry"])

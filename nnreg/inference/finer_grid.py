@@ -200,14 +200,10 @@ def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: to
         best, steps_run = optimise([stage], start.detach().clone().requires_grad_(True), options, trace)
         with torch.no_grad():
             assert trace.first is not None and trace.first.field is not None
-            start_field = trace.first.field
-            if trace.best is not None and trace.best.field is not None:
-                refined, final = trace.best.field, (trace.best.loss, trace.best.ncc)
-            else:                                          # no finite loss was evaluated: the start (refused)
-                refined = exponential_field(best, shape, options.integration_steps)       # type: ignore[arg-type]
-                final = tuple(float(t) for t in stage.field_loss(refined, best, options))
-            return _checked(refined, start_field, start, best, steps_run, (trace.first.loss, trace.first.ncc),
-                            final, options, "velocity")
+            result = trace.result(stage, best, options)
+            assert result.field is not None
+            return _checked(result.field, trace.first.field, start, best, steps_run,
+                            (trace.first.loss, trace.first.ncc), (result.loss, result.ncc), options, "velocity")
 
 
 def _checked(refined: torch.Tensor, start_field: torch.Tensor, start_velocity: torch.Tensor,
@@ -261,11 +257,7 @@ def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity
         best, steps_run = optimise([stage], zero.clone().requires_grad_(True), correction, trace)
         with torch.no_grad():
             assert trace.first is not None
-            if trace.best is not None and trace.best.field is not None:
-                final, correction_field = (trace.best.loss, trace.best.ncc), trace.best.field
-            else:                                          # no finite loss was evaluated: w = 0 (refused)
-                final = tuple(float(t) for t in stage.loss(best, correction))
-                correction_field = exponential_field(best, shape, correction.integration_steps)
-            refined = compose(start_field, correction_field)
-            return _checked(refined, start_field, start, start, steps_run, (trace.first.loss, trace.first.ncc),
-                            final, options, "displacement")
+            result = trace.result(stage, best, correction)
+            assert result.field is not None
+            return _checked(compose(start_field, result.field), start_field, start, start, steps_run,
+                            (trace.first.loss, trace.first.ncc), (result.loss, result.ncc), options, "displacement")

@@ -204,6 +204,15 @@ class OptimisationTrace:
     first: Evaluation | None = None
     best: Evaluation | None = None
 
+    def result(self, stage: Stage, velocity: torch.Tensor, settings: InstanceOptimization) -> Evaluation:
+        """The evaluation of ``velocity``, the velocity :func:`optimise` returned for ``stage``: the traced best one
+        with its field, or (no finite loss was evaluated, so the start was returned) evaluated now."""
+        if self.best is not None and self.best.field is not None:
+            return self.best
+        field = exponential_field(velocity, stage.size, settings.integration_steps)
+        loss, ncc = stage.field_loss(field, velocity, settings)
+        return Evaluation(float(loss), float(ncc), field)
+
 
 def optimise(stages: list[Stage], velocity: torch.Tensor, settings: InstanceOptimization,
              trace: OptimisationTrace | None = None) -> tuple[torch.Tensor, int]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import io
 import shutil
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from nnreg.utilities.files import atomic_path
