@@ -71,5 +71,31 @@ def sampling_grid(disp: torch.Tensor, box: "tuple[slice, slice, slice] | None" =
         identity, scale = _grid_constants(tuple(disp.shape[2:]), disp.device, dtype)
         if box is not None:
             identity, disp = identity[:, box[0], box[1], box[2]], disp[:, :, box[0], box[1], box[2]]
-        displacement = to_spatial(disp, dtype).permute(0, 2, 3, 4, 1).flip(-1)  # (B, H, W, D, 3), (k, j, i)
-        return torch.addcmul(identity, displacement, scale)
+        return _GridFromDisplacement.apply(to_spatial(disp, dtype), identity, scale)
+
+
+class _GridFromDisplacement(torch.autograd.Function):
+    """``identity + scale * disp`` with ``disp (B, 3, H, W, D)`` moved to a last axis in (k, j, i) order: the grid
+    of :func:`sampling_grid`. Written channel by channel into the grid (one ``addcmul`` per component); the same
+    arithmetic, so the same bits, as ``addcmul(identity, disp.permute(0, 2, 3, 4, 1).flip(-1), scale)``, without the
+    strided copy of the permuted and flipped field that took half of it (a 1 mm field: 84 -> 44 ms forward, and its
+    backward likewise). The identity and the scale are constants (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, disp: torch.Tensor, identity: torch.Tensor,   # type: ignore[override]
+                scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        batch, _, height, width, depth = disp.shape
+        grid = torch.empty((batch, height, width, depth, 3), dtype=disp.dtype, device=disp.device)
+        for axis in range(3):                      # grid component `axis` is array axis 2 - axis
+            torch.addcmul(identity[..., axis], disp[:, 2 - axis], scale[axis], out=grid[..., axis])
+        return grid
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        (scale,) = ctx.saved_tensors
+        batch, height, width, depth, _ = grad.shape
+        out = torch.empty((batch, 3, height, width, depth), dtype=grad.dtype, device=grad.device)
+        for axis in range(3):
+            torch.mul(grad[..., axis], scale[axis], out=out[:, 2 - axis])
+        return out, None, None
