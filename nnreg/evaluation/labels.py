@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy.ndimage import find_objects
 
 
 @dataclass(frozen=True)
@@ -25,6 +24,8 @@ class EncodedLabels:
 
     def boxes(self) -> list[tuple[slice, ...] | None]:
         """Tight bounding box of each value, ``None`` when absent."""
+        from scipy.ndimage import find_objects    # imported here: see nnreg.evaluation.warp
+
         found = find_objects(self.codes, max_label=len(self.values))
         return list(found) + [None] * (len(self.values) - len(found))
 

@@ -14,7 +14,6 @@ official values bit for bit.
 from __future__ import annotations
 
 import numpy as np
-from skimage.measure import regionprops
 
 
 def _centroids(volume: np.ndarray, landmark_values: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -23,6 +22,8 @@ def _centroids(volume: np.ndarray, landmark_values: np.ndarray, candidates: np.n
     ``skimage.measure.regionprops`` computes the centroids (the mean of integer coordinates, exact in float64) of a
     label image numbering the landmark values 1..n.
     """
+    from skimage.measure import regionprops    # imported here: see nnreg.evaluation.warp
+
     coords = np.nonzero(candidates)
     values = volume[coords]
     idx = np.minimum(np.searchsorted(landmark_values, values), len(landmark_values) - 1)

@@ -20,8 +20,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
-from scipy.spatial import cKDTree
 
 from nnreg.evaluation.overlap import LabelPair, label_pair, nanmean
 from nnreg.evaluation.surfels import neighbour_codes, surfel_area_table
@@ -76,6 +74,8 @@ def _robust_hausdorff_cropped(gt: np.ndarray, pred: np.ndarray, percent: float) 
         gt_dist = _tree_distances(border_gt, border_pred)
         pred_dist = _tree_distances(border_pred, border_gt)
     else:
+        from scipy.ndimage import distance_transform_edt    # imported here: see nnreg.evaluation.warp
+
         gt_dist = distance_transform_edt(~border_pred, sampling=(1.0, 1.0, 1.0))[border_gt]
         pred_dist = distance_transform_edt(~border_gt, sampling=(1.0, 1.0, 1.0))[border_pred]
     gt_to_pred = _percentile_distance(gt_dist, area_gt[border_gt], percent)
@@ -95,6 +95,8 @@ def _tree_distances(queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
     out = np.zeros(int(queries.sum()), dtype=np.float64)
     away = ~targets[queries]
     if away.any():
+        from scipy.spatial import cKDTree    # imported here: see nnreg.evaluation.warp
+
         tree = cKDTree(np.argwhere(targets))
         out[away], _ = tree.query(np.argwhere(queries & ~targets), k=1, workers=-1)
     return out

@@ -10,6 +10,9 @@ grid's edge, i.e. ``align_corners=False``). With ``f`` = target spacing / origin
 Displacement fields are voxel-unit pull fields (``warped(x) = moving(x + u(x))``); mapping one from the
 network grid to the original grid samples it at p(x) and multiplies component a by f[a]. Outside the
 network box the field is extended by its edge values (not zeros, which would tear the field at the box edge).
+
+scipy.ndimage and acvl-utils (whose import pulls in blosc2: 0.6 s together) are imported where they are used, not
+with the module: every command imports this one, and ``nnreg_register`` without a model never calls them.
 """
 from __future__ import annotations
 
@@ -17,8 +20,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
-from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class GridMapping:
             raise ValueError(f"array shape {array.shape} != original shape {self.original_shape}")
         if self.is_pure_crop:
             return _crop_or_pad(array, self.crop_start, self.shape, mode="constant")
+        from scipy import ndimage
+
         source = array
         if order > 0:
             sigma = [max(0.0, (f - 2.0) / 2.0) for f in self.factor]   # f <= 2: linear sampling is a box filter
@@ -95,6 +98,8 @@ def _crop_or_pad(array: np.ndarray, start: Any, shape: Any, mode: str) -> np.nda
 
     acvl-utils' ``crop_and_pad_nd`` (nnU-Net's helper; half-open boxes, ``np.pad`` for numpy arrays) does the work.
     """
+    from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+
     box = [[int(s), int(s) + int(n)] for s, n in zip(start, shape)]
     return np.ascontiguousarray(crop_and_pad_nd(array, box, pad_value=0, pad_mode="edge" if mode == "edge"
                                                 else "constant"))

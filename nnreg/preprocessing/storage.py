@@ -4,20 +4,19 @@ array-axis order (i, j, k) on the configuration's network grid.
 
 The JSON is written last and atomically, so it marks a finished case: a case whose JSON is missing, or
 whose ``signature`` differs from the current configuration's, is redone by the next run.
+
+blosc2 is imported by the two functions that use it (0.3 s of every command's start-up otherwise, ``nnreg_register``
+and ``nnreg_predict`` included, which never read preprocessed arrays).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import blosc2
 import numpy as np
 
 from nnreg.utilities.errors import NnregError
 from nnreg.utilities.files import atomic_path, read_json, write_json
-
-_CPARAMS = {"codec": blosc2.Codec.ZSTD, "clevel": 5}
-
 
 def _blocks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(min(s, 32) for s in shape)
@@ -25,10 +24,12 @@ def _blocks(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def write_array(array: np.ndarray, path: Path) -> None:
     """Write ``array`` as a blosc2 NDArray atomically."""
+    import blosc2
+
     array = np.ascontiguousarray(array)
     with atomic_path(path) as tmp:
         tmp.unlink()  # blosc2 refuses to overwrite with mode='w' on some versions only when told; start clean
-        blosc2.asarray(array, urlpath=str(tmp), mode="w", cparams=_CPARAMS,
+        blosc2.asarray(array, urlpath=str(tmp), mode="w", cparams={"codec": blosc2.Codec.ZSTD, "clevel": 5},
                        chunks=array.shape, blocks=_blocks(array.shape))
 
 
@@ -36,6 +37,8 @@ def open_array(path: Path, mmap: bool = True) -> Any:
     """Open a blosc2 array memory-mapped (slicing it reads only what is needed); ``[...]`` gives numpy."""
     if not path.is_file():
         raise NnregError("preprocessed array missing (re-run nnreg_plan_and_preprocess)", path)
+    import blosc2
+
     return blosc2.open(str(path), mode="r", mmap_mode="r" if mmap else None)
 
 

@@ -101,9 +101,9 @@ def write_outputs(registration: Registration, fixed: np.ndarray, fixed_geometry:
             inverse_files.append(transform_files(paths.transform)[2])
         jobs.append((inverse_files, partial(_write_inverse, registration, fixed, fixed_geometry, moving_geometry,
                                             paths)))
-    if paths.qc is not None and warped is not None:
-        jobs.append(([paths.qc], partial(_write_qc, registration, fixed, fixed_geometry, moving, moving_geometry,
-                                         warped, displacement, paths.qc)))
+    if paths.qc is not None and warped is not None:      # the longest job first: the others share the other writer
+        jobs.insert(0, ([paths.qc], partial(_write_qc, registration, fixed, fixed_geometry, moving, moving_geometry,
+                                            warped, displacement, paths.qc)))
     with ThreadPoolExecutor(max_workers=max(1, min(OUTPUT_THREADS, torch.get_num_threads()))) as pool:
         futures = [pool.submit(job) for _, job in jobs]
         wait(futures)
