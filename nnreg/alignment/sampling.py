@@ -55,7 +55,7 @@ def sample_field_at(field: torch.Tensor, field_geometry: Geometry, points: torch
     index = points @ to_index[:3, :3].T + to_index[:3, 3]
     normalised = index @ _normaliser(field_geometry.shape)[:3, :3].T + _normaliser(field_geometry.shape)[:3, 3]
     grid = normalised.reshape(1, -1, 1, 1, 3).to(field.dtype)
-    out = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    out = grid_sample(field, grid, mode="bilinear", padding_mode="border")      # every CPU thread, the same values
     return out[0, :, :, 0, 0].T.reshape(*points.shape[:-1], field.shape[1])
 
 
@@ -64,7 +64,7 @@ def sample_at_indices(image: torch.Tensor, index: torch.Tensor, mode: str = "bil
     normaliser = _normaliser(image.shape[2:])
     normalised = index.to(torch.float64) @ normaliser[:3, :3].T + normaliser[:3, 3]
     grid = normalised.reshape(1, -1, 1, 1, 3).to(image.dtype)
-    out = F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
+    out = grid_sample(image, grid, mode=mode, padding_mode="zeros")             # every CPU thread, the same values
     return out.reshape(index.shape[:-1])
 
 
