@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import torch
 
 from tests.synthetic import make_learn2reg_dataset
 
@@ -22,6 +24,26 @@ def shared_dataset(name: str) -> Path:
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only tiny dataset (6 training, 3 validation images of 32x40x32), built once per session."""
     return make_learn2reg_dataset(tmp_path_factory.mktemp("raw") / "Dataset901_Tiny")
+
+
+def _torch_threads(count: int) -> Iterator[None]:
+    """torch on ``count`` threads for one test, the previous count restored after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """One torch thread: tiny volumes gain nothing from more, and a busy machine loses a lot."""
+    yield from _torch_threads(1)
+
+
+@pytest.fixture()
+def two_threads() -> Iterator[None]:
+    """Two torch threads (the CI machine's cores): the threaded samplers split their calls in two."""
+    yield from _torch_threads(2)
 
 
 @pytest.fixture()

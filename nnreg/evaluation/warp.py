@@ -47,7 +47,7 @@ def warp_with_indices(moving: np.ndarray, indices: np.ndarray) -> np.ndarray:
 
 def warp_nearest(moving: np.ndarray, disp: np.ndarray) -> np.ndarray:
     """Warp one volume with nearest-neighbour interpolation, exactly the official call."""
-    moving = np.asarray(moving, dtype=np.float64)
     from scipy.ndimage import map_coordinates
 
+    moving = np.asarray(moving, dtype=np.float64)
     return map_coordinates(moving, sample_coordinates(disp), order=0)

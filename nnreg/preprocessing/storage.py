@@ -18,6 +18,7 @@ import numpy as np
 from nnreg.utilities.errors import NnregError
 from nnreg.utilities.files import atomic_path, read_json, write_json
 
+
 def _blocks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(min(s, 32) for s in shape)
 

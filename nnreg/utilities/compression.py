@@ -38,13 +38,19 @@ def gzip_stream(source: BinaryIO, target: BinaryIO, level: int = LEVEL) -> None:
         shutil.copyfileobj(source, zipped, _CHUNK)
 
 
+def _gz_path(path: Path | str, writer: str) -> Path:
+    """``path`` as a Path, refused (ValueError naming ``writer``) unless it is a ``.gz`` name."""
+    path = Path(path)
+    if not path.name.endswith(".gz"):
+        raise ValueError(f"{writer} writes .gz files, got {path}")
+    return path
+
+
 def write_gzipped(path: Path, write_raw: Callable[[Path], None], level: int = LEVEL) -> None:
     """Write ``path`` (a ``.gz`` name) atomically: ``write_raw(raw)`` writes the uncompressed file to ``raw``, an
     nnreg temporary beside ``path`` (named like it, ``.gz`` dropped, so a library picks the format from it), which is
     gzipped into ``path``'s own temporary and removed; the target appears only once complete."""
-    path = Path(path)
-    if not path.name.endswith(".gz"):
-        raise ValueError(f"write_gzipped writes .gz files, got {path}")
+    path = _gz_path(path, "write_gzipped")
     with atomic_path(path) as tmp:
         raw = tmp.with_name(tmp.name[:-len(".gz")])     # x.tmp-<owner>-<random>.nii: an nnreg temporary as well
         try:
@@ -58,8 +64,6 @@ def write_gzipped(path: Path, write_raw: Callable[[Path], None], level: int = LE
 def write_gzipped_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` (a whole uncompressed file held in memory) gzipped to ``path`` atomically: no uncompressed copy
     on disk (a 1 mm field is 82 MB)."""
-    path = Path(path)
-    if not path.name.endswith(".gz"):
-        raise ValueError(f"write_gzipped_bytes writes .gz files, got {path}")
+    path = _gz_path(path, "write_gzipped_bytes")
     with atomic_path(path) as tmp, open(tmp, "wb") as target:
         gzip_stream(io.BytesIO(data), target)

@@ -14,14 +14,6 @@ import nnreg.spatial.sampling as sampling
 from nnreg.dataset.image_io import Geometry
 
 
-@pytest.fixture
-def two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 GEOMETRY = Geometry((9, 11, 8), (1.5, 1.0, 2.0), (10.0, -4.0, 3.0), (0, 1, 0, -1, 0, 0, 0, 0, 1))
 
 

@@ -25,7 +25,7 @@ SETTINGS = InstanceOptimization(steps=80, lr=0.2, grid_factor=2, image_factor=1,
                                 patience=80)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tests/inference/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def _blobs(seed: int = 0) -> np.ndarray:

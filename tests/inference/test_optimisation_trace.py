@@ -12,7 +12,7 @@ from nnreg.inference.finer_grid import FinerGridSettings, refine_on_finer_grid
 from nnreg.inference.instance_optimization import OptimisationTrace, Stage, exponential_field, optimise
 from nnreg.inference.refinement_settings import InstanceOptimization
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tests/inference/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def _pair(smoothing: int = 3) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ REFINEMENT = InstanceOptimization(steps=30, lr=0.3, grid_factor=1, image_factor=
                                   patience=30, integration_steps=3)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tests/inference/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.mark.parametrize("factor", [(2.0, 2.0, 2.0), (2.4, 1.2, 3.0), (1.6, 1.0, 2.0)])

@@ -15,7 +15,7 @@ from nnreg.inference.refinement_settings import InstanceOptimization, parse_over
 from nnreg.utilities.errors import ConfigurationError
 from tests.inference.test_instance_optimization import (SETTINGS, SHAPE, _as_field, _blobs, _pull_warp, _refine,
                                                         _smooth_field, _tensor)
-pytestmark = pytest.mark.usefixtures("one_thread")   # tests/inference/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def _ncc_of(fixed: np.ndarray, moving: np.ndarray, field: torch.Tensor, window: int) -> float:

@@ -9,7 +9,7 @@ from nnreg.inference.instance_optimization import Stage, optimise, warmup_lr
 from nnreg.inference.refinement_settings import InstanceOptimization
 from nnreg.utilities.errors import ConfigurationError
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tests/inference/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def test_the_schedule_ramps_linearly_then_holds() -> None:

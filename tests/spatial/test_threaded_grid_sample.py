@@ -10,14 +10,6 @@ import nnreg.spatial.sampling as sampling
 from nnreg.spatial import warp
 
 
-@pytest.fixture
-def two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("shape", [(17, 20, 16), (24, 9, 30)])     # 17 rows: the last slab is padded
 @pytest.mark.parametrize("mode,padding", [("bilinear", "zeros"), ("bilinear", "border"), ("nearest", "zeros")])
 def test_split_equals_one_call(two_threads, shape, mode, padding) -> None:
