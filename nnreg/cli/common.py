@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import click
 
@@ -68,6 +69,31 @@ def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
 
     return wrapper
+
+
+def run_and_exit(command: click.Command) -> NoReturn:
+    """Console entry point: run ``command`` as click does (its exit code, its one-line errors), flush the output
+    streams and end the process with ``os._exit``, without the interpreter's teardown (module, tensor-cache and
+    thread-pool clean-up: 0.7-0.9 s after a 1 mm ``nnreg_register``, measured on 2 cores). Safe only for a command
+    whose outputs are complete when it returns: written atomically, every writer thread joined, no child process
+    left. An exception that is not a user error still ends the normal way, with its traceback."""
+    try:
+        command.main(standalone_mode=True)
+        code: Any = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):       # sys.exit("message"): Python prints it and exits with 1
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):     # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code)
 
 
 def verbose_option(fn: Callable[..., Any]) -> Callable[..., Any]:

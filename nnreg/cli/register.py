@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from nnreg.cli.common import SpaceSeparated, results_option, user_errors_as_one_line, verbose_option
+from nnreg.cli.common import SpaceSeparated, results_option, run_and_exit, user_errors_as_one_line, verbose_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,5 +86,11 @@ def main(fixed: str, moving: str, output: str | None, warped: str | None, field:
         click.echo(line)
 
 
+def entry() -> None:
+    """The ``nnreg_register`` console script: :func:`main`, then the process ends without the interpreter's teardown
+    (:func:`nnreg.cli.common.run_and_exit`; every output is written and every writer thread joined by then)."""
+    run_and_exit(main)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

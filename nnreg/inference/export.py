@@ -105,7 +105,8 @@ def write_image_fast(array: np.ndarray, geometry: Geometry, path: Path) -> None:
 def physical_displacement(field: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Voxel-unit ``(H, W, D, 3)`` field -> millimetres in ITK physical space: ``Direction @ diag(spacing) @ u``."""
     matrix = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3) * np.asarray(geometry.spacing)[None, :]
-    return np.einsum("...c,rc->...r", field, matrix.astype(np.float32), optimize=True).astype(np.float32)
+    flat = np.asarray(field, np.float32).reshape(-1, 3)     # one (N, 3) x (3, 3) product (einsum: ~4x slower)
+    return (flat @ matrix.T.astype(np.float32)).reshape(np.shape(field))
 
 
 def physical_displacement_into(field: np.ndarray, fixed: Geometry, moving: Geometry) -> np.ndarray:

@@ -163,7 +163,9 @@ def _write_qc(registration: Registration, fixed: np.ndarray, fixed_geometry: Geo
             where[axis] = slice(middle, middle + 1)
             affine_only[tuple(where)] = sample_at_indices(moving_n, index).numpy()
     to_voxels = np.linalg.inv(np.asarray(fixed_geometry.direction).reshape(3, 3) * np.asarray(fixed_geometry.spacing))
-    deformable = np.einsum("...r,cr->...c", displacement, to_voxels).astype(np.float32)
+    # d_voxels = to_voxels @ d for every voxel, as one (N, 3) x (3, 3) product (numpy's einsum took 1 s at 1 mm)
+    deformable = (np.asarray(displacement, np.float32).reshape(-1, 3) @ to_voxels.T.astype(np.float32)
+                  ).reshape(displacement.shape)
     write_qc_figure(normalise(fixed, "fixed"), affine_only, normalise(warped, "warped"),
                     deformable, path, title="nnreg_register (moving after the affine stage; deformable part)")
 
