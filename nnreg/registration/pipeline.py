@@ -54,6 +54,10 @@ FINER_GRID = FinerGridSettings(steps=4, lr=0.4, finer_velocity=True, lambda_reg=
 # the 1 mm detail left: exact Dice 0.700 -> 0.704, better on each of 4 perturbed training pairs of OpenBrains160
 # (4 velocity steps + 8 correction steps; 6 + 8 gave the same, 2 + 8 0.697; documentation/benchmarks.md).
 FINER_CORRECTION = FinerGridSettings(steps=8, lr=0.15, lambda_reg=8.0, parametrisation="displacement")
+# The finer grid ends at the fixed image's finest spacing, but not below this (mm) unless final_spacing asks for it: a
+# 0.7 mm pair on a 0.67 mm grid took 126 s and 12.6 GB (2 cores), a 0.5 mm one would need ~30 GB; at 1 mm, LUMIR's
+# grid, the same pair takes a third of the time and memory (documentation/benchmarks.md).
+FINEST_DEFAULT_SPACING = 1.0
 
 @dataclass(frozen=True)
 class RegistrationSettings:
@@ -66,7 +70,7 @@ class RegistrationSettings:
     min_overlap: float = 0.5       # Dice of the two foregrounds needed after the affine stage (prealign)
     finer_grid: FinerGridSettings = FINER_GRID    # last steps on a finer grid (finer_grid_factor)
     correction: FinerGridSettings = FINER_CORRECTION  # then a displacement correction there (steps 0: off)
-    final_spacing: float | None = None   # that grid's spacing; None: the fixed image's finest spacing
+    final_spacing: float | None = None   # that grid's spacing; None: the fixed image's finest, >= FINEST_DEFAULT_SPACING
 
     def prealign(self) -> PrealignSettings:
         return PrealignSettings(self.working_spacing, self.affine, self.histogram_matching, self.min_overlap)
@@ -78,12 +82,15 @@ class RegistrationSettings:
 
     def finer_grid_factor(self, fixed_spacing: tuple[float, ...], coarse_spacing: float) -> int:
         """How many finer-grid voxels per refinement-grid voxel along each axis (1: no finer-grid stage): the
-        refinement grid's spacing over the final spacing, rounded, when it is at least 1.5. The stage runs when it
-        or the correction after it has steps (a correction alone goes on from the working grid's velocity)."""
+        refinement grid's spacing over the final spacing, rounded, when it is at least 1.5. The final spacing is
+        ``final_spacing``, or the fixed image's finest spacing but not below :data:`FINEST_DEFAULT_SPACING`. The stage
+        runs when it or the correction after it has steps (a correction alone goes on from the working grid's
+        velocity)."""
         steps = self.finer_grid.steps + (self.correction.steps if self.correction_applies() else 0)
         if steps == 0 or not self.deformable.enabled or not finer_grid_applies(self.deformable):
             return 1
-        final = self.final_spacing if self.final_spacing is not None else min(fixed_spacing)
+        final = self.final_spacing if self.final_spacing is not None else max(min(fixed_spacing),
+                                                                              FINEST_DEFAULT_SPACING)
         ratio = coarse_spacing / final
         return int(round(ratio)) if ratio >= 1.5 else 1
 

@@ -136,9 +136,13 @@ def test_subdivided_grid_shares_the_box() -> None:
 
 
 @pytest.mark.parametrize("spacing, expected", [((1.0, 1.0, 1.0), 2), ((2.0, 2.0, 2.0), 1), ((1.2, 1.0, 1.5), 2),
-                                               ((0.6, 0.6, 0.6), 3), ((1.5, 1.5, 1.5), 1)])
+                                               ((0.6, 0.6, 0.6), 2), ((0.6, 1.0, 1.0), 2), ((1.5, 1.5, 1.5), 1)])
 def test_the_finer_grid_factor(spacing, expected) -> None:
+    """Sub-millimetre images end on a 1 mm grid by default (FINEST_DEFAULT_SPACING); a final spacing asked for is
+    honoured."""
     assert RegistrationSettings().finer_grid_factor(spacing, 2.0) == expected
+    assert RegistrationSettings(final_spacing=0.6).finer_grid_factor(spacing, 2.0) == 3
+    assert RegistrationSettings(final_spacing=0.5).finer_grid_factor(spacing, 1.0) == 2
     off = RegistrationSettings(finer_grid=FinerGridSettings(steps=0))
     assert off.finer_grid_factor(spacing, 2.0) == 1
     correction_only = RegistrationSettings(finer_grid=replace(FINER_GRID, steps=0))
