@@ -125,3 +125,36 @@ def test_a_failing_writer_is_raised_after_the_others_finished(tmp_path, monkeypa
     assert {"field.nii.gz", "transform0GenericAffine.mat", "transform1Warp.nii.gz", "qc.png"} <= names
     assert "warped.nii.gz" not in names and not [n for n in names if ".tmp-" in n]
     assert read_displacement(out / "field.nii.gz").shape[-1] == 3
+
+
+def test_the_fixed_grid_field_is_the_same_slab_by_slab(monkeypatch):
+    """:func:`forward_on_fixed_grid` works through the fixed grid in slabs of the first axis (bounded float64
+    temporaries): slabs of 1 and 5 rows (5 does not divide the 13 rows) give bitwise the one-pass result, on a rotated,
+    anisotropic pair of grids with a working grid other than the fixed one; :func:`voxel_centres` of a slab is
+    bitwise those rows of the whole array."""
+    import math
+
+    import torch
+
+    from nnreg.alignment.affine import AffineResult
+    from nnreg.alignment.grids import voxel_centres
+    from nnreg.dataset.image_io import Geometry
+    from nnreg.registration import transforms
+    from nnreg.registration.pipeline import Registration
+
+    c, s = math.cos(0.4), math.sin(0.4)
+    fixed = Geometry((13, 9, 11), (1.2, 0.9, 1.5), (3.0, -4.0, 2.0), (c, -s, 0, s, c, 0, 0, 0, 1))
+    working = Geometry((8, 6, 9), (2.0, 1.5, 1.8), (2.0, -5.0, 1.0), (c, -s, 0, s, c, 0, 0, 0, 1))
+    moving = Geometry((16, 11, 13), (1.0, 1.4, 1.1), (-2.0, 1.0, 5.0), (0, 0, 1, 1, 0, 0, 0, 1, 0))
+    affine = AffineResult(np.array([[1.02, 0.05, -0.03], [-0.04, 0.97, 0.08], [0.02, -0.06, 1.05]]),
+                          np.array([4.0, -1.0, 6.0]), np.array([1.5, -2.5, 0.7]), 0.0)
+    field = torch.from_numpy(np.random.default_rng(5).normal(0.0, 1.5, (1, 3, *working.shape)))
+    registration = Registration(affine, working, field, torch.zeros(1), torch.zeros(1), 1.0)
+    monkeypatch.setattr(transforms, "SLAB_POINTS", 10**9)
+    whole = transforms.forward_on_fixed_grid(registration, fixed, moving)
+    assert np.abs(whole[1]).max() > 1.0
+    for rows in (1, 5):
+        monkeypatch.setattr(transforms, "SLAB_POINTS", rows * fixed.shape[1] * fixed.shape[2])
+        for sliced, one_pass in zip(transforms.forward_on_fixed_grid(registration, fixed, moving), whole):
+            assert sliced.dtype == np.float32 and np.array_equal(sliced, one_pass)
+    np.testing.assert_array_equal(voxel_centres(fixed, slice(4, 9)), voxel_centres(fixed)[4:9])
