@@ -17,12 +17,16 @@ import numpy as np
 OUTSIDE = -1  # flat index marking a sample taken outside the moving grid (the evaluator's constant 0)
 
 
-def sample_coordinates(disp: np.ndarray) -> np.ndarray:
-    """``identity + u`` as a float64 ``(3, H, W, D)`` array, the coordinates the official evaluator samples."""
+def sample_coordinates(disp: np.ndarray, first_row: int = 0) -> np.ndarray:
+    """``identity + u`` as a float64 ``(3, H, W, D)`` array, the coordinates the official evaluator samples.
+    ``first_row``: ``disp`` is the slab of a larger field that starts at that index of the first axis (the same
+    sums as for the whole field)."""
     disp = np.asarray(disp)
     coords = np.empty((3,) + tuple(disp.shape[:3]), dtype=np.float64)
     for axis in range(3):
-        ramp = np.arange(disp.shape[axis], dtype=np.float64).reshape([-1 if a == axis else 1 for a in range(3)])
+        start = first_row if axis == 0 else 0
+        ramp = np.arange(start, start + disp.shape[axis], dtype=np.float64).reshape(
+            [-1 if a == axis else 1 for a in range(3)])
         np.add(disp[..., axis], ramp, out=coords[axis])  # same float64 sums as meshgrid + u
     return coords
 

@@ -158,3 +158,25 @@ def test_the_fixed_grid_field_is_the_same_slab_by_slab(monkeypatch):
         for sliced, one_pass in zip(transforms.forward_on_fixed_grid(registration, fixed, moving), whole):
             assert sliced.dtype == np.float32 and np.array_equal(sliced, one_pass)
     np.testing.assert_array_equal(voxel_centres(fixed, slice(4, 9)), voxel_centres(fixed)[4:9])
+
+
+def test_the_warped_image_is_the_same_slab_by_slab(monkeypatch):
+    """The warped image and labels (``_sample``) are sampled in slabs of the first axis: bitwise the one-pass values
+    for slabs of 1 and 5 rows, and (trilinear) scipy's ``map_coordinates`` of ``x + u(x)`` with zeros outside (its
+    ``grid-constant`` mode)."""
+    from nnreg.evaluation.warp import sample_coordinates
+    from nnreg.registration import outputs
+
+    rng = np.random.default_rng(2)
+    image = rng.random((13, 9, 11)).astype(np.float32)
+    field = rng.normal(0.0, 2.0, (13, 9, 11, 3)).astype(np.float32)
+    monkeypatch.setattr(outputs, "SLAB_POINTS", 10**9)
+    whole = {mode: outputs._sample(image, field, mode) for mode in ("bilinear", "nearest")}
+    reference = ndimage.map_coordinates(image.astype(np.float64), sample_coordinates(field), order=1,
+                                      mode="grid-constant")
+    np.testing.assert_allclose(whole["bilinear"], reference, atol=1e-5)
+    for rows in (1, 5):
+        monkeypatch.setattr(outputs, "SLAB_POINTS", rows * 9 * 11)
+        for mode, one_pass in whole.items():
+            assert np.array_equal(outputs._sample(image, field, mode), one_pass)
+    np.testing.assert_array_equal(sample_coordinates(field[4:9], first_row=4), sample_coordinates(field)[:, 4:9])
