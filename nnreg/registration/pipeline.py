@@ -70,7 +70,7 @@ class RegistrationSettings:
     min_overlap: float = 0.5       # Dice of the two foregrounds needed after the affine stage (prealign)
     finer_grid: FinerGridSettings = FINER_GRID    # last steps on a finer grid (finer_grid_factor)
     correction: FinerGridSettings = FINER_CORRECTION  # then a displacement correction there (steps 0: off)
-    final_spacing: float | None = None   # that grid's spacing; None: the fixed image's finest, >= FINEST_DEFAULT_SPACING
+    final_spacing: float | None = None   # that grid's spacing; None: the fixed image's finest, at least 1 mm
 
     def prealign(self) -> PrealignSettings:
         return PrealignSettings(self.working_spacing, self.affine, self.histogram_matching, self.min_overlap)
