@@ -9,14 +9,26 @@ import torch
 from nnreg.spatial.precision import autocast_disabled, to_spatial
 
 
-def jacobian_determinant(disp: torch.Tensor) -> torch.Tensor:
+def jacobian_determinant(disp: torch.Tensor, slab_rows: int | None = None) -> torch.Tensor:
     """``det(I + grad u)`` per voxel, ``(B, H, W, D)``; central differences inside, one-sided at the border.
 
-    float32 (float64 for a float64 field) whatever the field's dtype and the autocast context."""
+    float32 (float64 for a float64 field) whatever the field's dtype and the autocast context. ``slab_rows``:
+    computed ``slab_rows`` rows of the first spatial axis at a time, each slab with its neighbouring row on either
+    side where there is one (bitwise the same values; the temporaries, ~20 field-sized arrays, shrink to a slab's)."""
     if disp.dim() != 5 or disp.shape[1] != 3:
         raise ValueError(f"expected a displacement field (B, 3, H, W, D), got {tuple(disp.shape)}")
     if min(disp.shape[2:]) < 2:
         raise ValueError(f"every axis needs at least 2 voxels, got {tuple(disp.shape[2:])}")
+    height = int(disp.shape[2])
+    if slab_rows is not None and slab_rows < height:
+        rows = max(1, int(slab_rows))
+        out = torch.empty((disp.shape[0], *disp.shape[2:]), dtype=to_spatial(disp[:, :, :1]).dtype,
+                          device=disp.device)
+        for start in range(0, height, rows):
+            stop = min(start + rows, height)
+            low, high = max(start - 1, 0), min(stop + 1, height)    # at least 2 rows: height >= 2 (checked above)
+            out[:, start:stop] = jacobian_determinant(disp[:, :, low:high])[:, start - low:stop - low]
+        return out
     with autocast_disabled(disp.device):
         grads = torch.gradient(to_spatial(disp), dim=(2, 3, 4))  # grads[d][:, c] = d u_c / d x_d
         j = [[grads[d][:, c] + (1.0 if c == d else 0.0) for d in range(3)] for c in range(3)]
