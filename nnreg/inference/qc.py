@@ -15,6 +15,7 @@ import torch
 
 from nnreg.spatial import jacobian_determinant
 from nnreg.utilities.files import atomic_path
+from nnreg.utilities.slabs import slab_rows
 
 GRID_STEP = 6  # voxels between drawn grid lines
 
@@ -53,8 +54,8 @@ def write_qc_figure(fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray, f
 
     # channels first and contiguous: central differences of a strided view cost ~1.6x as much (1 mm field)
     disp = torch.from_numpy(np.ascontiguousarray(field)).permute(3, 0, 1, 2)[None].contiguous()
-    with torch.inference_mode():                 # ~2 M points a slab: a 0.7 mm scan's field needed ~1.5 GB at once
-        det = jacobian_determinant(disp, slab_rows=max(1, (1 << 21) // (disp.shape[3] * disp.shape[4])))[0].numpy()
+    with torch.inference_mode():                 # by slabs: a 0.7 mm scan's field needed ~1.5 GB at once
+        det = jacobian_determinant(disp, slab_rows=slab_rows(disp.shape[3] * disp.shape[4]))[0].numpy()
     folding = float((det <= 0).mean() * 100)
     vmax = float(max(np.percentile(fixed, 99.5), np.percentile(moving, 99.5), 1e-6))
     fig = Figure(figsize=(15, 9.5))

@@ -23,13 +23,14 @@ from nnreg.alignment.grids import index_to_physical, physical_to_index, voxel_ce
 from nnreg.alignment.sampling import sample_at_indices
 from nnreg.dataset.image_io import Geometry, read_image, write_displacement
 from nnreg.evaluation.warp import nearest_indices, sample_coordinates, warp_with_indices
-from nnreg.inference.export import itk_vector_image, write_image_fast, write_itk_image
+from nnreg.inference.export import itk_vector_image, voxel_displacement, write_image_fast, write_itk_image
 from nnreg.inference.resample import align_moving
 from nnreg.registration.normalization import normalise
 from nnreg.registration.pipeline import Registration
-from nnreg.registration.transforms import (SLAB_POINTS, affine_transform, apply_matrix, forward_on_fixed_grid,
+from nnreg.registration.transforms import (affine_transform, apply_matrix, forward_on_fixed_grid,
                                            inverse_on_moving_grid)
 from nnreg.utilities.files import atomic_path
+from nnreg.utilities.slabs import row_slabs, slab_rows
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +65,13 @@ def transform_files(prefix: str) -> tuple[Path, Path, Path]:
 
 def _sample(array: np.ndarray, field: np.ndarray, mode: str = "bilinear") -> np.ndarray:
     """``array(x + u(x))`` with the field's coordinates computed in float64 (0 outside), slab by slab along the first
-    axis (:data:`nnreg.registration.transforms.SLAB_POINTS` points at a time: the float64 coordinates of a 0.7 mm
-    scan's whole grid were 1.3 GB more at once)."""
+    axis (:mod:`nnreg.utilities.slabs`: the float64 coordinates of a 0.7 mm scan's whole grid were 1.3 GB more at
+    once)."""
     image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
     out = np.empty(field.shape[:3], np.float32)
-    rows = max(1, SLAB_POINTS // (field.shape[1] * field.shape[2]))
     with torch.no_grad():
-        for start in range(0, field.shape[0], rows):
-            slab = slice(start, min(start + rows, field.shape[0]))
-            index = torch.from_numpy(sample_coordinates(field[slab], first_row=start)).permute(1, 2, 3, 0)
+        for slab in row_slabs(field.shape[0], slab_rows(field.shape[1] * field.shape[2])):
+            index = torch.from_numpy(sample_coordinates(field[slab], first_row=slab.start)).permute(1, 2, 3, 0)
             out[slab] = sample_at_indices(image, index, mode).numpy()
     return out
 
@@ -169,10 +168,7 @@ def _write_qc(registration: Registration, fixed: np.ndarray, fixed_geometry: Geo
             where = [slice(None)] * 3
             where[axis] = slice(middle, middle + 1)
             affine_only[tuple(where)] = sample_at_indices(moving_n, index).numpy()
-    to_voxels = np.linalg.inv(np.asarray(fixed_geometry.direction).reshape(3, 3) * np.asarray(fixed_geometry.spacing))
-    # d_voxels = to_voxels @ d for every voxel, as one (N, 3) x (3, 3) product (numpy's einsum took 1 s at 1 mm)
-    deformable = (np.asarray(displacement, np.float32).reshape(-1, 3) @ to_voxels.T.astype(np.float32)
-                  ).reshape(displacement.shape)
+    deformable = voxel_displacement(displacement, fixed_geometry)
     write_qc_figure(normalise(fixed, "fixed"), affine_only, normalise(warped, "warped"),
                     deformable, path, title="nnreg_register (moving after the affine stage; deformable part)")
 

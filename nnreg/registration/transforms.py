@@ -26,6 +26,7 @@ from nnreg.alignment.sampling import millimetre_field, sample_field_at
 from nnreg.dataset.image_io import Geometry
 from nnreg.registration.pipeline import Registration
 from nnreg.spatial import invert_displacement
+from nnreg.utilities.slabs import row_slabs, slab_rows
 
 
 def affine_transform(registration: Registration) -> sitk.AffineTransform:
@@ -43,33 +44,27 @@ def apply_matrix(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
     return points @ m[:3, :3].T + m[:3, 3]
 
 
-#: points per slab of :func:`forward_on_fixed_grid` (its float64 temporaries: ~0.2 GB a slab, not ~2 GB for a 0.7 mm
-#: scan's 20 M voxels)
-SLAB_POINTS = 1 << 21
-
-
 def forward_on_fixed_grid(registration: Registration, fixed: Geometry, moving: Geometry
                           ) -> tuple[np.ndarray, np.ndarray]:
     """(Learn2Reg field ``(H, W, D, 3)`` float32 in moving voxels, deformable displacement ``d`` in mm on the fixed
-    grid ``(H, W, D, 3)`` float32), computed in float64 slab by slab along the first axis (the same values as one
-    pass over the grid)."""
+    grid ``(H, W, D, 3)`` float32), computed in float64 slab by slab along the first axis
+    (:mod:`nnreg.utilities.slabs`: ~0.2 GB of temporaries a slab, not ~2 GB for a 0.7 mm scan's 20 M voxels; the same
+    values as one pass over the grid)."""
     field = np.empty((*fixed.shape, 3), np.float32)
     displacement = np.empty((*fixed.shape, 3), np.float32)
-    rows = max(1, SLAB_POINTS // (fixed.shape[1] * fixed.shape[2]))
+    rows = slab_rows(fixed.shape[1] * fixed.shape[2])
     to_moving = physical_to_index(moving) @ registration.affine.homogeneous
     with torch.no_grad():
         millimetres = millimetre_field(registration.field.double(), registration.working)
-        for start in range(0, fixed.shape[0], rows):
-            slab = slice(start, min(start + rows, fixed.shape[0]))
+        for slab in row_slabs(fixed.shape[0], rows):
             points = torch.from_numpy(voxel_centres(fixed, slab))
             d = sample_field_at(millimetres, registration.working, points)
             moved = apply_matrix(to_moving, points + d)
             del points
-            for axis, index in enumerate((np.arange(slab.start, slab.stop), np.arange(fixed.shape[1]),
-                                          np.arange(fixed.shape[2]))):   # minus the fixed voxel index, in place
-                shape = [1, 1, 1]
-                shape[axis] = len(index)
-                moved[..., axis] -= torch.from_numpy(index.astype(np.float64)).reshape(shape)
+            for axis, (first, stop) in enumerate(((slab.start, slab.stop), (0, fixed.shape[1]), (0, fixed.shape[2]))):
+                shape = [1, 1, 1]                     # minus the fixed voxel index, axis by axis, in place
+                shape[axis] = stop - first
+                moved[..., axis] -= torch.arange(first, stop, dtype=moved.dtype).reshape(shape)
             field[slab] = moved.numpy()
             displacement[slab] = d.numpy()
     return field, displacement

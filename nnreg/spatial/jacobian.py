@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from nnreg.spatial.precision import autocast_disabled, to_spatial
+from nnreg.spatial.precision import autocast_disabled, spatial_dtype, to_spatial
+from nnreg.utilities.slabs import row_slabs
 
 
 def jacobian_determinant(disp: torch.Tensor, slab_rows: int | None = None) -> torch.Tensor:
@@ -21,13 +22,10 @@ def jacobian_determinant(disp: torch.Tensor, slab_rows: int | None = None) -> to
         raise ValueError(f"every axis needs at least 2 voxels, got {tuple(disp.shape[2:])}")
     height = int(disp.shape[2])
     if slab_rows is not None and slab_rows < height:
-        rows = max(1, int(slab_rows))
-        out = torch.empty((disp.shape[0], *disp.shape[2:]), dtype=to_spatial(disp[:, :, :1]).dtype,
-                          device=disp.device)
-        for start in range(0, height, rows):
-            stop = min(start + rows, height)
-            low, high = max(start - 1, 0), min(stop + 1, height)    # at least 2 rows: height >= 2 (checked above)
-            out[:, start:stop] = jacobian_determinant(disp[:, :, low:high])[:, start - low:stop - low]
+        out = torch.empty((disp.shape[0], *disp.shape[2:]), dtype=spatial_dtype(disp), device=disp.device)
+        for slab in row_slabs(height, max(1, int(slab_rows))):
+            low, high = max(slab.start - 1, 0), min(slab.stop + 1, height)   # >= 2 rows: height >= 2 (checked above)
+            out[:, slab] = jacobian_determinant(disp[:, :, low:high])[:, slab.start - low:slab.stop - low]
         return out
     with autocast_disabled(disp.device):
         grads = torch.gradient(to_spatial(disp), dim=(2, 3, 4))  # grads[d][:, c] = d u_c / d x_d

@@ -141,6 +141,7 @@ def test_the_fixed_grid_field_is_the_same_slab_by_slab(monkeypatch):
     from nnreg.dataset.image_io import Geometry
     from nnreg.registration import transforms
     from nnreg.registration.pipeline import Registration
+    from nnreg.utilities import slabs
 
     c, s = math.cos(0.4), math.sin(0.4)
     fixed = Geometry((13, 9, 11), (1.2, 0.9, 1.5), (3.0, -4.0, 2.0), (c, -s, 0, s, c, 0, 0, 0, 1))
@@ -150,11 +151,11 @@ def test_the_fixed_grid_field_is_the_same_slab_by_slab(monkeypatch):
                           np.array([4.0, -1.0, 6.0]), np.array([1.5, -2.5, 0.7]), 0.0)
     field = torch.from_numpy(np.random.default_rng(5).normal(0.0, 1.5, (1, 3, *working.shape)))
     registration = Registration(affine, working, field, torch.zeros(1), torch.zeros(1), 1.0)
-    monkeypatch.setattr(transforms, "SLAB_POINTS", 10**9)
+    monkeypatch.setattr(slabs, "SLAB_POINTS", 10**9)
     whole = transforms.forward_on_fixed_grid(registration, fixed, moving)
     assert np.abs(whole[1]).max() > 1.0
     for rows in (1, 5):
-        monkeypatch.setattr(transforms, "SLAB_POINTS", rows * fixed.shape[1] * fixed.shape[2])
+        monkeypatch.setattr(slabs, "SLAB_POINTS", rows * fixed.shape[1] * fixed.shape[2])
         for sliced, one_pass in zip(transforms.forward_on_fixed_grid(registration, fixed, moving), whole):
             assert sliced.dtype == np.float32 and np.array_equal(sliced, one_pass)
     np.testing.assert_array_equal(voxel_centres(fixed, slice(4, 9)), voxel_centres(fixed)[4:9])
@@ -166,17 +167,18 @@ def test_the_warped_image_is_the_same_slab_by_slab(monkeypatch):
     ``grid-constant`` mode)."""
     from nnreg.evaluation.warp import sample_coordinates
     from nnreg.registration import outputs
+    from nnreg.utilities import slabs
 
     rng = np.random.default_rng(2)
     image = rng.random((13, 9, 11)).astype(np.float32)
     field = rng.normal(0.0, 2.0, (13, 9, 11, 3)).astype(np.float32)
-    monkeypatch.setattr(outputs, "SLAB_POINTS", 10**9)
+    monkeypatch.setattr(slabs, "SLAB_POINTS", 10**9)
     whole = {mode: outputs._sample(image, field, mode) for mode in ("bilinear", "nearest")}
     reference = ndimage.map_coordinates(image.astype(np.float64), sample_coordinates(field), order=1,
                                       mode="grid-constant")
     np.testing.assert_allclose(whole["bilinear"], reference, atol=1e-5)
     for rows in (1, 5):
-        monkeypatch.setattr(outputs, "SLAB_POINTS", rows * 9 * 11)
+        monkeypatch.setattr(slabs, "SLAB_POINTS", rows * 9 * 11)
         for mode, one_pass in whole.items():
             assert np.array_equal(outputs._sample(image, field, mode), one_pass)
     np.testing.assert_array_equal(sample_coordinates(field[4:9], first_row=4), sample_coordinates(field)[:, 4:9])
