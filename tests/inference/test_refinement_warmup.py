@@ -22,11 +22,12 @@ def test_the_schedule_ramps_linearly_then_holds() -> None:
 
 
 def _stages(settings: InstanceOptimization) -> list[Stage]:
-    """Two stages of a textured pair, the second on a finer velocity grid (so Adam restarts there)."""
+    """Two stages of a textured pair, the second on a finer velocity grid (so Adam restarts there); 5 evaluations
+    each, so 4 Adam steps (the last evaluation only scores)."""
     generator = torch.Generator().manual_seed(0)
     fixed = torch.nn.functional.avg_pool3d(torch.rand((1, 1, 20, 20, 20), generator=generator), 3, 1, 1)
     moving = torch.roll(fixed, 1, dims=2)
-    return [Stage(fixed, moving, 5, 4, (5, 5, 5), settings), Stage(fixed, moving, 5, 4, (10, 10, 10), settings)]
+    return [Stage(fixed, moving, 5, 5, (5, 5, 5), settings), Stage(fixed, moving, 5, 5, (10, 10, 10), settings)]
 
 
 def test_each_restart_of_adam_ramps_its_steps(monkeypatch) -> None:
