@@ -8,10 +8,10 @@ from typing import Iterator
 SLAB_POINTS = 1 << 21
 
 
-def slab_rows(row_points: int, points: int | None = None) -> int:
-    """Rows of ``row_points`` points each that make a slab of about ``points`` (default :data:`SLAB_POINTS`, read
-    at call time); at least 1."""
-    return max(1, (SLAB_POINTS if points is None else points) // max(1, row_points))
+def slab_rows(row_points: int) -> int:
+    """Rows of ``row_points`` points each that make a slab of about :data:`SLAB_POINTS` (read at call time, so a test
+    can make it small); at least 1."""
+    return max(1, SLAB_POINTS // max(1, row_points))
 
 
 def row_slabs(height: int, rows: int) -> Iterator[slice]:
