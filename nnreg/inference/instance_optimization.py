@@ -225,13 +225,13 @@ def optimise(stages: list[Stage], velocity: torch.Tensor, settings: InstanceOpti
     that backward was 1.9 s of the 14 s of a 1 mm velocity stage of 4 steps (2 CPU cores); the returned velocity is
     bit for bit the same, since the next stage (or the caller) always goes on from the best iterate, with a fresh
     Adam."""
-    optimizer = Adam([{"params": [velocity], "lr": settings.lr}])
+    optimizer = Adam([{"params": [velocity], "lr": settings.lr}], eps=settings.adam_eps)
     steps_run = 0
     for stage in stages:
         if tuple(velocity.shape[2:]) != stage.grid:    # a finer velocity grid: resample v, restart Adam
             with torch.no_grad():
                 velocity = resize_field(velocity.detach(), stage.grid).contiguous().requires_grad_(True)
-            optimizer = Adam([{"params": [velocity], "lr": settings.lr}])
+            optimizer = Adam([{"params": [velocity], "lr": settings.lr}], eps=settings.adam_eps)
         best, best_velocity = math.inf, None          # the lowest loss evaluated and the velocity it was measured at
         best_evaluation: Evaluation | None = None
         patience_best, since_best = math.inf, 0       # early stopping: improvements of at least min_delta
@@ -265,7 +265,7 @@ def optimise(stages: list[Stage], velocity: torch.Tensor, settings: InstanceOpti
                     break
         if best_velocity is not None:
             velocity = best_velocity.requires_grad_(True)     # go on from the best iterate, with a fresh Adam
-            optimizer = Adam([{"params": [velocity], "lr": settings.lr}])
+            optimizer = Adam([{"params": [velocity], "lr": settings.lr}], eps=settings.adam_eps)
         if traced:
             trace.best = best_evaluation               # type: ignore[union-attr]
     for stage in stages:                               # the trace holds what is needed; free the rest

@@ -48,6 +48,7 @@ class InstanceOptimization:
     remap_steps: int = 0           # with similarity "mind": then at most this many local NCC steps against the moving
                                    # image mapped onto the fixed image's contrast (nnreg.inference.intensity_mapping)
     remap_lambda_reg: float = 1.5  # lambda_reg of those steps (local NCC's scale, not MIND's)
+    adam_eps: float = 1e-8         # Adam's epsilon: gradients far below it move by less than lr (see optimise)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -68,6 +69,7 @@ class InstanceOptimization:
             (self.mind_radius >= 0 and self.mind_dilation >= 1, "mind_radius must be >= 0 and mind_dilation >= 1"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.remap_steps >= 0 and self.remap_lambda_reg >= 0, "remap_steps and remap_lambda_reg must be >= 0"),
+            (self.adam_eps > 0, "adam_eps must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
