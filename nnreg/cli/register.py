@@ -23,8 +23,10 @@ from nnreg.cli.common import SpaceSeparated, results_option, run_and_exit, user_
                    "antsApplyTransforms -t PREFIX1Warp.nii.gz -t PREFIX0GenericAffine.mat.")
 @click.option("--moving-labels", type=click.Path(dir_okay=False), default=None,
               help="Label map on the moving image's grid, warped with nearest neighbour (warped_labels.nii.gz).")
-@click.option("--fixed-mask", type=click.Path(dir_okay=False), default=None, help="Restrict the similarity (fixed).")
-@click.option("--moving-mask", type=click.Path(dir_okay=False), default=None, help="Restrict the similarity (moving).")
+@click.option("--fixed-mask", type=click.Path(dir_okay=False), default=None,
+              help="Fixed-image mask (non-zero = counted): restricts every stage's similarity.")
+@click.option("--moving-mask", type=click.Path(dir_okay=False), default=None,
+              help="Moving-image mask (non-zero = counted; moves with the moving image).")
 @click.option("--inverse", is_flag=True, help="Also write the inverse: inverse_field.nii.gz (moving grid), "
                                               "inverse_warped.nii.gz and PREFIX1InverseWarp.nii.gz.")
 @click.option("--similarity", type=click.Choice(["lncc", "mind"]), default=None,

@@ -12,7 +12,7 @@ whole refinement at 1 mm costs ~2 s a step on 2 CPU cores. Keeping ``v`` on the 
 same regulariser) and measuring the similarity at full resolution for a few steps, with a smaller learning rate
 (Adam restarts, so its first step moves every component by about ``lr``), adds the detail at a few steps' cost. The
 stage returns its best iterate and is refused, like the refinement, when it is not finite or folds
-(:func:`nnreg.inference.instance_optimization.refusal`).
+(:func:`nnreg.inference.refusal.refusal`).
 
 Two parametrisations (``FinerGridSettings.parametrisation``):
 
@@ -37,8 +37,9 @@ from typing import Any, Sequence
 import torch
 
 from nnreg.inference.instance_optimization import (InstanceOptimization, OptimisationTrace, RefinementReport, Stage,
-                                                   deterministic_mode, exponential_field, folding_percent, optimise,
-                                                   refusal)
+                                                   deterministic_mode, exponential_field, optimise)
+from nnreg.inference.masks import SimilarityMasks
+from nnreg.inference.refusal import folding_percent, refusal
 from nnreg.preprocessing.grid import GridMapping
 from nnreg.spatial import compose, resize_field, warp
 from nnreg.utilities.errors import ConfigurationError
@@ -174,19 +175,22 @@ def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: to
                          refinement: InstanceOptimization,
                          settings: FinerGridSettings = FinerGridSettings(),
                          deterministic: bool = False,
-                         start_field: torch.Tensor | None = None) -> tuple[torch.Tensor, RefinementReport]:
+                         start_field: torch.Tensor | None = None,
+                         masks: SimilarityMasks | None = None) -> tuple[torch.Tensor, RefinementReport]:
     """Go on from ``velocity`` (1, 3, h, w, d; whole transform ``exp(v)``) with the similarity of ``fixed`` and
     ``moving`` (1, 1, H, W, D) on their finer grid; the other settings (regulariser, integration, similarity,
     patience, folding limit) are ``refinement``'s. Returns the field on the finer grid and a report whose losses are
     measured there (``initial_*``: the field of the given velocity). ``start_field``: ``exp(velocity)`` on the finer
     grid, integrated as a displacement correction integrates it, when the caller has it (the velocity stage's
-    result that the correction goes on from): not integrated again."""
+    result that the correction goes on from): not integrated again. ``masks`` (on the grid of ``fixed`` and
+    ``moving``) restrict the similarity (:mod:`nnreg.inference.masks`)."""
     if fixed.shape != moving.shape or fixed.dim() != 5 or fixed.shape[:2] != (1, 1):
         raise ValueError(f"expected two (1, 1, H, W, D) images, got {tuple(fixed.shape)} and {tuple(moving.shape)}")
     if velocity.dim() != 5 or velocity.shape[:2] != (1, 3):
         raise ValueError(f"expected a (1, 3, h, w, d) velocity, got {tuple(velocity.shape)}")
     if settings.parametrisation == "displacement":
-        return _displacement_correction(fixed, moving, velocity, refinement, settings, deterministic, start_field)
+        return _displacement_correction(fixed, moving, velocity, refinement, settings, deterministic, start_field,
+                                        masks)
     shape = tuple(int(s) for s in fixed.shape[2:])
     options = settings.options(refinement)
     with torch.inference_mode(False), torch.enable_grad(), deterministic_mode(deterministic, fixed.device):
@@ -196,7 +200,7 @@ def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: to
                 start = resize_field(start, shape).contiguous()                           # type: ignore[arg-type]
             stage = Stage(fixed.detach().float().clone(), moving.detach().float().clone(), settings.ncc_window,
                           settings.steps, tuple(int(s) for s in start.shape[2:]), options,  # type: ignore[arg-type]
-                          keep_fields=True)
+                          keep_fields=True, masks=masks)
         if settings.steps == 0:
             with torch.no_grad():
                 start_field = exponential_field(start, shape, options.integration_steps)  # type: ignore[arg-type]
@@ -233,8 +237,8 @@ def _checked(refined: torch.Tensor, start_field: torch.Tensor, start_velocity: t
 
 def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Tensor,
                              refinement: InstanceOptimization, settings: FinerGridSettings,
-                             deterministic: bool, start_field: torch.Tensor | None = None
-                             ) -> tuple[torch.Tensor, RefinementReport]:
+                             deterministic: bool, start_field: torch.Tensor | None = None,
+                             masks: SimilarityMasks | None = None) -> tuple[torch.Tensor, RefinementReport]:
     """The ``"displacement"`` parametrisation (module docstring): optimise ``w`` from zero against the moving image
     warped once by ``exp(v)`` (integrated with the refinement's steps); the field is ``compose(exp(v), w)``, with
     ``w`` itself integrated by this stage's ``integration_steps`` when set (default 0: a plain displacement). The
@@ -252,8 +256,10 @@ def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity
                 raise ValueError(f"start field {tuple(start_field.shape)} does not match the images {shape}")
             start_field = start_field.detach().to(device=fixed.device, dtype=torch.float32)
             moved = warp(moving.detach().float(), start_field).contiguous()
+            if masks is not None:         # the moving weight goes through exp(v) with the moving image
+                masks = masks.checked(fixed.shape, moving.shape).moving_warped(start_field)
             stage = Stage(fixed.detach().float().clone(), moved, settings.ncc_window, settings.steps,
-                          shape, correction, keep_fields=True)                           # type: ignore[arg-type]
+                          shape, correction, keep_fields=True, masks=masks)              # type: ignore[arg-type]
             zero = torch.zeros_like(start_field)
         if settings.steps == 0:
             with torch.no_grad():

@@ -49,11 +49,13 @@ import torch
 import torch.nn.functional as F
 
 from nnreg.inference.intensity_mapping import apply_mapping, conditional_mean_mapping
+from nnreg.inference.masks import SimilarityMasks, downsample
 from nnreg.inference.refinement_settings import InstanceOptimization
 from nnreg.losses import gradient_l2
 from nnreg.losses.ncc import TargetWindows
 from nnreg.losses.mind import mind_descriptor_loss, mind_ssc
-from nnreg.spatial import compose, integrate_velocity, jacobian_determinant, resize_field, warp
+from nnreg.inference.refusal import folding_percent, refusal
+from nnreg.spatial import compose, integrate_velocity, resize_field, warp
 from nnreg.spatial.warp import Box
 from nnreg.utilities.optim import Adam
 
@@ -79,15 +81,6 @@ class RefinementReport:
 
 def _shrink(shape: tuple[int, ...], factor: int) -> tuple[int, int, int]:
     return tuple(max(2, math.ceil(int(s) / factor)) for s in shape)  # type: ignore[return-value]
-
-
-def _downsample(image: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
-    """Image on the coarser grid ``size`` (box average for integer factors, trilinear otherwise)."""
-    if tuple(image.shape[2:]) == size:
-        return image
-    if all(s % n == 0 for s, n in zip(image.shape[2:], size)):
-        return F.avg_pool3d(image, tuple(s // n for s, n in zip(image.shape[2:], size)))
-    return F.interpolate(image, size=size, mode="trilinear", align_corners=False)
 
 
 @contextmanager
@@ -118,22 +111,34 @@ class Stage:
     Local NCC is computed on ``box`` only: the fixed image's non-zero voxels grown by ``window - 1``. Outside it every
     window of the fixed image is all zeros, so its ``cc`` is exactly 0 (:mod:`nnreg.losses.ncc`), and inside it
     every window that reaches past the box holds only zeros of the fixed image too: the sum over the box divided by
-    the whole grid's voxel count is the whole grid's mean. A skull-stripped brain's box is ~3/4 of the grid."""
+    the whole grid's voxel count is the whole grid's mean. A skull-stripped brain's box is ~3/4 of the grid.
+
+    ``masks`` (:mod:`nnreg.inference.masks`, on the grids of ``target`` and ``source``) weight each voxel's
+    similarity; the moving weight is warped with the source, as one more channel of the same warp."""
 
     def __init__(self, target: torch.Tensor, source: torch.Tensor, window: int, steps: int,
-                 grid: tuple[int, int, int], settings: InstanceOptimization, keep_fields: bool = False) -> None:
+                 grid: tuple[int, int, int], settings: InstanceOptimization, keep_fields: bool = False,
+                 masks: SimilarityMasks | None = None) -> None:
         self.keep_fields = keep_fields   # :meth:`loss` keeps its field in ``last_field`` (for OptimisationTrace)
         self.last_field: torch.Tensor | None = None
         self.mind = settings.similarity == "mind"
+        masks = SimilarityMasks() if masks is None else masks.checked(target.shape, source.shape)
         if self.mind:
             target = mind_ssc(target, settings.mind_radius, settings.mind_dilation)
             source = mind_ssc(source, settings.mind_radius, settings.mind_dilation)
+        self.moving_weighted = masks.moving is not None    # the source's last channel is the moving weight
+        if masks.moving is not None:
+            source = torch.cat([source, masks.moving.to(source.device)], dim=1)
         self.target, self.source, self.window, self.steps, self.grid = target, source, window, steps, grid
         self.size: tuple[int, int, int] = tuple(int(s) for s in target.shape[2:])  # type: ignore[assignment]
         self.box = None if self.mind else _foreground_box(target, window - 1)
         target_box = target if self.box is None else target[:, :, self.box[0], self.box[1], self.box[2]].contiguous()
         self.windows = None if self.mind else TargetWindows(target_box, window)   # the fixed image's sums, once
         self.voxels = float(target.shape[2] * target.shape[3] * target.shape[4])
+        fixed_weight = masks.fixed
+        if fixed_weight is not None and self.box is not None:
+            fixed_weight = fixed_weight[:, :, self.box[0], self.box[1], self.box[2]]
+        self.fixed_weight = None if fixed_weight is None else fixed_weight.to(target.device).contiguous()
 
     def loss(self, velocity: torch.Tensor, settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, NCC loss) of the transform ``exp(velocity)`` of this stage's source, on this stage's grid."""
@@ -146,11 +151,31 @@ class Stage:
     def field_loss(self, field: torch.Tensor, velocity: torch.Tensor,
                    settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, NCC loss) of the displacement ``field`` (this stage's grid) regularised through ``velocity``."""
+        warped = warp(self.source, field, box=self.box)
+        if self.moving_weighted or self.fixed_weight is not None:
+            return self._weighted_loss(warped, velocity, settings)
         if self.mind:
-            similarity = mind_descriptor_loss(self.target, warp(self.source, field))
+            similarity = mind_descriptor_loss(self.target, warped)
         else:
             assert self.windows is not None
-            similarity = -self.windows.cc(warp(self.source, field, box=self.box)).sum() / self.voxels
+            similarity = -self.windows.cc(warped).sum() / self.voxels
+        return similarity + settings.lambda_reg * gradient_l2(velocity), similarity
+
+    def _weighted_loss(self, warped: torch.Tensor, velocity: torch.Tensor,
+                       settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`field_loss` with each voxel's similarity weighted by the masks (the same scale: sums over the
+        whole grid's voxel count, so a mask of ones gives the unmasked loss)."""
+        weight = self.fixed_weight
+        if self.moving_weighted:
+            warped, moving_weight = warped[:, :-1], warped[:, -1:]
+            weight = moving_weight if weight is None else weight * moving_weight
+        assert weight is not None
+        if self.mind:
+            per_voxel = ((self.target - warped) ** 2).mean(dim=1, keepdim=True)
+            similarity = (per_voxel * weight).sum() / self.voxels
+        else:
+            assert self.windows is not None
+            similarity = -(self.windows.cc(warped.contiguous()) * weight).sum() / self.voxels
         return similarity + settings.lambda_reg * gradient_l2(velocity), similarity
 
 
@@ -171,7 +196,8 @@ def _foreground_box(image: torch.Tensor, margin: int) -> Box | None:
     return box
 
 
-def _stages(fixed: torch.Tensor, source: torch.Tensor, settings: InstanceOptimization) -> list[Stage]:
+def _stages(fixed: torch.Tensor, source: torch.Tensor, settings: InstanceOptimization,
+            masks: SimilarityMasks) -> list[Stage]:
     shape = tuple(int(s) for s in fixed.shape[2:])
     plan = [(settings.image_factor, settings.ncc_window, settings.steps, settings.grid_factor)]
     if settings.fine_steps > 0 and settings.image_factor > 1:
@@ -179,8 +205,8 @@ def _stages(fixed: torch.Tensor, source: torch.Tensor, settings: InstanceOptimiz
     stages = []
     for factor, window, steps, grid_factor in plan:
         size = _shrink(shape, factor)
-        stages.append(Stage(_downsample(fixed, size).contiguous(), _downsample(source, size).contiguous(),
-                             window, steps, _shrink(shape, grid_factor), settings))
+        stages.append(Stage(downsample(fixed, size).contiguous(), downsample(source, size).contiguous(),
+                             window, steps, _shrink(shape, grid_factor), settings, masks=masks.resized(size)))
     return stages
 
 
@@ -283,14 +309,11 @@ def warmup_lr(settings: InstanceOptimization, steps_taken: int) -> float:
     return settings.lr * (steps_taken + 1) / (settings.warmup_steps + 1)
 
 
-def folding_percent(field: torch.Tensor) -> float:
-    """% of voxels where ``det(I + grad u) <= 0`` (central differences, :func:`nnreg.spatial.jacobian_determinant`)."""
-    return 100.0 * float((jacobian_determinant(field) <= 0).float().mean())
-
-
 def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.Tensor,
-                 settings: InstanceOptimization, deterministic: bool = False) -> tuple[torch.Tensor, RefinementReport]:
-    """Refine ``displacement`` (1, 3, H, W, D) for the pair ``fixed``/``moving`` (1, 1, H, W, D), network grid.
+                 settings: InstanceOptimization, deterministic: bool = False,
+                 masks: SimilarityMasks | None = None) -> tuple[torch.Tensor, RefinementReport]:
+    """Refine ``displacement`` (1, 3, H, W, D) for the pair ``fixed``/``moving`` (1, 1, H, W, D), network grid;
+    ``masks`` (on the grid of ``fixed`` and ``moving``) restrict the similarity (:mod:`nnreg.inference.masks`).
 
     Returns ``exp(v)`` (``velocity_start="network"``) or ``u_net o exp(v)`` (``"zero"``) on the same grid (float32,
     detached) — or the network's field unchanged when the refined one is not better (module docstring) — and a
@@ -310,13 +333,15 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
             displacement = displacement.clone()
             moving = moving.detach().float().clone()
             fixed, source = fixed.detach().float().clone(), moving if whole else warp(moving, displacement)
-            stages = _stages(fixed, source, settings)
+            masks = SimilarityMasks() if masks is None else masks.checked(fixed.shape, moving.shape)
+            masks = masks if whole else masks.moving_warped(displacement)
+            stages = _stages(fixed, source, settings, masks)
             grid = stages[0].grid     # the first stage's velocity grid: where v starts
             start = resize_field(displacement, grid) if whole else torch.zeros((1, 3, *grid))
             start = start.to(device=fixed.device, dtype=torch.float32).contiguous()
             last = stages[-1]
         velocity, steps_run = optimise(stages, start.requires_grad_(True), settings)
-        remapped = _remapped_stage(fixed, source, last.grid, velocity, settings)
+        remapped = _remapped_stage(fixed, source, last.grid, velocity, settings, masks)
         if remapped is not None:      # the last stage is now local NCC against the remapped moving image
             last, settings = remapped
             velocity, more = optimise([last], velocity.detach().clone().requires_grad_(True), settings)
@@ -344,7 +369,8 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
 
 
 def _remapped_stage(fixed: torch.Tensor, source: torch.Tensor, grid: tuple[int, int, int], velocity: torch.Tensor,
-                    settings: InstanceOptimization) -> tuple[Stage, InstanceOptimization] | None:
+                    settings: InstanceOptimization, masks: SimilarityMasks
+                    ) -> tuple[Stage, InstanceOptimization] | None:
     """With ``remap_steps`` after a MIND-SSC refinement: the local NCC stage (network grid, velocity on ``grid``,
     ``fine_ncc_window``, ``remap_lambda_reg``) against ``source`` mapped onto ``fixed``'s contrast by their
     joint intensities under ``exp(velocity)`` (:mod:`nnreg.inference.intensity_mapping`), and its settings; None when
@@ -361,23 +387,6 @@ def _remapped_stage(fixed: torch.Tensor, source: torch.Tensor, grid: tuple[int, 
             return None
         lncc = replace(settings, similarity="lncc", lambda_reg=settings.remap_lambda_reg)
         stage = Stage(fixed.contiguous(), apply_mapping(source, t, f).contiguous(), settings.fine_ncc_window,
-                      settings.remap_steps, grid, lncc)
+                      settings.remap_steps, grid, lncc, masks=masks)
     logger.debug("instance optimisation: moving intensities remapped through %d points", t.numel())
     return stage, lncc
-
-
-def refusal(refined: torch.Tensor, network: torch.Tensor, loss: float, network_loss: float,
-             settings: InstanceOptimization, folding: float | None = None) -> str:
-    """Why the refined field must not replace the network's ('' when it may). ``folding``: the refined field's
-    :func:`folding_percent` when the caller has it already (a 1 mm field's costs ~0.5 s on 2 cores)."""
-    if not math.isfinite(loss) or not bool(torch.isfinite(refined).all()):
-        return "the refined field is not finite"
-    if math.isfinite(network_loss) and loss > network_loss:
-        return f"its loss {loss:.4f} is above the network field's {network_loss:.4f}"
-    folding = folding_percent(refined) if folding is None else folding
-    if folding > settings.max_folding_percent:
-        network_folding = folding_percent(network)
-        if folding > network_folding:
-            return (f"it folds on {folding:.4f} % of the voxels (network field {network_folding:.4f} %, "
-                    f"limit {settings.max_folding_percent:g} %)")
-    return ""

@@ -26,6 +26,7 @@ from nnreg.alignment.sampling import sample_affine
 from nnreg.dataset.image_io import Geometry
 from nnreg.inference.finer_grid import FinerGridSettings, finer_grid_applies, refine_on_finer_grid
 from nnreg.inference.instance_optimization import InstanceOptimization, RefinementReport, refine_field
+from nnreg.inference.masks import SimilarityMasks
 from nnreg.registration.grids import resample_to
 from nnreg.registration.normalization import match_histogram
 from nnreg.registration.prealign import Prealignment, PrealignSettings, image_tensor, prealign
@@ -127,7 +128,8 @@ def register_images(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndar
                                                   names)
         log.extend(lines)
         starts["network"] = on_grid(net_field, net_geo, f_geo)
-    chosen, field_w, report, similarity = _deformable(fixed_t, moving_affine, starts, settings.deformable, log)
+    masks = _stage_masks(aligned.fixed_mask, aligned.moving_mask, aligned.moving_grid, f_geo, affine)
+    chosen, field_w, report, similarity = _deformable(fixed_t, moving_affine, starts, settings.deformable, log, masks)
     registration = Registration(affine, f_geo, field_w, fixed_t, moving_affine, overlap, similarity, log)
     factor = settings.finer_grid_factor(fixed_geometry.spacing, settings.working_spacing)
     velocity = finer_grid_start(chosen, report, starts)
@@ -141,8 +143,18 @@ def register_images(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndar
     return registration
 
 
+def _stage_masks(fixed_mask: torch.Tensor | None, moving_mask: torch.Tensor | None, moving_grid: Geometry,
+                 fixed_grid: Geometry, affine: AffineResult) -> SimilarityMasks:
+    """The masks of a deformable stage on ``fixed_grid``: the fixed one as it is (on that grid), the moving one (on
+    ``moving_grid``) through the affine, as the moving image the stage warps went through it."""
+    if moving_mask is not None:
+        with torch.no_grad():
+            moving_mask = sample_affine(moving_mask, moving_grid, fixed_grid, torch.as_tensor(affine.homogeneous))
+    return SimilarityMasks(fixed_mask, moving_mask)
+
+
 def _deformable(fixed: torch.Tensor, moving: torch.Tensor, starts: dict[str, torch.Tensor],
-                settings: InstanceOptimization, log: list[str]
+                settings: InstanceOptimization, log: list[str], masks: SimilarityMasks | None = None
                 ) -> tuple[str, torch.Tensor, RefinementReport, dict[str, float]]:
     """The deformable stage from each start (the identity; a trained model's field); the refinement kept is the one
     whose returned field does not fold beyond ``max_folding_percent``, then the one with the lower loss (similarity
@@ -158,7 +170,7 @@ def _deformable(fixed: torch.Tensor, moving: torch.Tensor, starts: dict[str, tor
     results = {}
     for name, start in starts.items():
         began = time.perf_counter()
-        field, report = refine_field(fixed, moving, start, settings)
+        field, report = refine_field(fixed, moving, start, settings, masks=masks)
         results[name] = field, report
         label = "deformable" if len(starts) == 1 else f"deformable from the {name}"
         measure = {"lncc": "local NCC", "mind": "MIND-SSC similarity"}.get(settings.similarity, settings.similarity)
@@ -211,7 +223,12 @@ def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor
     with torch.no_grad():
         moving_affine = sample_affine(moving_t, moving_fine_geo, fine_geo,
                                       torch.as_tensor(registration.affine.homogeneous))
-    field, report = refine_on_finer_grid(fixed_t, moving_affine, velocity, settings.deformable, settings.finer_grid)
+    fixed_mask, moving_mask = (None if m is None else image_tensor((resample_to(m, g, fine) > 0.5).astype(np.float32))
+                               for m, g, fine in zip(aligned.masks, (fixed_geometry, moving_geometry),
+                                                     (fine_geo, moving_fine_geo)))
+    masks = _stage_masks(fixed_mask, moving_mask, moving_fine_geo, fine_geo, registration.affine)
+    field, report = refine_on_finer_grid(fixed_t, moving_affine, velocity, settings.deformable, settings.finer_grid,
+                                         masks=masks)
     similarity = {**registration.similarity, "ncc_finer_grid_start": -report.initial_ncc,
                   "ncc_finer_grid": -report.final_ncc}
     registration.log.append(
@@ -226,7 +243,7 @@ def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor
         # exp(v) as the velocity stage integrated it (its options), then w optimised with the correction's own
         field, report = refine_on_finer_grid(fixed_t, moving_affine, report.velocity,
                                              settings.finer_grid.options(settings.deformable), settings.correction,
-                                             start_field=field)      # exp(v): the velocity stage's own field
+                                             start_field=field, masks=masks)   # exp(v): the velocity stage's own
         similarity["ncc_finer_grid"] = -report.final_ncc
         registration.log.append(
             f"correction at {fine_geo.spacing[0]:g} mm: {report.steps_run} steps, local NCC "

@@ -56,6 +56,9 @@ class Prealignment:
     fixed_normalised: np.ndarray       # the normalised images on their own grids (for stages at full resolution)
     moving_normalised: np.ndarray
     log: list[str] = field(default_factory=list)
+    fixed_mask: torch.Tensor | None = None    # (1, 1, ...) binary masks on the working grids (None: not given)
+    moving_mask: torch.Tensor | None = None
+    masks: tuple[np.ndarray | None, np.ndarray | None] = (None, None)   # the same on the images' own grids
 
 
 def check_image(array: np.ndarray, name: str) -> None:
@@ -108,9 +111,9 @@ def prealign(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray, mo
     fixed_t, moving_t = image_tensor(f_img), image_tensor(m_img)
     assert fixed_t is not None and moving_t is not None
     stage = time.perf_counter()
-    affine = register_affine(fixed_t, f_geo, moving_t, m_geo, settings.affine,
-                             image_tensor(_working_mask(fixed_mask, fixed_geometry, f_geo, names[0])),
-                             image_tensor(_working_mask(moving_mask, moving_geometry, m_geo, names[1])))
+    fixed_mask_t = image_tensor(_working_mask(fixed_mask, fixed_geometry, f_geo, names[0]))
+    moving_mask_t = image_tensor(_working_mask(moving_mask, moving_geometry, m_geo, names[1]))
+    affine = register_affine(fixed_t, f_geo, moving_t, m_geo, settings.affine, fixed_mask_t, moving_mask_t)
     log.extend(affine.log)
     log.append(f"affine: {affine.describe()} ({settings.affine.similarity}, {time.perf_counter() - stage:.1f} s)")
     with torch.no_grad():
@@ -122,4 +125,9 @@ def prealign(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray, mo
     if overlap < settings.min_overlap:
         raise NnregError(f"the images overlap only {overlap:.0%} after the affine stage (at least "
                          f"{settings.min_overlap:.0%} needed): check the orientation and field of view", names[1])
-    return Prealignment(affine, overlap, f_geo, m_geo, fixed_t, moving_t, moving_affine, fixed_n, moving_n, log)
+    masks = tuple(None if m is None else (m > 0).astype(np.float32) for m in (fixed_mask, moving_mask))
+    given = [f"{side} mask ({int(m.sum())} voxels)" for side, m in zip(("fixed", "moving"), masks) if m is not None]
+    if given:
+        log.append(f"similarity of every stage restricted to the {' and the '.join(given)}")
+    return Prealignment(affine, overlap, f_geo, m_geo, fixed_t, moving_t, moving_affine, fixed_n, moving_n, log,
+                        fixed_mask_t, moving_mask_t, masks)                               # type: ignore[arg-type]

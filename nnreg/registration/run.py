@@ -7,12 +7,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nnreg.alignment.affine import AffineSettings
-from nnreg.dataset.image_io import read_image
+from nnreg.dataset.image_io import Geometry, read_image
 from nnreg.dataset.naming import challenge_id_and_modality
 from nnreg.inference.refinement_settings import MULTIMODAL_REFINEMENT
+from nnreg.inference.resample import resample_onto, same_grid
 from nnreg.registration.outputs import OutputPaths, transform_files, write_outputs
 from nnreg.registration.pipeline import FINER_CORRECTION, FINER_GRID, RegistrationSettings, register_images
 from nnreg.utilities.errors import NnregError
@@ -91,6 +93,20 @@ def choose_similarity(request: RunRequest) -> str:
     return "mind" if different else "lncc"
 
 
+def read_mask(path: str, image_geometry: Geometry) -> np.ndarray:
+    """A mask (non-zero = counted) on its image's grid: as it is when it shares that grid, else resampled onto it
+    in physical space by nearest neighbour (as ANTs evaluates a mask at physical points); one line naming the file
+    when it covers none of the image (unreadable and non-3D files: :func:`read_image`'s line)."""
+    mask, geometry = read_image(path)
+    binary = (mask != 0).astype(np.uint8)
+    if not same_grid(geometry, image_geometry):
+        binary = resample_onto(binary, geometry, image_geometry, labels=True)
+        logger.info("%s: resampled onto its image's grid (nearest neighbour)", path)
+    if not binary.any():
+        raise NnregError("the mask covers none of its image (no non-zero voxel on the image's grid)", path)
+    return binary.astype(np.float32)
+
+
 def run_registration(request: RunRequest) -> list[str]:
     """Register the request's pair and write its files; returns the summary lines (also in ``register.log``)."""
     began = time.perf_counter()
@@ -99,7 +115,8 @@ def run_registration(request: RunRequest) -> list[str]:
         torch.set_num_threads(request.threads)
     fixed, fixed_geometry = read_image(request.fixed)
     moving, moving_geometry = read_image(request.moving)
-    masks = [None if p is None else read_image(p)[0] for p in (request.fixed_mask, request.moving_mask)]
+    masks = [None if p is None else read_mask(p, g) for p, g in ((request.fixed_mask, fixed_geometry),
+                                                                  (request.moving_mask, moving_geometry))]
     similarity = choose_similarity(request)
     settings = RegistrationSettings(working_spacing=request.working_spacing,
                                     affine=AffineSettings(similarity=AFFINE_SIMILARITY[similarity]),

@@ -189,7 +189,7 @@ def _fake_refinements(monkeypatch: pytest.MonkeyPatch, outcomes: dict[float, tup
     import nnreg.registration.pipeline as pipeline
     from nnreg.inference.instance_optimization import RefinementReport
 
-    def fake(fixed, moving, start, settings):
+    def fake(fixed, moving, start, settings, masks=None):
         loss, folding, refused = outcomes[float(start.flatten()[0])]
         velocity = None if refused else start + 1
         return start + 1, RefinementReport(3, 0.0, loss, 0.0, -0.5, velocity, refused, "refused" if refused else "",

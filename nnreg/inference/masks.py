@@ -1,0 +1,61 @@
+"""Masks that restrict the refinement's similarity (``nnreg_register --fixed-mask / --moving-mask``), as ANTs' ``-x``
+restricts every stage's metric: a voxel of the fixed grid counts with the weight ``fixed(x) * moving(x + u(x))``.
+
+Conventions (those of :mod:`nnreg.inference.instance_optimization`): tensors ``(1, 1, H, W, D)`` in array-axis
+order, weights in [0, 1] (a binary mask, or its average over coarser voxels); ``fixed`` lives on the fixed image's
+grid, ``moving`` on the grid of the image the stage warps (the moving image, or the moving image already warped by
+a field the stage goes on from) and is warped with it, **pull**: ``weight(x) = moving(x + u(x))``. Why both: a
+lesion or a cut field of view in the moving image moves with it, one in the fixed image stays put. Without masks
+every stage computes what it did before (the weights are never multiplied in).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nnreg.spatial import warp
+
+
+@dataclass(frozen=True)
+class SimilarityMasks:
+    """The fixed and the moving weight (either may be None: that side is not restricted)."""
+
+    fixed: torch.Tensor | None = None
+    moving: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("fixed", "moving"):
+            weight = getattr(self, name)
+            if weight is not None and (weight.dim() != 5 or tuple(weight.shape[:2]) != (1, 1)):
+                raise ValueError(f"expected a (1, 1, H, W, D) {name} mask, got {tuple(weight.shape)}")
+
+    @property
+    def empty(self) -> bool:
+        return self.fixed is None and self.moving is None
+
+    def checked(self, fixed_shape: tuple[int, ...], moving_shape: tuple[int, ...]) -> "SimilarityMasks":
+        """These masks, float32, after checking that they lie on the two images' grids."""
+        for name, weight, shape in (("fixed", self.fixed, fixed_shape), ("moving", self.moving, moving_shape)):
+            if weight is not None and tuple(weight.shape[2:]) != tuple(shape[2:]):
+                raise ValueError(f"the {name} mask's grid {tuple(weight.shape[2:])} is not its image's "
+                                 f"{tuple(shape[2:])}")
+        return SimilarityMasks(*(None if w is None else w.detach().float() for w in (self.fixed, self.moving)))
+
+    def resized(self, size: tuple[int, int, int]) -> "SimilarityMasks":
+        """Both weights on the grid ``size`` (the stage's; averaged as :func:`downsample` averages images)."""
+        return SimilarityMasks(*(None if w is None else downsample(w, size) for w in (self.fixed, self.moving)))
+
+    def moving_warped(self, field: torch.Tensor) -> "SimilarityMasks":
+        """The moving weight warped by ``field`` (the stage then warps an image already warped by it)."""
+        return SimilarityMasks(self.fixed, None if self.moving is None else warp(self.moving, field))
+
+
+def downsample(image: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """Image on the coarser grid ``size`` (box average for integer factors, trilinear otherwise)."""
+    if tuple(image.shape[2:]) == size:
+        return image
+    if all(s % n == 0 for s, n in zip(image.shape[2:], size)):
+        return F.avg_pool3d(image, tuple(s // n for s, n in zip(image.shape[2:], size)))
+    return F.interpolate(image, size=size, mode="trilinear", align_corners=False)
