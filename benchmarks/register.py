@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository 
 
 from benchmarks import anchors  # noqa: E402
 from benchmarks.landmark_proxy import write_proxy_landmarks  # noqa: E402
+from benchmarks.register_compare import comparisons, format_comparisons  # noqa: E402
 from benchmarks.register_pairs import Perturbation, max_rotation_degrees, perturb  # noqa: E402
 from benchmarks.register_scoring import config_labels, rescore, score, summarise  # noqa: E402
 from benchmarks.register_variants import nnreg_variant  # noqa: E402
@@ -350,8 +351,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rescore", type=Path, default=None,
                         help="score an earlier run again from the fields under --output (its JSON here; nothing "
                              "is registered; seconds are kept)")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="print the table and the paired comparisons of an earlier run's JSON (nothing is "
+                             "registered or scored)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.report is not None:
+        earlier = json.loads(args.report.read_text())
+        print(format_rows(earlier["rows"]))
+        print(format_comparisons(comparisons(earlier["rows"])))
+        return 0
     if args.rescore is not None:
         result = rescore(json.loads(args.rescore.read_text()), args.output, config_labels(args.dataset))
         result["table"] = format_rows(result["rows"])
@@ -386,11 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(records)} {args.split} pairs of {args.dataset.name}, seed {args.seed}, {perturbation}, "
           f"threads {args.threads or 'default'}, load {os.getloadavg()[0]:.1f}")
     print(table)
+    paired = comparisons(rows)
+    if paired:
+        print(format_comparisons(paired))
     if args.json is not None:
         args.json.write_text(json.dumps({"dataset": str(args.dataset), "split": args.split, "seed": args.seed,
                                          "perturbation": vars(perturbation), "threads": args.threads,
                                          "load": os.getloadavg()[0], "pairs": records, "rows": rows,
-                                         "table": table}, indent=1))
+                                         "table": table, "comparisons": paired}, indent=1))
     return 0
 
 

@@ -274,3 +274,28 @@ def test_training_pairs_get_centroid_landmarks_and_a_tre(tmp_path: Path) -> None
     expected = np.mean([np.linalg.norm(centre(fixed_labels, s) - centre(moving_labels, s)) for s in structures])
     assert rows["aligned"]["tre"] == pytest.approx(expected, abs=1e-6)
     assert math.isfinite(rows["geometry"]["tre"]) and math.isfinite(rows["geometry"]["tre_exact"])
+
+
+def test_paired_comparisons_of_nnreg_against_each_anchor(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Per set, nnreg minus each anchor that ran, pair by pair (pairs with a NaN score left out), with its bootstrap
+    interval; the zero field and failed rows are no anchors; ``--report`` prints them from an earlier JSON."""
+    from benchmarks import register_compare as compare
+
+    def row(set_name: str, method: str, dice: list[float], status: str = "ok") -> dict:
+        return {"set": set_name, "method": method, "label": method, "status": status,
+                "pairs": [{"pair": i, "dice": d, "dice_exact": d + 0.01} for i, d in enumerate(dice)]}
+
+    rows = [row("geometry", "nnreg", [0.72, 0.70, 0.74]), row("geometry", "greedy", [0.70, 0.71, math.nan]),
+            row("geometry", "ants", [0.6, 0.6, 0.6], status="not installed"), row("geometry", "zero", [0.2] * 3),
+            row("scanner", "greedy", [0.5] * 3)]
+    entries = compare.comparisons(rows)
+    assert [(e["set"], e["reference"], e["anchor"], e["score"]) for e in entries] == [
+        ("geometry", "nnreg", "greedy", "Dice*"), ("geometry", "nnreg", "greedy", "Dice")]
+    for entry in entries:
+        assert entry["pairs"] == 2 and entry["ahead"] == 1
+        assert entry["mean"] == pytest.approx(0.005)
+        assert entry["ci95"][0] == pytest.approx(-0.01) and entry["ci95"][1] == pytest.approx(0.02)
+    (tmp_path / "run.json").write_text(json.dumps({"rows": rows}))
+    assert register.main(["--dataset", str(tmp_path), "--output", str(tmp_path), "--report",
+                          str(tmp_path / "run.json")]) == 0
+    assert "nnreg - greedy" in capsys.readouterr().out
