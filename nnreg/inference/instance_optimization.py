@@ -46,7 +46,6 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from nnreg.inference.intensity_mapping import apply_mapping, conditional_mean_mapping
 from nnreg.inference.masks import SimilarityMasks, downsample
