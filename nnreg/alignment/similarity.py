@@ -18,12 +18,14 @@ MI_BINS = 32
 
 
 def weighted_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None,
-                      window: int) -> torch.Tensor:
-    """``-mean(local NCC)`` over the voxels, weighted by ``weight`` (None = every voxel)."""
+                      window: int, normaliser: torch.Tensor | float | None = None) -> torch.Tensor:
+    """``-mean(local NCC)`` over the voxels, weighted by ``weight`` (None = every voxel): the weighted sum divided by
+    ``normaliser`` (None: the weights' sum)."""
     cc = local_ncc(fixed, warped, window)
     if weight is None:
         return -cc.mean()
-    return -(cc * weight).sum() / weight.sum().clamp_min(1e-6)
+    total = weight.sum() if normaliser is None else torch.as_tensor(normaliser, dtype=cc.dtype)
+    return -(cc * weight).sum() / total.clamp_min(1e-6)
 
 
 def _soft_bins(values: torch.Tensor, bins: int) -> torch.Tensor:
@@ -49,10 +51,11 @@ def mutual_information_loss(fixed: torch.Tensor, warped: torch.Tensor, weight: t
 
 
 def similarity_loss(name: str, fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None,
-                    window: int) -> torch.Tensor:
-    """The loss ``name`` (one of :data:`SIMILARITIES`)."""
+                    window: int, normaliser: torch.Tensor | float | None = None) -> torch.Tensor:
+    """The loss ``name`` (one of :data:`SIMILARITIES`); ``normaliser``: see :func:`weighted_ncc_loss` (mutual
+    information normalises its joint histogram itself)."""
     if name == "ncc":
-        return weighted_ncc_loss(fixed, warped, weight, window)
+        return weighted_ncc_loss(fixed, warped, weight, window, normaliser)
     if name == "mi":
         return mutual_information_loss(fixed, warped, weight)
     raise ConfigurationError(f"unknown similarity {name!r} (choose one of {', '.join(SIMILARITIES)})")
