@@ -9,9 +9,10 @@ of ``--radius`` mm around a seeded voxel of the moving image's cerebral cortex (
 inside the brain: tissue that is gone. The mask is the image minus that cavity grown by one voxel. Three rows:
 ``intact`` (the original moving image: the reference), ``cavity`` (no mask) and ``cavity + mask``. Each is scored
 with the official metrics against the original labels (``nnreg.evaluation.evaluate_pair``: Dice, HD95, NDV; the
-labels inside the cavity count for every row alike) and by its **deviation near the cavity**: the mean distance
-(mm) between the row's field and the intact row's over the fixed voxels that the intact registration maps within
-``radius + 10`` mm of the cavity's centre. Why: a cavity's edges pull the surrounding anatomy into it; a mask that
+labels inside the cavity count for every row alike) and by its **deviation around the cavity**: the mean distance
+(mm) between the row's field and the intact row's over the fixed voxels that the intact registration maps into the
+shell from ``radius`` to ``radius + 10`` mm around the cavity's centre (tissue both images have; inside the cavity
+no registration has anything to go by). Why: a cavity's edges pull the surrounding anatomy into it; a mask that
 restricts the similarity should keep the registration where the intact image puts it. Seconds are the whole
 ``nnreg_register`` process. Prints a table and writes JSON.
 """
@@ -55,12 +56,13 @@ def cavity(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, ...], ra
 
 
 def deviation(field: np.ndarray, reference: np.ndarray, centre: np.ndarray, spacing: tuple[float, ...],
-              radius: float) -> float:
-    """Mean distance (mm) between two voxel fields over the fixed voxels that ``reference`` maps within ``radius``
-    mm of ``centre`` (moving voxels)."""
+              inner: float, outer: float) -> float:
+    """Mean distance (mm) between two voxel fields over the fixed voxels that ``reference`` maps more than ``inner``
+    and at most ``outer`` mm from ``centre`` (moving voxels)."""
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in field.shape[:3]], indexing="ij"), -1)
     mapped = grid + reference
-    near = np.sqrt((((mapped - centre) * np.asarray(spacing)) ** 2).sum(-1)) <= radius
+    distance = np.sqrt((((mapped - centre) * np.asarray(spacing)) ** 2).sum(-1))
+    near = (distance > inner) & (distance <= outer)
     if not near.any():
         return float("nan")
     difference = (field - reference)[near] * np.asarray(spacing)
@@ -113,7 +115,8 @@ def run(dataset: Path, pairs: int, radius: float, seed: int, threads: int | None
             fields[name] = field
             metrics = evaluate_pair(field.astype(np.float64), fixed_labels, moving_labels, labels=labels_config,
                                     moving_image=moving)
-            metrics["deviation_mm"] = deviation(field, fields["intact"], centre, geometry.spacing, radius + 10.0)
+            metrics["deviation_mm"] = deviation(field, fields["intact"], centre, geometry.spacing, radius,
+                                                radius + 10.0)
             results.append({"pair": index, "row": name, "seconds": seconds, "cavity_voxels": int(hole.sum()),
                             **metrics})
             logger.info("pair %d %s: %s", index, name, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))

@@ -1,5 +1,5 @@
 """benchmarks/register_masks.py: the cavity empties only brain voxels within its radius around a cortex voxel, the
-deviation is the mean distance in mm over the voxels mapped near the centre, and one tiny run writes its three rows
+deviation is the mean distance in mm over the voxels mapped into the shell around the centre, and one tiny run writes its three rows
 (the intact row is its own reference), the cavity image and the mask."""
 from __future__ import annotations
 
@@ -36,10 +36,13 @@ def test_deviation_is_the_mean_distance_in_mm_near_the_centre() -> None:
     shifted = reference.copy()
     shifted[..., 0] = 0.5                               # half a voxel along axis 0 of 2 mm voxels: 1 mm
     centre = np.array([5.0, 5.0, 5.0])
-    assert masks.deviation(reference, reference, centre, (2.0, 1.0, 1.0), 3.0) == 0.0
-    assert masks.deviation(shifted, reference, centre, (2.0, 1.0, 1.0), 3.0) == pytest.approx(1.0)
+    assert masks.deviation(reference, reference, centre, (2.0, 1.0, 1.0), 1.0, 3.0) == 0.0
+    assert masks.deviation(shifted, reference, centre, (2.0, 1.0, 1.0), 1.0, 3.0) == pytest.approx(1.0)
+    inside_only = reference.copy()
+    inside_only[5, 5, 5] = 9.0                          # the centre itself: inside the cavity, not in the shell
+    assert masks.deviation(inside_only, reference, centre, (1.0,) * 3, 1.0, 3.0) == 0.0
     far = np.array([100.0, 100.0, 100.0])
-    assert np.isnan(masks.deviation(shifted, reference, far, (1.0,) * 3, 3.0))
+    assert np.isnan(masks.deviation(shifted, reference, far, (1.0,) * 3, 1.0, 3.0))
 
 
 def test_a_tiny_run_writes_three_rows(tmp_path: Path) -> None:
