@@ -198,6 +198,9 @@ def refine_on_finer_grid(fixed: torch.Tensor, moving: torch.Tensor, velocity: to
             start = velocity.detach().float().clone().contiguous()
             if settings.finer_velocity:
                 start = resize_field(start, shape).contiguous()                           # type: ignore[arg-type]
+            if masks is not None and masks.moving is not None:   # the moving mask where the start samples it
+                masks = masks.checked(fixed.shape, moving.shape).on_fixed(
+                    exponential_field(start, shape, options.integration_steps))         # type: ignore[arg-type]
             stage = Stage(fixed.detach().float().clone(), moving.detach().float().clone(), settings.ncc_window,
                           settings.steps, tuple(int(s) for s in start.shape[2:]), options,  # type: ignore[arg-type]
                           keep_fields=True, masks=masks)
@@ -256,8 +259,8 @@ def _displacement_correction(fixed: torch.Tensor, moving: torch.Tensor, velocity
                 raise ValueError(f"start field {tuple(start_field.shape)} does not match the images {shape}")
             start_field = start_field.detach().to(device=fixed.device, dtype=torch.float32)
             moved = warp(moving.detach().float(), start_field).contiguous()
-            if masks is not None:         # the moving weight goes through exp(v) with the moving image
-                masks = masks.checked(fixed.shape, moving.shape).moving_warped(start_field)
+            if masks is not None:         # the moving mask where exp(v), this stage's start, samples it
+                masks = masks.checked(fixed.shape, moving.shape).on_fixed(start_field)
             stage = Stage(fixed.detach().float().clone(), moved, settings.ncc_window, settings.steps,
                           shape, correction, keep_fields=True, masks=masks)              # type: ignore[arg-type]
             zero = torch.zeros_like(start_field)

@@ -113,7 +113,8 @@ class Stage:
     the whole grid's voxel count is the whole grid's mean. A skull-stripped brain's box is ~3/4 of the grid.
 
     ``masks`` (:mod:`nnreg.inference.masks`, on the grids of ``target`` and ``source``) weight each voxel's
-    similarity; the moving weight is warped with the source, as one more channel of the same warp."""
+    similarity; a moving mask is taken as it is (the stage's start is the identity; callers starting elsewhere pass
+    :meth:`SimilarityMasks.on_fixed` of their start)."""
 
     def __init__(self, target: torch.Tensor, source: torch.Tensor, window: int, steps: int,
                  grid: tuple[int, int, int], settings: InstanceOptimization, keep_fields: bool = False,
@@ -121,13 +122,10 @@ class Stage:
         self.keep_fields = keep_fields   # :meth:`loss` keeps its field in ``last_field`` (for OptimisationTrace)
         self.last_field: torch.Tensor | None = None
         self.mind = settings.similarity == "mind"
-        masks = SimilarityMasks() if masks is None else masks.checked(target.shape, source.shape)
+        masks = SimilarityMasks() if masks is None else masks.checked(target.shape, source.shape).on_fixed(None)
         if self.mind:
             target = mind_ssc(target, settings.mind_radius, settings.mind_dilation)
             source = mind_ssc(source, settings.mind_radius, settings.mind_dilation)
-        self.moving_weighted = masks.moving is not None    # the source's last channel is the moving weight
-        if masks.moving is not None:
-            source = torch.cat([source, masks.moving.to(source.device)], dim=1)
         self.target, self.source, self.window, self.steps, self.grid = target, source, window, steps, grid
         self.size: tuple[int, int, int] = tuple(int(s) for s in target.shape[2:])  # type: ignore[assignment]
         self.box = None if self.mind else _foreground_box(target, window - 1)
@@ -151,7 +149,7 @@ class Stage:
                    settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, NCC loss) of the displacement ``field`` (this stage's grid) regularised through ``velocity``."""
         warped = warp(self.source, field, box=self.box)
-        if self.moving_weighted or self.fixed_weight is not None:
+        if self.fixed_weight is not None:
             return self._weighted_loss(warped, velocity, settings)
         if self.mind:
             similarity = mind_descriptor_loss(self.target, warped)
@@ -165,9 +163,6 @@ class Stage:
         """:meth:`field_loss` with each voxel's similarity weighted by the masks (the same scale: sums over the
         whole grid's voxel count, so a mask of ones gives the unmasked loss)."""
         weight = self.fixed_weight
-        if self.moving_weighted:
-            warped, moving_weight = warped[:, :-1], warped[:, -1:]
-            weight = moving_weight if weight is None else weight * moving_weight
         assert weight is not None
         if self.mind:
             per_voxel = ((self.target - warped) ** 2).mean(dim=1, keepdim=True)
@@ -333,7 +328,7 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
             moving = moving.detach().float().clone()
             fixed, source = fixed.detach().float().clone(), moving if whole else warp(moving, displacement)
             masks = SimilarityMasks() if masks is None else masks.checked(fixed.shape, moving.shape)
-            masks = masks if whole else masks.moving_warped(displacement)
+            masks = masks.on_fixed(displacement)          # the moving mask where the start samples it
             stages = _stages(fixed, source, settings, masks)
             grid = stages[0].grid     # the first stage's velocity grid: where v starts
             start = resize_field(displacement, grid) if whole else torch.zeros((1, 3, *grid))

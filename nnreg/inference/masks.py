@@ -3,10 +3,12 @@ restricts every stage's metric: a voxel of the fixed grid counts with the weight
 
 Conventions (those of :mod:`nnreg.inference.instance_optimization`): tensors ``(1, 1, H, W, D)`` in array-axis
 order, weights in [0, 1] (a binary mask, or its average over coarser voxels); ``fixed`` lives on the fixed image's
-grid, ``moving`` on the grid of the image the stage warps (the moving image, or the moving image already warped by
-a field the stage goes on from) and is warped with it, **pull**: ``weight(x) = moving(x + u(x))``. Why both: a
-lesion or a cut field of view in the moving image moves with it, one in the fixed image stays put. Without masks
-every stage computes what it did before (the weights are never multiplied in).
+grid, ``moving`` on the grid of the image the stage warps, **pull**: ``weight(x) = moving(x + u(x))``. Each stage
+takes the moving mask through the field it **starts** from (:meth:`SimilarityMasks.on_fixed`) and keeps that weight
+for its steps. Why not through the field being optimised: then the similarity's gradient also moves the mask, and
+the optimum shrinks what the mask leaves out (measured on real brains with a cavity: the field around it 0.6-1.5 mm
+farther from the intact pair's, documentation/benchmarks.md). Without masks every stage computes what it did before
+(the weights are never multiplied in).
 """
 from __future__ import annotations
 
@@ -47,9 +49,14 @@ class SimilarityMasks:
         """Both weights on the grid ``size`` (the stage's; averaged as :func:`downsample` averages images)."""
         return SimilarityMasks(*(None if w is None else downsample(w, size) for w in (self.fixed, self.moving)))
 
-    def moving_warped(self, field: torch.Tensor) -> "SimilarityMasks":
-        """The moving weight warped by ``field`` (the stage then warps an image already warped by it)."""
-        return SimilarityMasks(self.fixed, None if self.moving is None else warp(self.moving, field))
+    def on_fixed(self, field: torch.Tensor | None) -> "SimilarityMasks":
+        """One weight on the fixed grid: the fixed one times the moving one taken through ``field`` (the stage's start;
+        None: the identity, the moving weight already on the fixed grid)."""
+        if self.moving is None:
+            return self
+        with torch.no_grad():
+            moving = self.moving if field is None else warp(self.moving, field.to(self.moving.device))
+        return SimilarityMasks(moving if self.fixed is None else self.fixed * moving, None)
 
 
 def downsample(image: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:

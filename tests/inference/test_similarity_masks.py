@@ -85,20 +85,26 @@ def test_a_mask_of_ones_is_the_unmasked_loss(similarity: str) -> None:
         assert float(a) == pytest.approx(float(b), rel=1e-5)
 
 
-def test_the_moving_weight_is_sampled_where_the_moving_image_is() -> None:
-    """Only the moving mask's voxels that a fixed voxel samples count: with the moving image shifted by a known
-    field, a moving mask over the rows that the fixed image's first rows sample equals that fixed mask."""
-    fixed, moving = _pair()
-    settings = InstanceOptimization(steps=1, ncc_window=3)
+def test_the_moving_mask_is_taken_where_the_start_samples_it() -> None:
+    """``on_fixed``: with the moving image shifted by a known field, a moving mask over the rows that the fixed image's
+    rows 2-9 sample becomes a fixed weight over those rows."""
     shift = torch.zeros((1, 3, *SHAPE))
     shift[:, 0] = 4.0                                  # fixed row r samples moving row r + 4
     fixed_rows = torch.zeros((1, 1, *SHAPE))
     fixed_rows[:, :, 2:10] = 1.0
-    moving_rows = torch.roll(fixed_rows, 4, dims=2)
-    by_fixed = Stage(fixed, moving, 3, 1, SHAPE, settings, masks=SimilarityMasks(fixed=fixed_rows))
-    by_moving = Stage(fixed, moving, 3, 1, SHAPE, settings, masks=SimilarityMasks(moving=moving_rows))
-    assert float(by_moving.field_loss(shift, shift, settings)[1]) == pytest.approx(
-        float(by_fixed.field_loss(shift, shift, settings)[1]), rel=1e-6)
+    on_fixed = SimilarityMasks(moving=torch.roll(fixed_rows, 4, dims=2)).on_fixed(shift)
+    assert on_fixed.moving is None and torch.equal(on_fixed.fixed, fixed_rows)
+
+
+def test_the_moving_mask_stays_where_the_stage_started() -> None:
+    """A stage keeps the moving mask where its start put it (no gradient through the mask, which would shrink what
+    it leaves out): from the identity, a moving mask refines exactly as the same mask given as the fixed one."""
+    fixed, moving = _pair()
+    mask = _half(first=True)
+    zero = torch.zeros((1, 3, *SHAPE))
+    as_moving, _ = refine_field(fixed, moving, zero, SETTINGS, masks=SimilarityMasks(moving=mask))
+    as_fixed, _ = refine_field(fixed, moving, zero, SETTINGS, masks=SimilarityMasks(fixed=mask))
+    assert float(as_moving.abs().max()) > 0.01 and torch.equal(as_moving, as_fixed)
 
 
 def test_a_mask_off_its_images_grid_is_refused() -> None:
