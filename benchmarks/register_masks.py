@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository root: benchmarks/ is importable
 
+from benchmarks.register_methods import run_nnreg  # noqa: E402
 from benchmarks.register_scoring import config_labels  # noqa: E402
 
 logger = logging.getLogger("nnreg.benchmarks.register_masks")
@@ -70,17 +70,10 @@ def deviation(field: np.ndarray, reference: np.ndarray, centre: np.ndarray, spac
 
 
 def register(fixed: Path, moving: Path, out: Path, threads: int | None, mask: Path | None) -> tuple[np.ndarray, float]:
-    """``nnreg_register`` as a user runs it; (its field, seconds)."""
-    from nnreg.dataset.image_io import read_displacement
-
-    command = ["nnreg_register", "--fixed", str(fixed), "--moving", str(moving), "-o", str(out)]
-    command += ["--threads", str(threads)] if threads else []
-    command += ["--moving-mask", str(mask)] if mask else []
+    """``nnreg_register`` as a user runs it (:func:`benchmarks.register_methods.run_nnreg`); (its field, seconds)."""
     began = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"nnreg_register failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
-    return read_displacement(out / "field.nii.gz"), time.perf_counter() - began
+    field, _ = run_nnreg(fixed, moving, out, threads, moving_mask=mask)
+    return field, time.perf_counter() - began
 
 
 def run(dataset: Path, pairs: int, radius: float, seed: int, threads: int | None, output: Path) -> list[dict]:

@@ -19,14 +19,16 @@ PACKAGES = {"ants": ("ants", "antspyx"), "greedy": ("picsl_greedy", "picsl-greed
 GREEDY = {"metric": "NCC 2x2x2", "iterations": "100x50x10"}
 
 # -- methods -------------------------------------------------------------------------------------------------------
-def run_nnreg(fixed: Path, moving: Path, out: Path, threads: int | None,
-              model: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """``nnreg_register`` as the user runs it (``-m model`` when given); (its field, extra JSON: the log's total)."""
+def run_nnreg(fixed: Path, moving: Path, out: Path, threads: int | None, model: str | None = None,
+              moving_mask: Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """``nnreg_register`` as the user runs it (``-m model``, ``--moving-mask`` when given); (its field, extra JSON:
+    the log's total)."""
     from nnreg.dataset.image_io import read_displacement
 
     command = ["nnreg_register", "--fixed", str(fixed), "--moving", str(moving), "-o", str(out)]
     command += ["--threads", str(threads)] if threads else []
     command += ["-m", model] if model else []
+    command += ["--moving-mask", str(moving_mask)] if moving_mask else []
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"nnreg_register failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")

@@ -149,27 +149,14 @@ class Stage:
                    settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, NCC loss) of the displacement ``field`` (this stage's grid) regularised through ``velocity``."""
         warped = warp(self.source, field, box=self.box)
-        if self.fixed_weight is not None:
-            return self._weighted_loss(warped, velocity, settings)
         if self.mind:
-            similarity = mind_descriptor_loss(self.target, warped)
+            similarity = mind_descriptor_loss(self.target, warped, self.fixed_weight)
         else:
             assert self.windows is not None
-            similarity = -self.windows.cc(warped).sum() / self.voxels
-        return similarity + settings.lambda_reg * gradient_l2(velocity), similarity
-
-    def _weighted_loss(self, warped: torch.Tensor, velocity: torch.Tensor,
-                       settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`field_loss` with each voxel's similarity weighted by the masks (the same scale: sums over the
-        whole grid's voxel count, so a mask of ones gives the unmasked loss)."""
-        weight = self.fixed_weight
-        assert weight is not None
-        if self.mind:
-            per_voxel = ((self.target - warped) ** 2).mean(dim=1, keepdim=True)
-            similarity = (per_voxel * weight).sum() / self.voxels
-        else:
-            assert self.windows is not None
-            similarity = -(self.windows.cc(warped.contiguous()) * weight).sum() / self.voxels
+            cc = self.windows.cc(warped)
+            if self.fixed_weight is not None:   # the masks' weights (the same scale: a mask of ones is no mask)
+                cc = cc * self.fixed_weight
+            similarity = -cc.sum() / self.voxels
         return similarity + settings.lambda_reg * gradient_l2(velocity), similarity
 
 

@@ -33,10 +33,6 @@ class SimilarityMasks:
             if weight is not None and (weight.dim() != 5 or tuple(weight.shape[:2]) != (1, 1)):
                 raise ValueError(f"expected a (1, 1, H, W, D) {name} mask, got {tuple(weight.shape)}")
 
-    @property
-    def empty(self) -> bool:
-        return self.fixed is None and self.moving is None
-
     def checked(self, fixed_shape: tuple[int, ...], moving_shape: tuple[int, ...]) -> "SimilarityMasks":
         """These masks, float32, after checking that they lie on the two images' grids."""
         for name, weight, shape in (("fixed", self.fixed, fixed_shape), ("moving", self.moving, moving_shape)):

@@ -71,13 +71,20 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.T
         return torch.exp(-(distance - distance.amin(dim=1, keepdim=True)) / variance)
 
 
-def mind_descriptor_loss(fixed_descriptor: torch.Tensor, warped_descriptor: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of two MIND descriptors (lower is better, 0 for identical structure)."""
+def mind_descriptor_loss(fixed_descriptor: torch.Tensor, warped_descriptor: torch.Tensor,
+                         weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared difference of two MIND descriptors (lower is better, 0 for identical structure); with ``weight``
+    ``(B, 1, H, W, D)``, each voxel's mean over the channels weighted and summed over the voxel count (a weight of
+    ones gives the unweighted value)."""
     if fixed_descriptor.shape != warped_descriptor.shape:
         raise ValueError(f"descriptor shapes differ: {tuple(fixed_descriptor.shape)} and "
                          f"{tuple(warped_descriptor.shape)}")
     with torch.autocast(device_type=fixed_descriptor.device.type, enabled=False):
-        return ((fixed_descriptor.float() - warped_descriptor.float()) ** 2).mean()
+        squared = (fixed_descriptor.float() - warped_descriptor.float()) ** 2
+        if weight is None:
+            return squared.mean()
+        per_voxel = squared.mean(dim=1, keepdim=True)
+        return (per_voxel * weight.float()).sum() / per_voxel.numel()
 
 
 def mind_loss(fixed: torch.Tensor, warped: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:

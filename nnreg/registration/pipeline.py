@@ -29,7 +29,7 @@ from nnreg.inference.instance_optimization import InstanceOptimization, Refineme
 from nnreg.inference.masks import SimilarityMasks
 from nnreg.registration.grids import resample_to
 from nnreg.registration.normalization import match_histogram
-from nnreg.registration.prealign import Prealignment, PrealignSettings, image_tensor, prealign
+from nnreg.registration.prealign import Prealignment, PrealignSettings, image_tensor, mask_on_grid, prealign
 from nnreg.utilities.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -223,9 +223,9 @@ def _finer_grid_stage(registration: Registration, velocity: torch.Tensor, factor
     with torch.no_grad():
         moving_affine = sample_affine(moving_t, moving_fine_geo, fine_geo,
                                       torch.as_tensor(registration.affine.homogeneous))
-    fixed_mask, moving_mask = (None if m is None else image_tensor((resample_to(m, g, fine) > 0.5).astype(np.float32))
-                               for m, g, fine in zip(aligned.masks, (fixed_geometry, moving_geometry),
-                                                     (fine_geo, moving_fine_geo)))
+    fixed_mask, moving_mask = (image_tensor(mask_on_grid(m, g, fine, name))
+                               for m, g, fine, name in zip(aligned.masks, (fixed_geometry, moving_geometry),
+                                                           (fine_geo, moving_fine_geo), ("fixed", "moving")))
     masks = _stage_masks(fixed_mask, moving_mask, moving_fine_geo, fine_geo, registration.affine)
     field, report = refine_on_finer_grid(fixed_t, moving_affine, velocity, settings.deformable, settings.finer_grid,
                                          masks=masks)

@@ -82,8 +82,8 @@ def image_tensor(array: np.ndarray | None) -> torch.Tensor | None:
     return None if array is None else torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
 
 
-def _working_mask(mask: np.ndarray | None, geometry: Geometry, working: Geometry, name: str) -> np.ndarray | None:
-    """A binary mask on the working grid (None stays None)."""
+def mask_on_grid(mask: np.ndarray | None, geometry: Geometry, working: Geometry, name: str) -> np.ndarray | None:
+    """A binary mask (on ``geometry``) on the grid ``working`` (None stays None)."""
     if mask is None:
         return None
     if tuple(mask.shape) != tuple(geometry.shape):
@@ -111,8 +111,8 @@ def prealign(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray, mo
     fixed_t, moving_t = image_tensor(f_img), image_tensor(m_img)
     assert fixed_t is not None and moving_t is not None
     stage = time.perf_counter()
-    fixed_mask_t = image_tensor(_working_mask(fixed_mask, fixed_geometry, f_geo, names[0]))
-    moving_mask_t = image_tensor(_working_mask(moving_mask, moving_geometry, m_geo, names[1]))
+    fixed_mask_t = image_tensor(mask_on_grid(fixed_mask, fixed_geometry, f_geo, names[0]))
+    moving_mask_t = image_tensor(mask_on_grid(moving_mask, moving_geometry, m_geo, names[1]))
     affine = register_affine(fixed_t, f_geo, moving_t, m_geo, settings.affine, fixed_mask_t, moving_mask_t)
     log.extend(affine.log)
     log.append(f"affine: {affine.describe()} ({settings.affine.similarity}, {time.perf_counter() - stage:.1f} s)")
