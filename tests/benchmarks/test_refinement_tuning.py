@@ -52,4 +52,5 @@ def test_run_on_a_tiny_model_scores_training_pairs(tmp_path: Path) -> None:
     assert set(rows) == {"network", "steps=3,fine_steps=2", "steps=3,grid_factor=2"}
     assert rows["network"]["mean_steps"] == 0 and rows["steps=3,grid_factor=2"]["settings"]["grid_factor"] == 2
     assert all(r["pairs"] == 2 and 0 <= r["dice"] <= 1 and r["ndv"] >= 0 for r in rows.values())
+    assert all(len(r["per_pair_dice"]) == len(r["per_pair_tre_proxy"]) == 2 for r in rows.values())
     assert all("imagesTr" in p for pair in result["pairs"] for p in pair)
