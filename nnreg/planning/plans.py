@@ -17,11 +17,9 @@ from nnreg.utilities.files import read_json, write_json
 
 
 #: The refinement that new plans record (the other keys take InstanceOptimization's defaults); the planner adds
-#: ``fine_grid_factor`` from the configuration's spacing (nnreg.planning.planner.refinement_settings). ``lambda_reg``
-#: 2 and a fine-stage window of 13 (since the fifteenth session; 1.5 and 9 before) trade 0.003 Dice for 5 % lower
-#: landmark error and a fifth of the folding on 16 OpenBrains80 training pairs (documentation/prediction.md).
-DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 30, "fine_steps": 10, "grid_factor": 2, "lambda_reg": 2.0,
-                                                 "fine_ncc_window": 13, "integration_steps": 3, "warmup_steps": 3}
+#: ``fine_grid_factor`` from the configuration's spacing (nnreg.planning.planner.refinement_settings).
+DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 30, "fine_steps": 10, "grid_factor": 2, "lambda_reg": 1.5,
+                                                 "integration_steps": 3, "warmup_steps": 3}
 
 
 @dataclass
