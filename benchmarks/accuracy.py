@@ -14,7 +14,8 @@ On a Learn2Reg dataset with labels it runs, as subprocesses of the documented co
    --time-budget M`` (the training images only; ``--epochs`` when this nnreg has no ``--time-budget``);
 2. per seed, ``nnreg_predict`` on the ``validation`` pairs without refinement (``--instance-optimization 0``, method
    ``nnreg``) and with it (the plans' default or ``--instance-optimization N`` / ``--instance-optimization-settings``;
-   method ``nnreg_refined``);
+   method ``nnreg_refined``); once, with the first seed's plans, the same refinement from the identity without the
+   network (``--start identity``, method ``nnreg_identity``, kind ``ablation``: what the network's start adds);
 3. the anchors of ``--anchors`` (default all; benchmarks/anchors.py: SimpleITK demons, Greedy with and without
    ``-sv``, ConvexAdam with its defaults and the LUMIR brain settings, ANTs SyNQuick and the LUMIR SyN call), each
    through its Python package with its documented settings; the ANTs fields (minutes per pair) are cached in
@@ -27,8 +28,9 @@ Fields go to ``OUTDIR/<method>[_seed<S>]/disp_<fix>_<mov>.nii.gz`` (voxel-unit p
 to ``metrics.json`` beside them; the models, plans and logs to ``OUTDIR/work/``. Printed and in ``--json``: every row
 (``method, label, kind, seed, status, dice, hd95, tre, ndv`` (official NDV %), ``seconds_per_pair`` (files to written
 fields / pairs; nnreg: the whole ``nnreg_predict`` process), ``train_minutes``, ``per_pair_dice``), the mean ± std
-(min–max) over seeds per nnreg method (``summary``), and for every anchor the per-pair Dice of nnreg_refined (nnreg
-without it) minus the anchor's with a 10,000-resample bootstrap 95 % interval over pairs (``differences``).
+(min–max) over seeds per nnreg method (``summary``), and for every anchor (and the ``nnreg_identity`` ablation) the
+per-pair Dice of nnreg_refined (nnreg without it) minus the anchor's with a 10,000-resample bootstrap 95 % interval
+over pairs (``differences``).
 """
 from __future__ import annotations
 
@@ -53,7 +55,9 @@ logger = logging.getLogger("nnreg.benchmarks.accuracy")
 
 BENCH_ID = 990                      # id given to a dataset folder not named DatasetXXX_Name
 DEFAULT_SEED = 12345                # nnreg_train's default --seed: the first seed keeps the single-seed folders
-NNREG_METHODS = ("nnreg", "nnreg_refined")
+NNREG_METHODS = ("nnreg", "nnreg_refined", "nnreg_identity")
+LABELS = {"nnreg": "nnreg", "nnreg_refined": "nnreg + refinement",
+          "nnreg_identity": "refinement from the identity (no network)"}
 ROW_KEYS = ("method", "label", "kind", "seed", "status", "dice", "hd95", "tre", "ndv", "seconds_per_pair",
             "train_minutes", "cached_pairs", "per_pair_dice")
 
@@ -137,16 +141,22 @@ def nnreg_rows(args: argparse.Namespace, methods: list[str], seeds: list[int], d
         else:   # the measured minutes of the run that trained the model (the given budget if not recorded)
             train_minutes = read_json(minutes_file)["train_minutes"] if minutes_file.is_file() else args.train_minutes
         for method in (m for m in NNREG_METHODS if m in methods):
+            identity = method == "nnreg_identity"
+            if identity and seed != seeds[0]:      # no network: one run, whatever the seed's weights
+                continue
             refinement = ["--instance-optimization", "0"] if method == "nnreg" else (
                 [] if args.instance_optimization is None else ["--instance-optimization", str(args.instance_optimization)])
-            if method == "nnreg_refined" and args.instance_optimization_settings:
+            if method != "nnreg" and args.instance_optimization_settings:
                 refinement += ["--instance-optimization-settings", args.instance_optimization_settings]
-            folder = out / f"{method}{suffix}"
+            if identity:
+                refinement += ["--start", "identity"]
+            folder = out / (method if identity else f"{method}{suffix}")
             seconds = run(["nnreg_predict", "-i", str(dataset), "-o", str(folder), "-d", str(dataset_id),
                            "-c", args.configuration, "--device", "cpu", *refinement], log, seed_env)
-            rows.append({"method": method, "label": "nnreg + refinement" if method == "nnreg_refined" else "nnreg",
-                         "kind": "nnreg", "seed": seed, "status": "ok", "folder": folder,
-                         "seconds_per_pair": seconds / max(1, pairs), "train_minutes": train_minutes})
+            rows.append({"method": method, "label": LABELS[method], "kind": "ablation" if identity else "nnreg",
+                         "seed": None if identity else seed, "status": "ok", "folder": folder,
+                         "seconds_per_pair": seconds / max(1, pairs),
+                         "train_minutes": None if identity else train_minutes})
     return rows
 
 
@@ -218,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1,
                         help="independent nnreg trainings (nnreg_train --seed 12345, 12346, ...); rows per seed and "
                              "their mean ± std (min–max)")
-    parser.add_argument("--methods", default="nnreg,nnreg_refined,zero",
-                        help="comma-separated subset of nnreg, nnreg_refined, zero (anchor names are accepted too "
-                             "and select those anchors when --anchors is not given)")
+    parser.add_argument("--methods", default="nnreg,nnreg_refined,nnreg_identity,zero",
+                        help="comma-separated subset of nnreg, nnreg_refined, nnreg_identity (the refinement from "
+                             "the identity, no network), zero (anchor names are accepted too and select those "
+                             "anchors when --anchors is not given)")
     parser.add_argument("--anchors", default=None,
                         help=f"all (default), none, or comma-separated: {', '.join(anchors.ANCHORS)}")
     parser.add_argument("--anchor-cache", type=Path, default=None, metavar="DIR",

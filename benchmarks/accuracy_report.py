@@ -57,7 +57,7 @@ def mean_over_seeds(per_seed: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def differences(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
-    """For each evaluated anchor row, ``reference`` (nnreg_refined or nnreg) minus it: per seed, and with the
+    """For each evaluated anchor (or ablation) row, ``reference`` (nnreg_refined or nnreg) minus it: per seed, and with the
     reference's per-pair Dice averaged over seeds (``seed: "mean"``) when there are several."""
     mine = [r for r in rows if r["method"] == reference and r.get("per_pair_dice")]
     references: list[tuple[Any, dict[str, float]]] = [(r["seed"], r["per_pair_dice"]) for r in mine]
@@ -65,7 +65,7 @@ def differences(rows: list[dict[str, Any]], reference: str) -> list[dict[str, An
         references.append(("mean", mean_over_seeds([r["per_pair_dice"] for r in mine])))
     out = []
     for row in rows:
-        if row.get("kind") != "anchor" or not row.get("per_pair_dice"):
+        if row.get("kind") not in ("anchor", "ablation") or not row.get("per_pair_dice"):
             continue
         for seed, dice in references:
             out.append({"reference": reference, "anchor": row["method"], "seed": seed,

@@ -115,6 +115,9 @@ def _workers(value: int | None, num_pairs: int) -> int:
 @click.option("--finer-grid-settings", "finer_grid_settings", default=None, metavar="KEY=VALUE,...",
               help="Override keys of that stage, e.g. 'finer_velocity=false,lr=0.25' (see prediction.md).")
 @click.option("--deterministic", is_flag=True, help="Deterministic algorithms for the refinement.")
+@click.option("--start", type=click.Choice(["network", "identity"]), default="network", show_default=True,
+              help="Where the refinement starts: the network's field, or the identity without running the network "
+                   "(an ablation: what the network adds; see prediction.md).")
 @results_option
 @verbose_option
 @user_errors_as_one_line
@@ -125,7 +128,8 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
          resume: bool, num_readers: int | None, num_writers: int | None, num_parts: int, part_id: int,
          threads: int | None, channels_last: bool,
          instance_optimization: int | None, instance_optimization_settings: str | None, finer_steps: int,
-         finer_grid_settings: str | None, deterministic: bool, results: str | None, verbose: bool) -> None:
+         finer_grid_settings: str | None, deterministic: bool, start: str, results: str | None,
+         verbose: bool) -> None:
     """Register image pairs with a trained nnreg model; fields in the Learn2Reg/LUMIR format."""
     from nnreg.inference import ExportOptions, collect_pairs, nnRegPredictor, predict_pairs
     from nnreg.inference.finer_grid import FinerGridSettings, parse_finer_overrides
@@ -147,8 +151,9 @@ def main(input_path: str | None, output: str, dataset: str | None, configuration
     predictor = nnRegPredictor(device=device, num_threads=threads, channels_last=channels_last,
                                instance_optimization=instance_optimization, deterministic=deterministic,
                                instance_optimization_overrides=overrides,
-                               finer_grid=finer_grid)
+                               finer_grid=finer_grid, start=start)
     predictor.initialize_from_trained_model_folder(folder, parse_folds(folds), checkpoint, configuration)
+    predictor.check_start()
     if device_note is not None:      # said once the model is read: an input error above stays the only line
         logger.info(device_note)
     options = ExportOptions(save_warped=save_warped, labels_folder=labels, itk=itk, qc=qc, inverse=inverse,

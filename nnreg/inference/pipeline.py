@@ -245,6 +245,8 @@ def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | P
             logger.info("finer-grid stage: up to %d steps on the original grid after the refinement (the network "
                         "grid is %s times coarser), %s", predictor.finer_grid.steps,
                         "x".join(f"{float(f):g}" for f in config.resampling_factor), predictor.finer_grid.to_json())
+    if predictor.start == "identity":
+        logger.info("--start identity: the refinement starts from the identity; the network is not run")
     predictor.keep_velocity_inverse = options.inverse and not options.affine   # (the affine path inverts u itself)
     if options.affine:
         logger.info("affine pre-alignment of every pair before the network (--affine)")

@@ -33,6 +33,10 @@ from nnreg.utilities.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
+# where the refinement starts: the network's field, or the identity (the network is not run; an ablation that shows
+# what the network adds, benchmarks/accuracy.py's ``nnreg_identity`` row)
+STARTS = ("network", "identity")
+
 
 def usable_cores() -> int:
     """CPU cores this process may run on: affinity and cgroup v1/v2 quotas (``docker --cpus``), see
@@ -52,12 +56,16 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
                  instance_optimization: int | InstanceOptimization | None = None,
                  deterministic: bool = False,
                  instance_optimization_overrides: dict[str, Any] | None = None,
-                 finer_grid: FinerGridSettings | None = None) -> None:
+                 finer_grid: FinerGridSettings | None = None, start: str = "network") -> None:
         """``instance_optimization``: None = the setting recorded in the plans (off if none), an int = that many
         refinement steps with the recorded (or default) settings, or full :class:`InstanceOptimization` settings.
         ``instance_optimization_overrides`` replaces single keys of the recorded settings (before an int's steps).
         ``finer_grid``: the stage on the original grid after a refinement on a coarser network grid (default
-        :class:`FinerGridSettings`; ``steps=0``: the field ends on the network grid)."""
+        :class:`FinerGridSettings`; ``steps=0``: the field ends on the network grid). ``start``: ``"network"``, or
+        ``"identity"`` (the zero field replaces the network's; it needs a refinement, :meth:`check_start`)."""
+        if start not in STARTS:
+            raise ConfigurationError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
+        self.start = start
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigurationError("--device cuda requested but no CUDA device is available")
@@ -168,7 +176,7 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         with torch.inference_mode():
             moving = self._to_input(moving_network)
             fixed = self._to_input(fixed_network)
-            for index in range(len(self.fold_weights)):
+            for index in range(len(self.fold_weights) if self.start == "network" else 0):
                 self._load_fold(index)
                 network = self.network   # the fold's own network when the folds' architectures differ
                 output = network(moving, fixed)
@@ -176,6 +184,9 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
                 if network_inverse:
                     inverses.append(velocity_inverse(network, output))
                 del output
+            if self.start == "identity":    # no network: the zero field (and its inverse) is the start
+                fields.append(torch.zeros((1, 3, *fixed.shape[2:]), dtype=torch.float32))
+                inverses = [torch.zeros_like(fields[0])] if network_inverse else []
             del moving, fixed
             field, self.last_ensemble = ensemble_displacements(fields)
             self.last_velocity_inverse = None if not inverses or any(w is None for w in inverses) else \
@@ -192,6 +203,12 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         recorded = InstanceOptimization.from_json(getattr(configuration, "instance_optimization", None))
         recorded = recorded.with_overrides(self.instance_optimization_overrides)
         return recorded if request is None else recorded.with_steps(int(request))
+
+    def check_start(self) -> None:
+        """A start from the identity without a refinement would write zero fields: refuse it (one clear line)."""
+        if self.start == "identity" and not self.instance_optimization.enabled:
+            raise ConfigurationError("--start identity needs a refinement to start (the plans record none, or "
+                                     "--instance-optimization 0 turned it off): the fields would all be zero")
 
     def settings_for_pair(self, fixed: str | Path, moving: str | Path) -> InstanceOptimization:
         """The refinement settings of one pair: those in effect, with :data:`MULTIMODAL_REFINEMENT` (MIND-SSC) when
@@ -296,6 +313,6 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
     def describe(self) -> dict[str, Any]:
         """A short summary for logs and benchmark output."""
         return {"configuration": self.configuration_name, "folds": list(self.folds), "device": str(self.device),
-                "threads": torch.get_num_threads(), "channels_last": self.channels_last,
+                "threads": torch.get_num_threads(), "channels_last": self.channels_last, "start": self.start,
                 "instance_optimization": self.instance_optimization.to_json() if self.configuration else None,
                 "finer_grid": self.finer_grid.to_json()}

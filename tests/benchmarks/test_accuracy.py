@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -130,12 +131,11 @@ def test_slow_anchor_fields_are_reused_from_the_cache(tmp_path: Path, monkeypatc
     assert calls == [0.5, 0.5, 1.0, 1.0]
 
 
-def test_seeds_train_independent_models_with_rows_summary_and_differences(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """nnreg_train gets --seed 12345 / 12346 with separate results folders; nnreg_predict is replaced by fields of a
-    seed-dependent size (no training), nnreg_evaluate runs for real."""
-    dataset = make_learn2reg_dataset(tmp_path / "Tiny", shape=(24, 28, 20), n_train=2, n_val=2)
-    real_run, commands = accuracy.run, []
+def fake_commands(dataset: Path, commands: list[tuple[list[str], str]],
+                  shift: Callable[[list[str], dict[str, str]], float]) -> Callable[..., float]:
+    """A stand-in for ``accuracy.run``: records every command with its results folder, runs nnreg_evaluate for real
+    and makes nnreg_predict write constant fields of ``shift(command, env)`` voxels (no training, no network)."""
+    real_run = accuracy.run
 
     def fake_run(command: list[str], log: Path, env: dict[str, str]) -> float:
         commands.append((command, env["nnReg_results"]))
@@ -143,13 +143,23 @@ def test_seeds_train_independent_models_with_rows_summary_and_differences(tmp_pa
             return real_run(command, log, env)
         if command[0] == "nnreg_predict":
             folder = Path(command[command.index("-o") + 1])
-            scale = 0.0 if env["nnReg_results"].endswith("results") else 1.0
             for fixed, moving in accuracy.validation_pairs(dataset):
                 geometry = read_image(fixed)[1]
-                write_displacement(np.full((*geometry.shape, 3), scale, np.float32),
+                write_displacement(np.full((*geometry.shape, 3), shift(command, env), np.float32),
                                    pair_outputs(folder, fixed, moving).displacement, geometry)
         return 1.0
 
+    return fake_run
+
+
+def test_seeds_train_independent_models_with_rows_summary_and_differences(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """nnreg_train gets --seed 12345 / 12346 with separate results folders; nnreg_predict is replaced by fields of a
+    seed-dependent size (no training), nnreg_evaluate runs for real."""
+    dataset = make_learn2reg_dataset(tmp_path / "Tiny", shape=(24, 28, 20), n_train=2, n_val=2)
+    commands: list[tuple[list[str], str]] = []
+    fake_run = fake_commands(dataset, commands,
+                             lambda command, env: 0.0 if env["nnReg_results"].endswith("results") else 1.0)
     monkeypatch.setattr(accuracy, "run", fake_run)
     monkeypatch.setattr(accuracy, "train_arguments", lambda minutes, env: ["--time-budget", f"{minutes:g}"])
     out, rows_json = tmp_path / "bench", tmp_path / "acc.json"
@@ -184,3 +194,30 @@ def test_train_arguments_prefer_the_time_budget(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(accuracy.subprocess, "run", lambda *a, **k: Done())
     assert accuracy.train_arguments(2.5, {})[:len(expected)] == expected
+
+
+def test_identity_start_runs_once_and_is_compared_like_an_anchor(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``nnreg_identity``: one ``nnreg_predict --start identity`` with the first seed's plans (not one per seed), a
+    row of kind ``ablation`` without a seed, and nnreg_refined minus it in the paired differences."""
+    dataset = make_learn2reg_dataset(tmp_path / "Tiny", shape=(24, 28, 20), n_train=2, n_val=2)
+    commands: list[tuple[list[str], str]] = []
+    fake_run = fake_commands(dataset, commands, lambda command, env: 1.0 if "--start" in command else 0.0)
+    monkeypatch.setattr(accuracy, "run", fake_run)
+    monkeypatch.setattr(accuracy, "train_arguments", lambda minutes, env: ["--time-budget", f"{minutes:g}"])
+    rows_json = tmp_path / "acc.json"
+    assert accuracy.main(["--dataset", str(dataset), "--train-minutes", "1", "--output", str(tmp_path / "bench"),
+                          "--json", str(rows_json), "--methods", "nnreg_refined,nnreg_identity", "--anchors", "none",
+                          "--seeds", "2"]) == 0
+    predicts = [(c, results) for c, results in commands if c[0] == "nnreg_predict"]
+    starts = [(c[c.index("--start") + 1], Path(results).name) for c, results in predicts if "--start" in c]
+    assert starts == [("identity", "results")]                 # once, with the first seed's model folder
+    assert sum("--start" not in c for c, _ in predicts) == 2   # nnreg_refined per seed
+    result = json.loads(rows_json.read_text())
+    identity = next(r for r in result["rows"] if r["method"] == "nnreg_identity")
+    assert identity["kind"] == "ablation" and identity["seed"] is None and identity["dice"] is not None
+    compared = [(d["reference"], d["anchor"], d["seed"]) for d in result["differences"]]
+    assert compared == [("nnreg_refined", "nnreg_identity", 12345), ("nnreg_refined", "nnreg_identity", 12346),
+                        ("nnreg_refined", "nnreg_identity", "mean")]
+    refined = next(r for r in result["rows"] if r["method"] == "nnreg_refined" and r["seed"] == 12345)
+    assert result["differences"][0]["mean"] == pytest.approx(refined["dice"] - identity["dice"])

@@ -232,3 +232,25 @@ def test_image_in_other_units_is_standardised_with_one_warning(setup: dict[str, 
     inside = prepared.moving_network > 0
     saturated = float((prepared.moving_network[inside] >= 0.999).mean())
     assert saturated < 0.02, saturated      # clipping 0-4000 at 255 saturates ~all of the foreground
+
+
+def test_start_identity_refines_without_running_the_network(setup: dict[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--start identity``: no fold's weights are ever loaded, the refinement still moves the field; without a
+    refinement it is one error line (the fields would all be zero)."""
+    from nnreg.inference import predictor as predictor_module
+
+    def no_network(self: object, index: int) -> None:
+        raise AssertionError("the network was run")
+
+    monkeypatch.setattr(predictor_module.nnRegPredictor, "_load_fold", no_network)
+    out = tmp_path / "identity"
+    result = run("-i", setup["root"], "-o", out, "-d", "901", "-c", "3d_fullres", "--results", setup["results"],
+                 "-npp", "0", "-nps", "0", "--start", "identity", "--instance-optimization", "3")
+    assert result.exit_code == 0, result.stderr
+    fields = [read_displacement(p) for p in sorted(out.glob("disp_*.nii.gz"))]
+    assert fields and all(np.abs(f).max() > 1e-3 for f in fields)
+    expect_error(run("-i", setup["root"], "-o", tmp_path / "none", "-d", "901", "-c", "3d_fullres", "--results",
+                     setup["results"], "--start", "identity", "--instance-optimization", "0"),
+                 "--start identity needs a refinement")
+    assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
