@@ -57,8 +57,8 @@ def mean_over_seeds(per_seed: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def differences(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
-    """For each evaluated anchor (or ablation) row, ``reference`` (nnreg_refined or nnreg) minus it: per seed, and with the
-    reference's per-pair Dice averaged over seeds (``seed: "mean"``) when there are several."""
+    """For each evaluated anchor (or ablation) row, ``reference`` (nnreg_refined or nnreg) minus it: per seed, and
+    with the reference's per-pair Dice averaged over seeds (``seed: "mean"``) when there are several."""
     mine = [r for r in rows if r["method"] == reference and r.get("per_pair_dice")]
     references: list[tuple[Any, dict[str, float]]] = [(r["seed"], r["per_pair_dice"]) for r in mine]
     if len(mine) > 1:

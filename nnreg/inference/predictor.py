@@ -174,20 +174,21 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
         fields: list[torch.Tensor] = []
         inverses: list[torch.Tensor | None] = []
         with torch.inference_mode():
-            moving = self._to_input(moving_network)
-            fixed = self._to_input(fixed_network)
-            for index in range(len(self.fold_weights) if self.start == "network" else 0):
-                self._load_fold(index)
-                network = self.network   # the fold's own network when the folds' architectures differ
-                output = network(moving, fixed)
-                fields.append(output.displacement.float().contiguous().cpu())
-                if network_inverse:
-                    inverses.append(velocity_inverse(network, output))
-                del output
             if self.start == "identity":    # no network: the zero field (and its inverse) is the start
-                fields.append(torch.zeros((1, 3, *fixed.shape[2:]), dtype=torch.float32))
-                inverses = [torch.zeros_like(fields[0])] if network_inverse else []
-            del moving, fixed
+                fields.append(torch.zeros((1, 3, *fixed_network.shape), dtype=torch.float32))
+                inverses += [torch.zeros_like(fields[0])] if network_inverse else []
+            else:
+                moving = self._to_input(moving_network)
+                fixed = self._to_input(fixed_network)
+                for index in range(len(self.fold_weights)):
+                    self._load_fold(index)
+                    network = self.network   # the fold's own network when the folds' architectures differ
+                    output = network(moving, fixed)
+                    fields.append(output.displacement.float().contiguous().cpu())
+                    if network_inverse:
+                        inverses.append(velocity_inverse(network, output))
+                    del output
+                del moving, fixed
             field, self.last_ensemble = ensemble_displacements(fields)
             self.last_velocity_inverse = None if not inverses or any(w is None for w in inverses) else \
                 torch.stack([w.cpu() for w in inverses]).mean(0)
