@@ -40,6 +40,7 @@ from nnreg.inference.instance_optimization import (InstanceOptimization, Optimis
                                                    deterministic_mode, exponential_field, optimise)
 from nnreg.inference.masks import SimilarityMasks
 from nnreg.inference.refusal import folding_percent, refusal
+from nnreg.planning.plans import MIN_FINER_RATIO
 from nnreg.preprocessing.grid import GridMapping
 from nnreg.spatial import compose, resize_field, warp
 from nnreg.utilities.errors import ConfigurationError
@@ -145,10 +146,6 @@ def finer_grid_applies(refinement: InstanceOptimization) -> bool:
     contrasts; unmeasured there, and its 12 descriptor channels would cost 12 warps a step) ends without it. The
     one rule of ``nnreg_predict`` and ``nnreg_register``."""
     return refinement.similarity == "lncc"
-
-
-#: A network grid coarser than the original by at least this factor along an axis is subdivided along it.
-MIN_FINER_RATIO = 1.5
 
 
 def subdivisions(factor: Sequence[float]) -> tuple[int, ...]:

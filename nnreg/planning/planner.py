@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from nnreg.planning.contrast import DatasetModalities, choose_contrast_augmentation
-from nnreg.planning.plans import DEFAULT_INSTANCE_OPTIMIZATION, ConfigurationPlan, Plans
+from nnreg.planning.plans import (DEFAULT_INSTANCE_OPTIMIZATION, FINER_STAGE_INSTANCE_OPTIMIZATION, MIN_FINER_RATIO,
+                                  ConfigurationPlan, Plans)
 from nnreg.planning.topology import cascade_depth, network_box
 from nnreg.utilities.errors import NnregError
 
@@ -77,10 +78,14 @@ def fixed_default_decision(box: list[int], settings: PlannerSettings) -> Decisio
                     notes={"rule": "fixed defaults: coarsest cascade level >= 8 voxels per axis"})
 
 
-def refinement_settings(spacing: list[float]) -> dict[str, Any]:
+def refinement_settings(spacing: list[float], resampling_factor: list[float] | None = None) -> dict[str, Any]:
     """The refinement a configuration records: the defaults, with the fine stage's velocity on a grid of about
-    ``FINE_VELOCITY_SPACING_MM`` (grid / 1 at 2 mm, grid / 2 at 1 mm), never coarser than the coarse stage's."""
+    ``FINE_VELOCITY_SPACING_MM`` (grid / 1 at 2 mm, grid / 2 at 1 mm), never coarser than the coarse stage's; and,
+    when a finer-grid stage follows (``resampling_factor`` >= ``MIN_FINER_RATIO`` along an axis), the finer-stage
+    additions."""
     settings = dict(DEFAULT_INSTANCE_OPTIMIZATION)
+    if resampling_factor is not None and max(resampling_factor) >= MIN_FINER_RATIO:
+        settings.update(FINER_STAGE_INSTANCE_OPTIMIZATION)
     fine = max(1, round(FINE_VELOCITY_SPACING_MM / min(spacing)))
     settings["fine_grid_factor"] = int(min(settings["grid_factor"], fine))
     return settings
@@ -113,7 +118,7 @@ def plan_configuration(name: str, spacing_factor: float, fingerprint: dict[str, 
         batch_size=decision.batch_size,
         architecture=decision.architecture,
         notes=notes,
-        instance_optimization=refinement_settings(spacing),
+        instance_optimization=refinement_settings(spacing, factor),
     )
 
 

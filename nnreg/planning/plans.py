@@ -21,6 +21,17 @@ from nnreg.utilities.files import read_json, write_json
 DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 30, "fine_steps": 10, "grid_factor": 2, "lambda_reg": 1.5,
                                                  "integration_steps": 3, "warmup_steps": 3}
 
+#: A network grid coarser than the images by at least this factor along an axis is followed by a finer-grid stage
+#: on the images' own spacing (nnreg.inference.finer_grid.subdivisions).
+MIN_FINER_RATIO = 1.5
+
+#: What new plans record on top of DEFAULT_INSTANCE_OPTIMIZATION for a configuration that a finer-grid stage follows
+#: (``3d_halfres`` of 1 mm data): more steps on the network grid and a wider window in its fine stage. Chosen on
+#: OpenBrains160 training pairs (+0.003 Dice on 8 of 8, -0.10 voxels landmark error on 7 of 8; seventeenth session,
+#: documentation/prediction.md); such a pair's budget is 20 s where a 2 mm pair's is 6 s, so 2 mm grids of 2 mm data
+#: keep the defaults.
+FINER_STAGE_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 40, "fine_steps": 14, "fine_ncc_window": 15}
+
 
 @dataclass
 class ConfigurationPlan:

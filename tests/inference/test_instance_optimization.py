@@ -126,6 +126,25 @@ def test_the_fine_stage_grid_follows_the_spacing() -> None:
     InstanceOptimization.from_json(refinement_settings([2.0, 2.0, 2.0]))   # valid settings
 
 
+def test_a_configuration_that_a_finer_stage_follows_records_the_finer_stage_refinement() -> None:
+    """``3d_halfres`` of 1 mm data (factor 2: a finer-grid stage follows) records more steps and a wider fine window;
+    a grid at the images' own spacing (factor 1, or 1.2 < 1.5: no finer stage) records the defaults alone. The
+    planner's threshold is the one the predictor subdivides by."""
+    from nnreg.inference.finer_grid import subdivisions
+    from nnreg.planning.plans import FINER_STAGE_INSTANCE_OPTIMIZATION
+
+    halfres = refinement_settings([2.0, 2.0, 2.0], [2.0, 2.0, 2.0])
+    assert halfres.items() >= FINER_STAGE_INSTANCE_OPTIMIZATION.items() and halfres["fine_grid_factor"] == 1
+    assert halfres["steps"] > DEFAULT_INSTANCE_OPTIMIZATION["steps"]
+    assert halfres["fine_ncc_window"] > InstanceOptimization().fine_ncc_window
+    InstanceOptimization.from_json(halfres)                                  # valid settings
+    for factor in ([1.0, 1.0, 1.0], [1.2, 1.2, 1.2], None):
+        plain = refinement_settings([2.0, 2.0, 2.0], factor)
+        assert plain == refinement_settings([2.0, 2.0, 2.0]) and "fine_ncc_window" not in plain
+        assert factor is None or subdivisions(factor) == (1, 1, 1)
+    assert subdivisions([2.0, 2.0, 2.0]) == (2, 2, 2)
+
+
 def _compose_by_scipy(u: np.ndarray, c: np.ndarray) -> np.ndarray:
     """``u o c``, i.e. ``c(x) + u(x + c(x))`` (warp by ``u`` first, then by ``c``), by map_coordinates."""
     coords = np.mgrid[tuple(slice(0, s) for s in SHAPE)].astype(np.float64) + c.transpose(3, 0, 1, 2)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from nnreg.cli.plan_and_preprocess import main
 from nnreg.dataset.image_io import read_image
-from nnreg.planning.plans import Plans
+from nnreg.planning.plans import FINER_STAGE_INSTANCE_OPTIMIZATION, Plans
 from nnreg.preprocessing.grid import GridMapping
 from nnreg.preprocessing.storage import load_case
 from nnreg.utilities.files import host_token
@@ -64,6 +64,9 @@ def test_cli_writes_every_output(raw_tiny: Path, nnreg_env: dict[str, Path]) -> 
         mapping = GridMapping.from_json(meta["grid_mapping"])
         assert mapping.original_shape == (32, 40, 32)
     assert plans.configurations["3d_halfres"].spacing == [2.0, 2.0, 2.0]
+    # a finer-grid stage follows 3d_halfres of 1 mm images, not 3d_fullres: its refinement gets the additions
+    assert plans.configurations["3d_halfres"].instance_optimization.items() >= FINER_STAGE_INSTANCE_OPTIMIZATION.items()
+    assert "fine_ncc_window" not in plans.configurations["3d_fullres"].instance_optimization
     assert "3d_fullres" in result.output and "done:" in result.output
 
 
