@@ -17,9 +17,10 @@ from nnreg.utilities.key_values import parse_key_values
 # MIND-SSC, whose loss values are about a tenth of local NCC's, so a lighter regulariser, and 24 fine steps with a
 # patience of 20 (MIND keeps improving where local NCC has stopped: +0.004 Dice on T1, T2 and FLAIR, twice the time);
 # then 40 local NCC steps against the moving image mapped onto the fixed image's contrast (remap_steps: +0.028 Dice
-# on T2-like, +0.024 on FLAIR-like pairs). Chosen on training pairs, documentation/prediction.md.
-MULTIMODAL_REFINEMENT: dict[str, Any] = {"similarity": "mind", "lambda_reg": 0.3, "fine_steps": 24, "patience": 20,
-                                         "remap_steps": 40}
+# on T2-like, +0.024 on FLAIR-like pairs), with the 30 coarse steps and the window of 9 they were measured with (1 mm
+# plans record 40 and 15 for one contrast since 2026-12-07). Chosen on training pairs, documentation/prediction.md.
+MULTIMODAL_REFINEMENT: dict[str, Any] = {"similarity": "mind", "lambda_reg": 0.3, "steps": 30, "fine_steps": 24,
+                                         "patience": 20, "remap_steps": 40, "fine_ncc_window": 9}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 30, "fine_steps": 10, 
 MIN_FINER_RATIO = 1.5
 
 #: What new plans record on top of DEFAULT_INSTANCE_OPTIMIZATION for a configuration that a finer-grid stage follows
-#: (``3d_halfres`` of 1 mm data): more steps on the network grid and a wider window in its fine stage. Chosen on
+#: on a network grid of about 2 mm (``3d_halfres`` of 1 mm data; nnreg.planning.planner.refinement_settings): more
+#: steps on the network grid and a wider window in its fine stage. Chosen on
 #: OpenBrains160 training pairs (+0.003 Dice on 8 of 8, -0.10 voxels landmark error on 7 of 8; seventeenth session,
 #: documentation/prediction.md); such a pair's budget is 20 s where a 2 mm pair's is 6 s, so 2 mm grids of 2 mm data
 #: keep the defaults.

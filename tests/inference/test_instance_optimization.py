@@ -142,7 +142,11 @@ def test_a_configuration_that_a_finer_stage_follows_records_the_finer_stage_refi
         plain = refinement_settings([2.0, 2.0, 2.0], factor)
         assert plain == refinement_settings([2.0, 2.0, 2.0]) and "fine_ncc_window" not in plain
         assert factor is None or subdivisions(factor) == (1, 1, 1)
-    assert subdivisions([2.0, 2.0, 2.0]) == (2, 2, 2)
+    # the planner's rule is the predictor's: additions exactly where some axis is subdivided (one axis is enough)
+    for factor in ([1.0, 1.0, 2.0], [1.5, 1.5, 1.5], [1.49, 1.49, 1.49], [2.0, 1.0, 1.0]):
+        assert ("fine_ncc_window" in refinement_settings([2.0, 2.0, 2.0], factor)) == (max(subdivisions(factor)) > 1)
+    # a 4 mm grid over 2 mm images (3d_halfres of 2 mm data) was not measured: defaults there
+    assert "fine_ncc_window" not in refinement_settings([4.0, 4.0, 4.0], [2.0, 2.0, 2.0])
 
 
 def _compose_by_scipy(u: np.ndarray, c: np.ndarray) -> np.ndarray:

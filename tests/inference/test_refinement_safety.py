@@ -126,6 +126,11 @@ def test_pairs_of_different_modalities_refine_with_mind_unless_a_similarity_was_
     mixed = default.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz")
     assert mixed.similarity == "mind" and mixed.lambda_reg == MULTIMODAL_REFINEMENT["lambda_reg"]
     assert mixed.remap_steps == MULTIMODAL_REFINEMENT["remap_steps"] > 0
+    wide = predictor({"steps": 40, "fine_ncc_window": 15})   # a 1 mm model's plans: two contrasts keep what was measured
+    two = wide.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz")
+    assert (two.fine_ncc_window, two.steps) == (9, 30)
+    one = wide.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0000.nii.gz")
+    assert (one.fine_ncc_window, one.steps) == (15, 40)
     assert default.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0000.nii.gz") == default.instance_optimization
     chosen = predictor(recorded, {"similarity": "lncc"})             # --instance-optimization-settings similarity=lncc
     assert chosen.settings_for_pair("a/X_0001_0000.nii.gz", "a/X_0002_0001.nii.gz").similarity == "lncc"
