@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -40,7 +40,7 @@ from nnreg.inference.instance_optimization import (InstanceOptimization, Optimis
                                                    deterministic_mode, exponential_field, optimise)
 from nnreg.inference.masks import SimilarityMasks
 from nnreg.inference.refusal import folding_percent, refusal
-from nnreg.planning.plans import MIN_FINER_RATIO
+from nnreg.planning.plans import subdivisions
 from nnreg.preprocessing.grid import GridMapping
 from nnreg.spatial import compose, resize_field, warp
 from nnreg.utilities.errors import ConfigurationError
@@ -148,18 +148,12 @@ def finer_grid_applies(refinement: InstanceOptimization) -> bool:
     return refinement.similarity == "lncc"
 
 
-def subdivisions(factor: Sequence[float]) -> tuple[int, ...]:
-    """Finer voxels per network voxel along each axis of resampling factor ``f`` (network / original spacing):
-    ``round(f)`` where ``f`` is at least :data:`MIN_FINER_RATIO`, else 1."""
-    return tuple(int(round(f)) if f >= MIN_FINER_RATIO else 1 for f in factor)
-
-
 def finer_mapping(mapping: GridMapping) -> GridMapping | None:
     """The network grid of ``mapping`` subdivided ``k = round(f)`` times along each axis whose resampling factor ``f``
-    (network / original spacing) is at least :data:`MIN_FINER_RATIO`: the same box at about the original spacing, as
-    a mapping from the original grid (factor ``f / k``, box start ``c·k``: finer voxel ``q`` sits at
-    ``((q + 0.5) / k + c)·f - 0.5`` original voxels, where network voxel ``(q + 0.5) / k - 0.5`` sits). With an
-    integer ``f`` it is a pure crop of the original grid. None when no axis is subdivided."""
+    (network / original spacing) is at least :data:`nnreg.planning.plans.MIN_FINER_RATIO`: the same box at about the
+    original spacing, as a mapping from the original grid (factor ``f / k``, box start ``c·k``: finer voxel ``q``
+    sits at ``((q + 0.5) / k + c)·f - 0.5`` original voxels, where network voxel ``(q + 0.5) / k - 0.5`` sits). With
+    an integer ``f`` it is a pure crop of the original grid. None when no axis is subdivided."""
     ks = subdivisions(mapping.factor)
     if all(k == 1 for k in ks):
         return None

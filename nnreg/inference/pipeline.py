@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnreg.inference.export import ExportJob, ExportOptions, PairOutputs, export_pair, pair_outputs
-from nnreg.inference.finer_grid import subdivisions
+from nnreg.planning.plans import finer_stage_follows
 from nnreg.inference.instance_optimization import InstanceOptimization
 from nnreg.inference.inverse import pair_inverse
 from nnreg.inference.pairs import PairSpec, labels_for
@@ -241,7 +241,7 @@ def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | P
     refinement = predictor.instance_optimization
     if refinement.enabled:
         logger.info("instance optimisation: up to %d steps per pair (%s)", refinement.steps, refinement.to_json())
-        if predictor.finer_grid.steps and max(subdivisions([float(f) for f in config.resampling_factor])) > 1:
+        if predictor.finer_grid.steps and finer_stage_follows([float(f) for f in config.resampling_factor]):
             logger.info("finer-grid stage: up to %d steps on the original grid after the refinement (the network "
                         "grid is %s times coarser), %s", predictor.finer_grid.steps,
                         "x".join(f"{float(f):g}" for f in config.resampling_factor), predictor.finer_grid.to_json())

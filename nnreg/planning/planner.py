@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from nnreg.planning.contrast import DatasetModalities, choose_contrast_augmentation
-from nnreg.planning.plans import (DEFAULT_INSTANCE_OPTIMIZATION, FINER_STAGE_INSTANCE_OPTIMIZATION, MIN_FINER_RATIO,
-                                  ConfigurationPlan, Plans)
+from nnreg.planning.plans import (DEFAULT_INSTANCE_OPTIMIZATION, FINER_STAGE_INSTANCE_OPTIMIZATION, ConfigurationPlan,
+                                  Plans, finer_stage_follows)
 from nnreg.planning.topology import cascade_depth, network_box
 from nnreg.utilities.errors import NnregError
 
@@ -34,7 +34,7 @@ CPU_DEPLOYMENT = "3d_halfres"           # planned to register a pair on a CPU in
 DEFAULT_CPU_INFERENCE_SECONDS = 15.0    # on 2 cores: below the VoxelMorph baseline network (documentation/planner.md)
 MARGIN_MM = 4.0
 FINE_VELOCITY_SPACING_MM = 2.0          # control spacing of the refinement's fine stage (documentation/prediction.md)
-FINER_STAGE_MAX_SPACING_MM = 2.5        # FINER_STAGE_INSTANCE_OPTIMIZATION: network grids up to this spacing (2 mm measured)
+FINER_STAGE_MAX_SPACING_MM = 2.5        # FINER_STAGE_INSTANCE_OPTIMIZATION on network grids up to this (2 mm measured)
 
 
 @dataclass
@@ -82,12 +82,12 @@ def fixed_default_decision(box: list[int], settings: PlannerSettings) -> Decisio
 def refinement_settings(spacing: list[float], resampling_factor: list[float] | None = None) -> dict[str, Any]:
     """The refinement a configuration records: the defaults, with the fine stage's velocity on a grid of about
     ``FINE_VELOCITY_SPACING_MM`` (grid / 1 at 2 mm, grid / 2 at 1 mm), never coarser than the coarse stage's; and,
-    when a finer-grid stage follows (``resampling_factor`` >= ``MIN_FINER_RATIO`` along an axis) a network grid of
+    when a finer-grid stage follows (``finer_stage_follows(resampling_factor)``) a network grid of
     at most ``FINER_STAGE_MAX_SPACING_MM`` (the measured case: a 2 mm grid over 1 mm images), the finer-stage
     additions. A plans file holds one entry per configuration: an image far off the median spacing may get the
     additions without a finer stage (or the reverse)."""
     settings = dict(DEFAULT_INSTANCE_OPTIMIZATION)
-    if (resampling_factor is not None and max(resampling_factor) >= MIN_FINER_RATIO
+    if (resampling_factor is not None and finer_stage_follows(resampling_factor)
             and min(spacing) <= FINER_STAGE_MAX_SPACING_MM):
         settings.update(FINER_STAGE_INSTANCE_OPTIMIZATION)
     fine = max(1, round(FINE_VELOCITY_SPACING_MM / min(spacing)))

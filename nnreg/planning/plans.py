@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from nnreg.utilities.errors import ConfigurationError
 from nnreg.utilities.files import read_json, write_json
@@ -22,8 +22,20 @@ DEFAULT_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 30, "fine_steps": 10, 
                                                  "integration_steps": 3, "warmup_steps": 3}
 
 #: A network grid coarser than the images by at least this factor along an axis is followed by a finer-grid stage
-#: on the images' own spacing (nnreg.inference.finer_grid.subdivisions).
+#: on the images' own spacing (nnreg.inference.finer_grid).
 MIN_FINER_RATIO = 1.5
+
+
+def subdivisions(factor: Sequence[float]) -> tuple[int, ...]:
+    """Finer voxels per network voxel along each axis of resampling factor ``f`` (network / original spacing):
+    ``round(f)`` where ``f`` is at least :data:`MIN_FINER_RATIO`, else 1."""
+    return tuple(int(round(f)) if f >= MIN_FINER_RATIO else 1 for f in factor)
+
+
+def finer_stage_follows(factor: Sequence[float]) -> bool:
+    """Whether the predictor's finer-grid stage runs after a refinement on a grid of this resampling factor: some
+    axis is subdivided. The one rule of the planner (what a configuration records) and the predictor."""
+    return max(subdivisions(factor)) > 1
 
 #: What new plans record on top of DEFAULT_INSTANCE_OPTIMIZATION for a configuration that a finer-grid stage follows
 #: on a network grid of about 2 mm (``3d_halfres`` of 1 mm data; nnreg.planning.planner.refinement_settings): more
