@@ -26,6 +26,12 @@ of ``x + u(x)`` (the evaluator's) lands in (such a cross would vanish). ``TRE*``
 training pairs' proxy landmarks: the held-out landmarks' own recipe, 7-voxel blobs at 21 aseg structures' centroids,
 applied to each label map (:mod:`landmark_proxy`); the mean over pairs skips a pair whose TRE is NaN (a vanished
 blob) and ``TRE NaN`` counts them. Prints a table and writes the rows to ``--json``.
+
+Then each later setting against the first one of ``--settings`` (the reference, usually ``""``): the per-pair
+difference of Dice, HD95 and TRE* (pairs where both TREs are defined), its mean, a percentile bootstrap 95 % interval
+over the pairs (``benchmarks/accuracy_report.py``'s, seed 0) and the pairs where the setting is better (higher Dice,
+lower HD95 and TRE*), printed and in ``--json`` as ``differences``. With 8 pairs the intervals are wide: a held-out
+check of an HD95 change of 0.03 voxels went the other way (documentation/benchmarks.md, eighteenth session).
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository root: benchmarks/ is importable
 
+from benchmarks.accuracy_report import bootstrap_interval  # noqa: E402
 from benchmarks.landmark_proxy import centroid_landmarks  # noqa: E402
 
 from nnreg.dataset.learn2reg import ImageEntry, load_dataset
@@ -113,6 +120,44 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: per-pair metric of a row, and whether a higher value is better
+PAIRED_METRICS = {"dice": ("per_pair_dice", True), "hd95": ("per_pair_hd95", False),
+                  "tre_proxy": ("per_pair_tre_proxy", False)}
+
+
+def paired_differences(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+    """Each refined setting other than ``reference`` minus ``reference``, per metric: over the pairs where both values
+    are finite, the mean difference, its bootstrap 95 % interval and the pairs where the setting is better."""
+    base = next(r for r in rows if r["setting"] == reference)
+    out = []
+    for row in rows:
+        if row["setting"] in (reference, "network"):
+            continue
+        entry: dict[str, Any] = {"setting": row["setting"], "reference": reference}
+        for metric, (key, higher_better) in PAIRED_METRICS.items():
+            pairs = [(a, b) for a, b in zip(row[key], base[key]) if np.isfinite(a) and np.isfinite(b)]
+            diffs = [a - b for a, b in pairs]
+            low, high = bootstrap_interval(diffs)
+            better = sum((d > 0) if higher_better else (d < 0) for d in diffs)
+            entry[metric] = {"pairs": len(diffs), "mean": float(np.mean(diffs)) if diffs else float("nan"),
+                             "ci95": [low, high], "better": int(better)}
+        out.append(entry)
+    return out
+
+
+def format_differences(entries: list[dict[str, Any]]) -> str:
+    """One line per setting: mean difference [95 % interval] (pairs better / pairs) of Dice, HD95 and TRE*."""
+    if not entries:
+        return ""
+    lines = [f"against {entries[0]['reference']!r} (setting minus reference; pairs better / pairs):"]
+    for e in entries:
+        parts = [f"{label} {e[m]['mean']:+.4f} [{e[m]['ci95'][0]:+.4f}, {e[m]['ci95'][1]:+.4f}] "
+                 f"({e[m]['better']}/{e[m]['pairs']})" for m, label in (("dice", "Dice"), ("hd95", "HD95"),
+                                                                       ("tre_proxy", "TRE*"))]
+        lines.append(f"{e['setting']:<44} " + "  ".join(parts))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-m", "--model-folder", type=Path, required=True, help="trained model folder")
@@ -180,13 +225,18 @@ def main(argv: list[str] | None = None) -> int:
                      "tre_proxy": float(np.nanmean([v["tre"] for v in values])),
                      "tre_proxy_nan": int(np.count_nonzero(np.isnan([v["tre"] for v in values]))),
                      "per_pair_dice": [v["dice"] for v in values], "per_pair_tre_proxy": [v["tre"] for v in values],
+                     "per_pair_hd95": [v["hd95"] for v in values],
                      "ndv": float(np.mean([v["ndv"] for v in values])),
                      "cross_miss_ppm": float(np.mean([v["cross_miss"] for v in values])),
                      "refine_seconds_per_pair": float(np.mean([v["seconds"] for v in values])),
                      "mean_steps": float(np.mean([v["steps"] for v in values]))})
+    differences = paired_differences(rows, settings[0][0])
     print(format_table(rows))
+    if differences:
+        print(format_differences(differences))
     write_json({"model_folder": str(args.model_folder), "fold": args.fold,
-                "pairs": [[str(f.path), str(m.path)] for f, m in pairs], "rows": rows}, args.json)
+                "pairs": [[str(f.path), str(m.path)] for f, m in pairs], "rows": rows,
+                "differences": differences}, args.json)
     return 0
 
 

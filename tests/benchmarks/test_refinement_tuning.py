@@ -54,3 +54,29 @@ def test_run_on_a_tiny_model_scores_training_pairs(tmp_path: Path) -> None:
     assert all(r["pairs"] == 2 and 0 <= r["dice"] <= 1 and r["ndv"] >= 0 for r in rows.values())
     assert all(len(r["per_pair_dice"]) == len(r["per_pair_tre_proxy"]) == 2 for r in rows.values())
     assert all("imagesTr" in p for pair in result["pairs"] for p in pair)
+    differences = result["differences"]      # the second setting against the first, per metric
+    assert [d["setting"] for d in differences] == ["steps=3,grid_factor=2"]
+    assert differences[0]["reference"] == "steps=3,fine_steps=2"
+    first, second = rows["steps=3,fine_steps=2"], rows["steps=3,grid_factor=2"]
+    expected = sum(a - b for a, b in zip(second["per_pair_hd95"], first["per_pair_hd95"])) / 2
+    assert abs(differences[0]["hd95"]["mean"] - expected) < 1e-9 and differences[0]["dice"]["pairs"] == 2
+
+
+def test_paired_differences_count_better_pairs_by_each_metric_s_direction_and_skip_undefined_tre() -> None:
+    """Dice higher is better, HD95 and TRE* lower; a NaN TRE* (a vanished blob) leaves that pair out."""
+    nan = float("nan")
+    rows = [{"setting": "network", "per_pair_dice": [0.5] * 4, "per_pair_hd95": [3.0] * 4,
+             "per_pair_tre_proxy": [2.0] * 4},
+            {"setting": "recorded", "per_pair_dice": [0.70, 0.70, 0.70, 0.70], "per_pair_hd95": [2.0] * 4,
+             "per_pair_tre_proxy": [1.0, 1.0, 1.0, 1.0]},
+            {"setting": "wide", "per_pair_dice": [0.71, 0.72, 0.69, 0.71], "per_pair_hd95": [2.1, 2.1, 1.9, 2.1],
+             "per_pair_tre_proxy": [0.9, nan, 0.8, 1.1]}]
+    (entry,) = tuning.paired_differences(rows, "recorded")
+    assert entry["setting"] == "wide" and entry["reference"] == "recorded"
+    assert entry["dice"]["better"] == 3 and abs(entry["dice"]["mean"] - 0.0075) < 1e-12
+    assert entry["hd95"]["better"] == 1 and abs(entry["hd95"]["mean"] - 0.05) < 1e-12
+    assert entry["tre_proxy"]["pairs"] == 3 and entry["tre_proxy"]["better"] == 2
+    assert abs(entry["tre_proxy"]["mean"] + 0.2 / 3) < 1e-12          # -0.1, -0.2, +0.1
+    low, high = entry["dice"]["ci95"]
+    assert -0.01 <= low <= entry["dice"]["mean"] <= high <= 0.02
+    assert "wide" in tuning.format_differences([entry]) and "HD95 +0.0500" in tuning.format_differences([entry])
