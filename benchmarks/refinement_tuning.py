@@ -121,8 +121,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 #: per-pair metric of a row, and whether a higher value is better
-PAIRED_METRICS = {"dice": ("per_pair_dice", True), "hd95": ("per_pair_hd95", False),
-                  "tre_proxy": ("per_pair_tre_proxy", False)}
+PAIRED_METRICS: dict[str, tuple[str, bool]] = {"dice": ("per_pair_dice", True),
+                                               "hd95": ("per_pair_hd95", False),
+                                               "tre_proxy": ("per_pair_tre_proxy", False)}
 
 
 def paired_differences(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
