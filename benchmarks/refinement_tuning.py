@@ -29,7 +29,7 @@ blob) and ``TRE NaN`` counts them. Prints a table and writes the rows to ``--jso
 
 Then each later setting against the first one of ``--settings`` (the reference, usually ``""``): the per-pair
 difference of Dice, HD95 and TRE* (pairs where both TREs are defined), its mean, a percentile bootstrap 95 % interval
-over the pairs (``benchmarks/accuracy_report.py``'s, seed 0) and the pairs where the setting is better (higher Dice,
+over the pairs (``benchmarks/accuracy_report.py``'s ``paired_difference``, seed 0) and the pairs where the setting is better (higher Dice,
 lower HD95 and TRE*), printed and in ``--json`` as ``differences``. With 8 pairs the intervals are wide: a held-out
 check of an HD95 change of 0.03 voxels went the other way (documentation/benchmarks.md, eighteenth session).
 """
@@ -47,7 +47,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository root: benchmarks/ is importable
 
-from benchmarks.accuracy_report import bootstrap_interval  # noqa: E402
+from benchmarks.accuracy_report import paired_difference  # noqa: E402
 from benchmarks.landmark_proxy import centroid_landmarks  # noqa: E402
 
 from nnreg.dataset.learn2reg import ImageEntry, load_dataset
@@ -136,12 +136,12 @@ def paired_differences(rows: list[dict[str, Any]], reference: str) -> list[dict[
             continue
         entry: dict[str, Any] = {"setting": row["setting"], "reference": reference}
         for metric, (key, higher_better) in PAIRED_METRICS.items():
-            pairs = [(a, b) for a, b in zip(row[key], base[key]) if np.isfinite(a) and np.isfinite(b)]
-            diffs = [a - b for a, b in pairs]
-            low, high = bootstrap_interval(diffs)
-            better = sum((d > 0) if higher_better else (d < 0) for d in diffs)
-            entry[metric] = {"pairs": len(diffs), "mean": float(np.mean(diffs)) if diffs else float("nan"),
-                             "ci95": [low, high], "better": int(better)}
+            finite = [i for i, (a, b) in enumerate(zip(row[key], base[key])) if np.isfinite(a) and np.isfinite(b)]
+            paired = paired_difference({i: row[key][i] for i in finite}, {i: base[key][i] for i in finite})
+            diffs = paired["per_pair"].values()
+            better = paired["reference_ahead"] if higher_better else sum(d < 0 for d in diffs)
+            entry[metric] = {"pairs": paired["pairs"], "mean": paired["mean"], "ci95": paired["ci95"],
+                             "better": int(better)}
         out.append(entry)
     return out
 

@@ -24,12 +24,12 @@ import numpy as np
 from tqdm import tqdm
 
 from nnreg.inference.export import ExportJob, ExportOptions, PairOutputs, export_pair, pair_outputs
-from nnreg.planning.plans import finer_stage_follows
 from nnreg.inference.instance_optimization import InstanceOptimization
 from nnreg.inference.inverse import pair_inverse
 from nnreg.inference.pairs import PairSpec, labels_for
 from nnreg.inference.predictor import nnRegPredictor
 from nnreg.inference.preparation import PreparedPair, prepare_files
+from nnreg.planning.plans import finer_stage_follows
 from nnreg.utilities.errors import NnregError
 from nnreg.utilities.files import remove_stale_temporaries
 from nnreg.utilities.parallel import worker_died

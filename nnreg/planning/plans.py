@@ -37,6 +37,7 @@ def finer_stage_follows(factor: Sequence[float]) -> bool:
     axis is subdivided. The one rule of the planner (what a configuration records) and the predictor."""
     return max(subdivisions(factor)) > 1
 
+
 #: What new plans record on top of DEFAULT_INSTANCE_OPTIMIZATION for a configuration that a finer-grid stage follows
 #: on a network grid of about 2 mm (``3d_halfres`` of 1 mm data; nnreg.planning.planner.refinement_settings): more
 #: steps on the network grid and a wider window in its fine stage. Chosen on

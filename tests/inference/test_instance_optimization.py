@@ -130,8 +130,7 @@ def test_a_configuration_that_a_finer_stage_follows_records_the_finer_stage_refi
     """``3d_halfres`` of 1 mm data (factor 2: a finer-grid stage follows) records more steps and a wider fine window;
     a grid at the images' own spacing (factor 1, or 1.2 < 1.5: no finer stage) records the defaults alone. The
     planner's threshold is the one the predictor subdivides by."""
-    from nnreg.planning.plans import subdivisions
-    from nnreg.planning.plans import FINER_STAGE_INSTANCE_OPTIMIZATION
+    from nnreg.planning.plans import FINER_STAGE_INSTANCE_OPTIMIZATION, subdivisions
 
     halfres = refinement_settings([2.0, 2.0, 2.0], [2.0, 2.0, 2.0])
     assert halfres.items() >= FINER_STAGE_INSTANCE_OPTIMIZATION.items() and halfres["fine_grid_factor"] == 1
