@@ -67,6 +67,7 @@ class FinerGridSettings:
     warmup_steps: int | None = None  # Adam's learning-rate warm-up in this stage (None: the refinement's)
     parametrisation: str = "displacement"  # "velocity": exp(v) goes on; "displacement": exp(v) o (id + w), w optimised
     adam_eps: float | None = None  # Adam's epsilon in this stage (None: the refinement's)
+    edge_kappa: float | None = None  # the edge-aware regulariser's kappa in this stage (None: the refinement's)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
@@ -77,6 +78,8 @@ class FinerGridSettings:
             raise ConfigurationError(f"invalid finer-grid setting: lambda_reg must be >= 0, got {self.lambda_reg!r}")
         if self.adam_eps is not None and not self.adam_eps > 0:
             raise ConfigurationError(f"invalid finer-grid setting: adam_eps must be > 0, got {self.adam_eps!r}")
+        if self.edge_kappa is not None and not self.edge_kappa >= 0:
+            raise ConfigurationError(f"invalid finer-grid setting: edge_kappa must be >= 0, got {self.edge_kappa!r}")
         for name in ("integration_steps", "warmup_steps"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -117,7 +120,7 @@ class FinerGridSettings:
 
     def options(self, refinement: InstanceOptimization) -> InstanceOptimization:
         """The refinement settings this stage optimises with: ``refinement``'s, with this stage's learning rate and,
-        where set, its own regulariser weight, integration steps, warm-up and Adam epsilon."""
+        where set, its own regulariser weight, integration steps, warm-up, Adam epsilon and edge kappa."""
         options = replace(refinement, lr=self.lr)
         if self.lambda_reg is not None:
             options = replace(options, lambda_reg=self.lambda_reg)
@@ -127,6 +130,8 @@ class FinerGridSettings:
             options = replace(options, warmup_steps=self.warmup_steps)
         if self.adam_eps is not None:
             options = replace(options, adam_eps=self.adam_eps)
+        if self.edge_kappa is not None:
+            options = replace(options, edge_kappa=self.edge_kappa)
         return options
 
 
@@ -135,9 +140,10 @@ def parse_finer_overrides(text: str) -> dict[str, Any]:
     ``--finer-grid-settings`` syntax; ``none`` resets an optional key to "the refinement's"); one line for anything
     else."""
     kinds = {"steps": int, "lr": float, "ncc_window": int, "finer_velocity": bool, "lambda_reg": float,
-             "integration_steps": int, "warmup_steps": int, "parametrisation": str, "adam_eps": float}
+             "integration_steps": int, "warmup_steps": int, "parametrisation": str, "adam_eps": float,
+             "edge_kappa": float}
     return parse_key_values(text, kinds, "finer-grid",
-                            nullable=("lambda_reg", "integration_steps", "warmup_steps", "adam_eps"))
+                            nullable=("lambda_reg", "integration_steps", "warmup_steps", "adam_eps", "edge_kappa"))
 
 
 def finer_grid_applies(refinement: InstanceOptimization) -> bool:

@@ -18,7 +18,8 @@ parametrisations (``velocity_start``):
   on training pairs, this lowers HD95 (documentation/prediction.md).
 
 The loss is the training loss of one level: ``-LNCC(fixed, moving o phi) + lambda_reg * ||grad v||^2`` (``v`` in its
-own voxel units; ``similarity="mind"`` replaces the LNCC term by the MIND-SSC loss of :mod:`nnreg.losses.mind`, for
+own voxel units; with ``edge_kappa > 0`` each squared difference of ``v`` is weighted down across the fixed image's
+edges, :mod:`nnreg.losses.edge_weights`; ``similarity="mind"`` replaces the LNCC term by the MIND-SSC loss of :mod:`nnreg.losses.mind`, for
 pairs of different contrasts), minimised by Adam (0 steps return the network's field unchanged) in two stages:
 ``steps`` on the network grid / ``image_factor`` (cheap: 1/8 of the voxels) with ``v`` on the network grid /
 ``grid_factor``, then ``fine_steps`` on the network grid itself with ``v`` on the network grid / ``fine_grid_factor``
@@ -51,6 +52,7 @@ from nnreg.inference.intensity_mapping import apply_mapping, conditional_mean_ma
 from nnreg.inference.masks import SimilarityMasks, downsample
 from nnreg.inference.refinement_settings import InstanceOptimization
 from nnreg.losses import gradient_l2
+from nnreg.losses.edge_weights import difference_weights
 from nnreg.losses.ncc import TargetWindows
 from nnreg.losses.mind import mind_descriptor_loss, mind_ssc
 from nnreg.inference.refusal import folding_percent, refusal
@@ -136,6 +138,9 @@ class Stage:
         if fixed_weight is not None and self.box is not None:
             fixed_weight = fixed_weight[:, :, self.box[0], self.box[1], self.box[2]]
         self.fixed_weight = None if fixed_weight is None else fixed_weight.to(target.device).contiguous()
+        self.edge_weights = None        # the regulariser's per-axis weights on the velocity grid (edge_kappa > 0)
+        if settings.edge_kappa > 0 and not self.mind:
+            self.edge_weights = difference_weights(downsample(target, grid), settings.edge_kappa, settings.edge_floor)
 
     def loss(self, velocity: torch.Tensor, settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, NCC loss) of the transform ``exp(velocity)`` of this stage's source, on this stage's grid."""
@@ -157,7 +162,7 @@ class Stage:
             if self.fixed_weight is not None:   # the masks' weights (the same scale: a mask of ones is no mask)
                 cc = cc * self.fixed_weight
             similarity = -cc.sum() / self.voxels
-        return similarity + settings.lambda_reg * gradient_l2(velocity), similarity
+        return similarity + settings.lambda_reg * gradient_l2(velocity, self.edge_weights), similarity
 
 
 def _foreground_box(image: torch.Tensor, margin: int) -> Box | None:

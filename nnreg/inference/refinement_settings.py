@@ -50,6 +50,8 @@ class InstanceOptimization:
                                    # image mapped onto the fixed image's contrast (nnreg.inference.intensity_mapping)
     remap_lambda_reg: float = 1.5  # lambda_reg of those steps (local NCC's scale, not MIND's)
     adam_eps: float = 1e-8         # Adam's epsilon: gradients far below it move by less than lr (see optimise)
+    edge_kappa: float = 0.0        # > 0: local NCC stages weight ||grad v||^2 down across the fixed image's edges of
+    edge_floor: float = 0.5        # about this fraction of its intensity range, to this floor (nnreg.losses.edge_weights)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -71,6 +73,7 @@ class InstanceOptimization:
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.remap_steps >= 0 and self.remap_lambda_reg >= 0, "remap_steps and remap_lambda_reg must be >= 0"),
             (self.adam_eps > 0, "adam_eps must be > 0"),
+            (self.edge_kappa >= 0 and 0 < self.edge_floor <= 1, "edge_kappa must be >= 0 and 0 < edge_floor <= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -8,6 +8,10 @@ The gradient is written out (:class:`_GradientL2`): the loss is quadratic, so it
 ``2/(3·N_a) · Dᵀ D f`` summed over the axes ``a`` (``D`` the forward difference, ``N_a`` the number of differences),
 computed in place on one buffer. Autograd's version zero-filled a full-size tensor for each of the six slices' backward;
 on a 1 mm field (3 × 160 × 208 × 192) that was about a fifth of a test-time refinement step.
+
+``weights`` (one tensor per axis, the shape of that axis' differences with one channel, e.g.
+:func:`nnreg.losses.edge_weights.difference_weights`) weight each squared difference: ``Σ_a mean(w_a · (D_a f)²) / 3``,
+gradient ``2/(3·N_a) · Dᵀ (w_a · D_a f)``; without them the two are the unweighted ones, bit for bit.
 """
 from __future__ import annotations
 
@@ -24,20 +28,27 @@ class _GradientL2(torch.autograd.Function):
     backward (three field-size tensors) and read, never modified, so a retained graph can run backward again."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, f: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: torch.autograd.function.FunctionCtx, f: torch.Tensor,  # type: ignore[override]
+                weights: tuple[torch.Tensor | None, ...] | None = None) -> torch.Tensor:
         total = f.new_zeros(())
         diffs = []
-        for axis in (2, 3, 4):
+        for i, axis in enumerate((2, 3, 4)):
             diff = _differences(f, axis)
-            diffs.append(diff)
-            if diff is not None:      # the sum of squares without a squared copy
+            weight = None if weights is None or diff is None else weights[i]
+            if weight is not None:    # w·D f, kept for the backward: the sum is (D f)·(w·D f)
+                weighted = diff * weight
+                total = total + (weighted * diff).sum() / diff.numel()
+                diff = weighted
+            elif diff is not None:    # the sum of squares without a squared copy
                 total = total + torch.linalg.vector_norm(diff).square() / diff.numel()
+            diffs.append(diff)
         ctx.shape = f.shape                                                  # type: ignore[attr-defined]
         ctx.save_for_backward(*diffs)                                        # None for an axis of length 1
         return total / 3.0
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+                 grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         out = grad.new_zeros(ctx.shape)                                      # type: ignore[attr-defined]
         for axis, diff in zip((2, 3, 4), ctx.saved_tensors):                 # type: ignore[attr-defined]
             if diff is None:
@@ -45,12 +56,22 @@ class _GradientL2(torch.autograd.Function):
             n, scale = out.shape[axis], 2.0 / (3.0 * diff.numel())
             out.narrow(axis, 1, n - 1).add_(diff, alpha=scale)
             out.narrow(axis, 0, n - 1).sub_(diff, alpha=scale)
-        return out.mul_(grad)
+        return out.mul_(grad), None
 
 
-def gradient_l2(field: torch.Tensor) -> torch.Tensor:
-    """Mean squared forward-difference gradient of a (B, C, H, W, D) field (a scalar)."""
+def gradient_l2(field: torch.Tensor, weights: tuple[torch.Tensor | None, ...] | None = None) -> torch.Tensor:
+    """Mean squared forward-difference gradient of a (B, C, H, W, D) field (a scalar); ``weights`` (module
+    docstring): per-axis weights of the squared differences."""
     if field.dim() != 5:
         raise ValueError(f"expected a field (B, C, H, W, D), got {tuple(field.shape)}")
+    if weights is not None:
+        if len(weights) != 3:
+            raise ValueError(f"expected one weight tensor per axis, got {len(weights)}")
+        for axis, weight in zip((2, 3, 4), weights):
+            expected = (*field.shape[:axis], field.shape[axis] - 1, *field.shape[axis + 1:])
+            if weight is not None and (weight.dim() != 5 or weight.shape[1] != 1 or weight.shape[0] != field.shape[0]
+                                       or tuple(weight.shape[2:]) != expected[2:]):
+                raise ValueError(f"the weights of axis {axis - 2} {tuple(weight.shape)} do not match the field's "
+                                 f"differences {expected}")
     with torch.autocast(device_type=field.device.type, enabled=False):
-        return _GradientL2.apply(field.float())
+        return _GradientL2.apply(field.float(), weights)
