@@ -30,7 +30,9 @@ refinement returns, the **best** velocity it evaluated (lowest loss), not the la
 checked against the network's own field, scored by the same loss on the last stage's grid (its similarity, plus the
 regulariser of its velocity representation): the network's field is returned unchanged when the refined one is not
 finite, has a higher loss, or folds (``det(I + grad u) <= 0``, central differences) on more than
-``max_folding_percent`` of the voxels and more than the network's field does. Everything runs on the predictor's
+``max_folding_percent`` of the voxels and more than the network's field does; with ``edge_kappa > 0`` a refused
+field is first refined again with the plain regulariser (which folds less), and that result is checked the same way
+(a network start that is the identity would otherwise return a zero field). Everything runs on the predictor's
 device; on the CPU the result is bitwise reproducible for a fixed thread count. The settings live in
 :mod:`nnreg.inference.refinement_settings`.
 
@@ -78,6 +80,7 @@ class RefinementReport:
     reason: str = ""
     folding_percent: float = math.nan      # % of voxels of the returned field with det(I + grad u) <= 0
     remapped: bool = False                 # the last stage was local NCC against the remapped moving image
+    edge_fallback: bool = False            # refused with edge_kappa > 0, so refined again with the plain regulariser
 
 
 def _shrink(shape: tuple[int, ...], factor: int) -> tuple[int, int, int]:
@@ -343,6 +346,12 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
             refined = exp_v if whole else compose(displacement, exp_v)
             reason = refusal(refined, displacement, final_loss, initial_loss, settings)
             folding = folding_percent(refined) if not reason else folding_percent(displacement)
+    if reason and settings.edge_kappa > 0:   # the plain regulariser is the fallback, not the start
+        logger.info("instance optimisation: refused with the edge-aware regulariser (%s); refining again without it",
+                    reason)
+        refined, report = refine_field(fixed, moving, displacement, replace(settings, edge_kappa=0.0), deterministic,
+                                       masks)
+        return refined, replace(report, steps_run=report.steps_run + steps_run, edge_fallback=True)
     if reason:
         logger.info("instance optimisation: the network's field is kept (%s)", reason)
         report = RefinementReport(steps_run, initial_loss, initial_loss, initial_ncc, initial_ncc, None, True, reason,

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from nnreg.planning.contrast import DatasetModalities, choose_contrast_augmentation
-from nnreg.planning.plans import (DEFAULT_INSTANCE_OPTIMIZATION, FINER_STAGE_INSTANCE_OPTIMIZATION, ConfigurationPlan,
-                                  Plans, finer_stage_follows)
+from nnreg.planning.plans import (DEFAULT_INSTANCE_OPTIMIZATION, FINER_STAGE_INSTANCE_OPTIMIZATION,
+                                  NATIVE_2MM_INSTANCE_OPTIMIZATION, ConfigurationPlan, Plans, finer_stage_follows)
 from nnreg.planning.topology import cascade_depth, network_box
 from nnreg.utilities.errors import NnregError
 
@@ -35,6 +35,7 @@ DEFAULT_CPU_INFERENCE_SECONDS = 15.0    # on 2 cores: below the VoxelMorph basel
 MARGIN_MM = 4.0
 FINE_VELOCITY_SPACING_MM = 2.0          # control spacing of the refinement's fine stage (documentation/prediction.md)
 FINER_STAGE_MAX_SPACING_MM = 2.5        # FINER_STAGE_INSTANCE_OPTIMIZATION on network grids up to this (2 mm measured)
+NATIVE_2MM_SPACING_MM = (1.5, 2.5)      # NATIVE_2MM_INSTANCE_OPTIMIZATION on grids in this range without a finer stage
 
 
 @dataclass
@@ -84,12 +85,15 @@ def refinement_settings(spacing: list[float], resampling_factor: list[float] | N
     ``FINE_VELOCITY_SPACING_MM`` (grid / 1 at 2 mm, grid / 2 at 1 mm), never coarser than the coarse stage's; and,
     when a finer-grid stage follows (``finer_stage_follows(resampling_factor)``) a network grid of
     at most ``FINER_STAGE_MAX_SPACING_MM`` (the measured case: a 2 mm grid over 1 mm images), the finer-stage
-    additions. A plans file holds one entry per configuration: an image far off the median spacing may get the
+    additions; a grid of about 2 mm (``NATIVE_2MM_SPACING_MM``) that no finer stage follows (2 mm data) gets the
+    2 mm additions instead. A plans file holds one entry per configuration: an image far off the median spacing may get the
     additions without a finer stage (or the reverse)."""
     settings = dict(DEFAULT_INSTANCE_OPTIMIZATION)
-    if (resampling_factor is not None and finer_stage_follows(resampling_factor)
-            and min(spacing) <= FINER_STAGE_MAX_SPACING_MM):
+    finer = resampling_factor is not None and finer_stage_follows(resampling_factor)
+    if finer and min(spacing) <= FINER_STAGE_MAX_SPACING_MM:
         settings.update(FINER_STAGE_INSTANCE_OPTIMIZATION)
+    elif not finer and NATIVE_2MM_SPACING_MM[0] <= min(spacing) <= NATIVE_2MM_SPACING_MM[1]:
+        settings.update(NATIVE_2MM_INSTANCE_OPTIMIZATION)
     fine = max(1, round(FINE_VELOCITY_SPACING_MM / min(spacing)))
     settings["fine_grid_factor"] = int(min(settings["grid_factor"], fine))
     return settings

@@ -46,6 +46,14 @@ def finer_stage_follows(factor: Sequence[float]) -> bool:
 #: keep the defaults.
 FINER_STAGE_INSTANCE_OPTIMIZATION: dict[str, Any] = {"steps": 40, "fine_steps": 14, "fine_ncc_window": 15}
 
+#: What new plans record on top of DEFAULT_INSTANCE_OPTIMIZATION for a network grid of about 2 mm that no finer-grid
+#: stage follows (2 mm data): the fine window of 15 with the edge-aware regulariser. Chosen on all 56 ordered
+#: OpenBrains80 training pairs (window 15 alone: -0.043 voxels landmark error, -0.0009 Dice; with the edge weights
+#: -0.038 and +0.0022 Dice); held out: Dice 0.7359, HD95 2.26, TRE 0.896 against 0.7344, 2.25, 0.916 (nineteenth
+#: session, documentation/prediction.md). Not measured on 1 mm grids, which keep the defaults; the edge weights lost
+#: Dice on the 2 mm grid of 1 mm data (3d_halfres), which keeps FINER_STAGE_INSTANCE_OPTIMIZATION.
+NATIVE_2MM_INSTANCE_OPTIMIZATION: dict[str, Any] = {"fine_ncc_window": 15, "edge_kappa": 0.1}
+
 
 @dataclass
 class ConfigurationPlan:

@@ -128,24 +128,31 @@ def test_the_fine_stage_grid_follows_the_spacing() -> None:
 
 def test_a_configuration_that_a_finer_stage_follows_records_the_finer_stage_refinement() -> None:
     """``3d_halfres`` of 1 mm data (factor 2: a finer-grid stage follows) records more steps and a wider fine window;
-    a grid at the images' own spacing (factor 1, or 1.2 < 1.5: no finer stage) records the defaults alone. The
-    planner's threshold is the one the predictor subdivides by."""
-    from nnreg.planning.plans import FINER_STAGE_INSTANCE_OPTIMIZATION, subdivisions
+    a 2 mm grid at the images' own spacing (factor 1, or 1.2 < 1.5: no finer stage) records the wider window with
+    the edge-aware regulariser instead; 1 mm and 4 mm grids the defaults alone. The planner's threshold is the one
+    the predictor subdivides by."""
+    from nnreg.planning.plans import (FINER_STAGE_INSTANCE_OPTIMIZATION, NATIVE_2MM_INSTANCE_OPTIMIZATION,
+                                      subdivisions)
 
     halfres = refinement_settings([2.0, 2.0, 2.0], [2.0, 2.0, 2.0])
     assert halfres.items() >= FINER_STAGE_INSTANCE_OPTIMIZATION.items() and halfres["fine_grid_factor"] == 1
     assert halfres["steps"] > DEFAULT_INSTANCE_OPTIMIZATION["steps"]
-    assert halfres["fine_ncc_window"] > InstanceOptimization().fine_ncc_window
+    assert halfres["fine_ncc_window"] > InstanceOptimization().fine_ncc_window and "edge_kappa" not in halfres
     InstanceOptimization.from_json(halfres)                                  # valid settings
     for factor in ([1.0, 1.0, 1.0], [1.2, 1.2, 1.2], None):
-        plain = refinement_settings([2.0, 2.0, 2.0], factor)
-        assert plain == refinement_settings([2.0, 2.0, 2.0]) and "fine_ncc_window" not in plain
+        native = refinement_settings([2.0, 2.0, 2.0], factor)
+        assert native == refinement_settings([2.0, 2.0, 2.0]) and native.items() >= NATIVE_2MM_INSTANCE_OPTIMIZATION.items()
+        assert native["steps"] == DEFAULT_INSTANCE_OPTIMIZATION["steps"] and native["edge_kappa"] > 0
+        assert InstanceOptimization.from_json(native).edge_kappa == NATIVE_2MM_INSTANCE_OPTIMIZATION["edge_kappa"]
         assert factor is None or subdivisions(factor) == (1, 1, 1)
-    # the planner's rule is the predictor's: additions exactly where some axis is subdivided (one axis is enough)
+    # the planner's rule is the predictor's: finer-stage additions exactly where some axis is subdivided
     for factor in ([1.0, 1.0, 2.0], [1.5, 1.5, 1.5], [1.49, 1.49, 1.49], [2.0, 1.0, 1.0]):
-        assert ("fine_ncc_window" in refinement_settings([2.0, 2.0, 2.0], factor)) == (max(subdivisions(factor)) > 1)
-    # a 4 mm grid over 2 mm images (3d_halfres of 2 mm data) was not measured: defaults there
-    assert "fine_ncc_window" not in refinement_settings([4.0, 4.0, 4.0], [2.0, 2.0, 2.0])
+        settings = refinement_settings([2.0, 2.0, 2.0], factor)
+        assert (settings["steps"] == FINER_STAGE_INSTANCE_OPTIMIZATION["steps"]) == (max(subdivisions(factor)) > 1)
+        assert ("edge_kappa" in settings) == (max(subdivisions(factor)) == 1)
+    # not measured: a 4 mm grid over 2 mm images (3d_halfres of 2 mm data), a 1 mm grid of 1 mm data: defaults
+    for spacing, factor in (([4.0, 4.0, 4.0], [2.0, 2.0, 2.0]), ([1.0, 1.0, 1.0], [1.0, 1.0, 1.0])):
+        assert not {"fine_ncc_window", "edge_kappa"} & set(refinement_settings(spacing, factor))
 
 
 def _compose_by_scipy(u: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -118,3 +118,29 @@ def test_the_finer_grid_stage_takes_the_refinements_kappa_unless_it_sets_its_own
     assert parse_finer_overrides("edge_kappa=none") == {"edge_kappa": None}
     with pytest.raises(ConfigurationError, match="edge_kappa"):
         FinerGridSettings(edge_kappa=-1.0)
+
+
+def test_a_refused_edge_aware_refinement_falls_back_to_the_plain_regulariser(monkeypatch) -> None:
+    """With ``edge_kappa > 0`` a refused field (here: every edge-aware one) is refined again without the weights, so
+    an identity start does not come back as a zero field; without the weights a refusal keeps the start."""
+    import nnreg.inference.instance_optimization as io
+
+    torch.manual_seed(2)
+    fixed = torch.nn.functional.avg_pool3d(torch.rand(1, 1, 16, 16, 16), 3, 1, 1)
+    moving = torch.roll(fixed, 1, dims=2)
+    zero = torch.zeros(1, 3, 16, 16, 16)
+    plain = InstanceOptimization(steps=6, lr=0.2, image_factor=1, ncc_window=3, lambda_reg=1.0, patience=10)
+    edged = InstanceOptimization(steps=6, lr=0.2, image_factor=1, ncc_window=3, lambda_reg=1.0, patience=10,
+                                 edge_kappa=0.05, edge_floor=0.3)
+    original = io.refusal
+    monkeypatch.setattr(io, "refusal", lambda refined, network, loss, network_loss, settings, folding=None:
+                        "it folds (test)" if settings.edge_kappa > 0 else original(refined, network, loss,
+                                                                                  network_loss, settings, folding))
+    expected, expected_report = refine_field(fixed, moving, zero, plain)
+    refined, report = refine_field(fixed, moving, zero, edged)
+    assert report.edge_fallback and not report.kept_network and float(refined.abs().max()) > 0
+    assert torch.equal(refined, expected) and report.final_loss == expected_report.final_loss
+    assert report.steps_run > expected_report.steps_run                  # both refinements' steps are counted
+    monkeypatch.setattr(io, "refusal", lambda *args, **kwargs: "it folds (test)")
+    kept, kept_report = refine_field(fixed, moving, zero, edged)
+    assert kept_report.kept_network and torch.equal(kept, zero)          # refused twice: the start, as before
