@@ -19,8 +19,9 @@ parametrisations (``velocity_start``):
 
 The loss is the training loss of one level: ``-LNCC(fixed, moving o phi) + lambda_reg * ||grad v||^2`` (``v`` in its
 own voxel units; with ``edge_kappa > 0`` each squared difference of ``v`` is weighted down across the fixed image's
-edges, :mod:`nnreg.losses.edge_weights`; ``similarity="mind"`` replaces the LNCC term by the MIND-SSC loss of :mod:`nnreg.losses.mind`, for
-pairs of different contrasts), minimised by Adam (0 steps return the network's field unchanged) in two stages:
+edges in the local NCC stages, :mod:`nnreg.losses.edge_weights`; ``similarity="mind"`` replaces the LNCC term by
+the MIND-SSC loss of :mod:`nnreg.losses.mind`, for pairs of different contrasts), minimised by Adam (0 steps
+return the network's field unchanged) in two stages:
 ``steps`` on the network grid / ``image_factor`` (cheap: 1/8 of the voxels) with ``v`` on the network grid /
 ``grid_factor``, then ``fine_steps`` on the network grid itself with ``v`` on the network grid / ``fine_grid_factor``
 (resampled by :func:`nnreg.spatial.resize_field`, Adam restarted, when that grid differs; otherwise ``v`` and the
@@ -316,6 +317,7 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
     if not settings.enabled:
         return displacement, RefinementReport(0, math.nan, math.nan, math.nan, math.nan)
     shape = tuple(int(s) for s in fixed.shape[2:])
+    requested = settings                                # the caller's (the remap stage replaces ``settings``)
     whole = settings.velocity_start == "network"       # v is the whole transform: no network field to compose
     with torch.inference_mode(False), torch.enable_grad(), deterministic_mode(deterministic, fixed.device):
         with torch.no_grad():   # clones: inference-mode tensors cannot enter autograd
@@ -346,11 +348,12 @@ def refine_field(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.
             refined = exp_v if whole else compose(displacement, exp_v)
             reason = refusal(refined, displacement, final_loss, initial_loss, settings)
             folding = folding_percent(refined) if not reason else folding_percent(displacement)
-    if reason and settings.edge_kappa > 0:   # the plain regulariser is the fallback, not the start
+    weighted = any(stage.edge_weights is not None for stage in (*stages, last))
+    if reason and weighted:       # the plain regulariser is the fallback, not the start
         logger.info("instance optimisation: refused with the edge-aware regulariser (%s); refining again without it",
                     reason)
-        refined, report = refine_field(fixed, moving, displacement, replace(settings, edge_kappa=0.0), deterministic,
-                                       masks)
+        refined, report = refine_field(fixed, moving, displacement, replace(requested, edge_kappa=0.0),
+                                       deterministic, masks)
         return refined, replace(report, steps_run=report.steps_run + steps_run, edge_fallback=True)
     if reason:
         logger.info("instance optimisation: the network's field is kept (%s)", reason)

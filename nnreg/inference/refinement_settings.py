@@ -18,9 +18,11 @@ from nnreg.utilities.key_values import parse_key_values
 # patience of 20 (MIND keeps improving where local NCC has stopped: +0.004 Dice on T1, T2 and FLAIR, twice the time);
 # then 40 local NCC steps against the moving image mapped onto the fixed image's contrast (remap_steps: +0.028 Dice
 # on T2-like, +0.024 on FLAIR-like pairs), with the 30 coarse steps and the window of 9 they were measured with (1 mm
-# plans record 40 and 15 for one contrast since 2026-12-07). Chosen on training pairs, documentation/prediction.md.
+# plans record 40 and 15 for one contrast since 2026-12-07), and no edge-aware weights (2 mm plans record them for
+# one contrast since the nineteenth session; not measured across contrasts). Chosen on training pairs,
+# documentation/prediction.md.
 MULTIMODAL_REFINEMENT: dict[str, Any] = {"similarity": "mind", "lambda_reg": 0.3, "steps": 30, "fine_steps": 24,
-                                         "patience": 20, "remap_steps": 40, "fine_ncc_window": 9}
+                                         "patience": 20, "remap_steps": 40, "fine_ncc_window": 9, "edge_kappa": 0.0}
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ class InstanceOptimization:
                                    # image mapped onto the fixed image's contrast (nnreg.inference.intensity_mapping)
     remap_lambda_reg: float = 1.5  # lambda_reg of those steps (local NCC's scale, not MIND's)
     adam_eps: float = 1e-8         # Adam's epsilon: gradients far below it move by less than lr (see optimise)
-    edge_kappa: float = 0.0        # > 0: local NCC stages weight ||grad v||^2 down across the fixed image's edges of
-    edge_floor: float = 0.5        # about this fraction of its intensity range, to this floor (nnreg.losses.edge_weights)
+    edge_kappa: float = 0.0        # > 0: local NCC stages weight ||grad v||^2 down across the fixed image's edges
+    edge_floor: float = 0.5        # of about kappa x its intensity range, to this floor (nnreg.losses.edge_weights)
 
     def __post_init__(self) -> None:
         self._check_types()

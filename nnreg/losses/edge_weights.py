@@ -1,7 +1,7 @@
 """Edge-aware weights of the gradient regulariser: smoothness is relaxed where the fixed image has an edge.
 
 Conventions: tensors ``(1, 1, H, W, D)`` in array-axis order; the weights of axis ``a`` live on that axis' forward
-differences (``H-1``, ``W`` or ``D-1`` entries along it, as in :mod:`nnreg.losses.regularization`):
+differences (``H-1``, ``W-1`` or ``D-1`` entries along it, as in :mod:`nnreg.losses.regularization`):
 
     w_a(x) = floor + (1 - floor) · exp(-((I(x + e_a) - I(x)) / (κ · s))²)
 

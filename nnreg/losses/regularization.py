@@ -10,8 +10,9 @@ computed in place on one buffer. Autograd's version zero-filled a full-size tens
 on a 1 mm field (3 × 160 × 208 × 192) that was about a fifth of a test-time refinement step.
 
 ``weights`` (one tensor per axis, the shape of that axis' differences with one channel, e.g.
-:func:`nnreg.losses.edge_weights.difference_weights`) weight each squared difference: ``Σ_a mean(w_a · (D_a f)²) / 3``,
-gradient ``2/(3·N_a) · Dᵀ (w_a · D_a f)``; without them the two are the unweighted ones, bit for bit.
+:func:`nnreg.losses.edge_weights.difference_weights`; taken as float32, no gradient) weight each squared
+difference: ``Σ_a mean(w_a · (D_a f)²) / 3``, gradient ``2/(3·N_a) · Dᵀ (w_a · D_a f)``; without them the two are
+the unweighted ones, bit for bit.
 """
 from __future__ import annotations
 
@@ -74,4 +75,5 @@ def gradient_l2(field: torch.Tensor, weights: tuple[torch.Tensor | None, ...] | 
                 raise ValueError(f"the weights of axis {axis - 2} {tuple(weight.shape)} do not match the field's "
                                  f"differences {expected}")
     with torch.autocast(device_type=field.device.type, enabled=False):
+        weights = None if weights is None else tuple(None if w is None else w.detach().float() for w in weights)
         return _GradientL2.apply(field.float(), weights)

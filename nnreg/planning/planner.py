@@ -85,9 +85,10 @@ def refinement_settings(spacing: list[float], resampling_factor: list[float] | N
     ``FINE_VELOCITY_SPACING_MM`` (grid / 1 at 2 mm, grid / 2 at 1 mm), never coarser than the coarse stage's; and,
     when a finer-grid stage follows (``finer_stage_follows(resampling_factor)``) a network grid of
     at most ``FINER_STAGE_MAX_SPACING_MM`` (the measured case: a 2 mm grid over 1 mm images), the finer-stage
-    additions; a grid of about 2 mm (``NATIVE_2MM_SPACING_MM``) that no finer stage follows (2 mm data) gets the
-    2 mm additions instead. A plans file holds one entry per configuration: an image far off the median spacing may get the
-    additions without a finer stage (or the reverse)."""
+    additions; a grid of about 2 mm (``NATIVE_2MM_SPACING_MM``, measured at 2 mm only) that no finer stage follows
+    (2 mm data) gets the 2 mm additions instead. A plans file holds one entry per configuration: an image far off
+    the median spacing may get the additions without a finer stage (or the reverse).
+    """
     settings = dict(DEFAULT_INSTANCE_OPTIMIZATION)
     finer = resampling_factor is not None and finer_stage_follows(resampling_factor)
     if finer and min(spacing) <= FINER_STAGE_MAX_SPACING_MM:

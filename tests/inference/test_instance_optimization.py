@@ -141,7 +141,8 @@ def test_a_configuration_that_a_finer_stage_follows_records_the_finer_stage_refi
     InstanceOptimization.from_json(halfres)                                  # valid settings
     for factor in ([1.0, 1.0, 1.0], [1.2, 1.2, 1.2], None):
         native = refinement_settings([2.0, 2.0, 2.0], factor)
-        assert native == refinement_settings([2.0, 2.0, 2.0]) and native.items() >= NATIVE_2MM_INSTANCE_OPTIMIZATION.items()
+        assert native == refinement_settings([2.0, 2.0, 2.0])
+        assert native.items() >= NATIVE_2MM_INSTANCE_OPTIMIZATION.items()
         assert native["steps"] == DEFAULT_INSTANCE_OPTIMIZATION["steps"] and native["edge_kappa"] > 0
         assert InstanceOptimization.from_json(native).edge_kappa == NATIVE_2MM_INSTANCE_OPTIMIZATION["edge_kappa"]
         assert factor is None or subdivisions(factor) == (1, 1, 1)

@@ -60,7 +60,7 @@ def test_weights_do_not_depend_on_the_intensity_units() -> None:
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 5, 6, 7), (1, 3, 4, 9, 2)])
-def test_weighted_value_and_gradient_equal_autograds(shape) -> None:
+def test_weighted_value_and_gradient_equal_autograds(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
     field = torch.randn(*shape, requires_grad=True)
     image = torch.rand(1, 1, *shape[2:])
@@ -120,7 +120,8 @@ def test_the_finer_grid_stage_takes_the_refinements_kappa_unless_it_sets_its_own
         FinerGridSettings(edge_kappa=-1.0)
 
 
-def test_a_refused_edge_aware_refinement_falls_back_to_the_plain_regulariser(monkeypatch) -> None:
+def test_a_refused_edge_aware_refinement_falls_back_to_the_plain_regulariser(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``edge_kappa > 0`` a refused field (here: every edge-aware one) is refined again without the weights, so
     an identity start does not come back as a zero field; without the weights a refusal keeps the start."""
     import nnreg.inference.instance_optimization as io
@@ -144,3 +145,30 @@ def test_a_refused_edge_aware_refinement_falls_back_to_the_plain_regulariser(mon
     monkeypatch.setattr(io, "refusal", lambda *args, **kwargs: "it folds (test)")
     kept, kept_report = refine_field(fixed, moving, zero, edged)
     assert kept_report.kept_network and torch.equal(kept, zero)          # refused twice: the start, as before
+
+
+def test_the_fallback_keeps_the_callers_settings_after_a_mind_refinement_with_a_remap_stage(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MIND-SSC stages carry no weights, the remap stage (local NCC) does: a refused result is refined again with the
+    caller's MIND settings (not the remap stage's), so the retry ends in a remap stage too; with no weighted stage
+    at all (no remap stage) a refusal keeps the start at once."""
+    import nnreg.inference.instance_optimization as io
+
+    torch.manual_seed(3)
+    fixed = torch.nn.functional.avg_pool3d(torch.rand(1, 1, 16, 16, 16), 3, 1, 1)
+    moving = 1.0 - torch.roll(fixed, 1, dims=2)            # another contrast
+    zero = torch.zeros(1, 3, 16, 16, 16)
+    mind = InstanceOptimization(steps=4, lr=0.2, image_factor=1, lambda_reg=0.3, patience=10, similarity="mind",
+                                remap_steps=3, edge_kappa=0.05)
+    seen: list[InstanceOptimization] = []
+    monkeypatch.setattr(io, "refusal", lambda refined, network, loss, network_loss, settings, folding=None:
+                        seen.append(settings) or ("it folds (test)" if settings.edge_kappa > 0 else ""))
+    refined, report = refine_field(fixed, moving, zero, mind)
+    assert report.edge_fallback and report.remapped and not report.kept_network
+    assert [s.similarity for s in seen] == ["lncc", "lncc"] and seen[-1].edge_kappa == 0.0
+    assert seen[-1].lambda_reg == mind.remap_lambda_reg      # the retry's remap stage, from the MIND settings
+    no_remap = InstanceOptimization(steps=4, lr=0.2, image_factor=1, lambda_reg=0.3, patience=10, similarity="mind",
+                                    edge_kappa=0.05)
+    monkeypatch.setattr(io, "refusal", lambda *args, **kwargs: "it folds (test)")
+    kept, kept_report = refine_field(fixed, moving, zero, no_remap)
+    assert kept_report.kept_network and not kept_report.edge_fallback and torch.equal(kept, zero)
