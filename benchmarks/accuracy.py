@@ -13,8 +13,8 @@ On a Learn2Reg dataset with labels it runs, as subprocesses of the documented co
    the first is ``nnreg_train``'s default) ``nnreg_train ID all -c CONFIGURATION --device cpu --seed S
    --time-budget M`` (the training images only; ``--epochs`` when this nnreg has no ``--time-budget``);
 2. per seed, ``nnreg_predict`` on the ``validation`` pairs without refinement (``--instance-optimization 0``, method
-   ``nnreg``) and with it (the plans' default or ``--instance-optimization N`` / ``--instance-optimization-settings``;
-   method ``nnreg_refined``); once, with the first seed's plans, the same refinement from the identity without the
+   ``nnreg``) and with it (the plans' default or ``--instance-optimization N`` / ``--instance-optimization-settings``
+   / ``--finer-grid-settings``; method ``nnreg_refined``); once, with the first seed's plans, the same refinement from the identity without the
    network (``--start identity``, method ``nnreg_identity``, kind ``ablation``: what the network's start adds);
 3. the anchors of ``--anchors`` (default all; benchmarks/anchors.py: SimpleITK demons, Greedy with and without
    ``-sv``, ConvexAdam with its defaults and the LUMIR brain settings, ANTs SyNQuick and the LUMIR SyN call), each
@@ -148,6 +148,8 @@ def nnreg_rows(args: argparse.Namespace, methods: list[str], seeds: list[int], d
                 [] if args.instance_optimization is None else ["--instance-optimization", str(args.instance_optimization)])
             if method != "nnreg" and args.instance_optimization_settings:
                 refinement += ["--instance-optimization-settings", args.instance_optimization_settings]
+            if method != "nnreg" and args.finer_grid_settings:
+                refinement += ["--finer-grid-settings", args.finer_grid_settings]
             if identity:
                 refinement += ["--start", "identity"]
             folder = out / (method if identity else f"{method}{suffix}")
@@ -220,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="refinement steps of the nnreg_refined row (default: the plans' setting)")
     parser.add_argument("--instance-optimization-settings", default=None, metavar="KEY=VALUE,...",
                         help="nnreg_predict --instance-optimization-settings of the nnreg_refined row")
+    parser.add_argument("--finer-grid-settings", default=None, metavar="KEY=VALUE,...",
+                        help="nnreg_predict --finer-grid-settings of the nnreg_refined row (the finer-grid stage of a "
+                             "3d_halfres model of 1 mm data)")
     parser.add_argument("--configuration", default="3d_fullres",
                         help="nnreg configuration to train and predict with (e.g. 3d_halfres for 1 mm data on a CPU)")
     parser.add_argument("--skip-training", action="store_true",
@@ -282,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
              f"nnreg configuration {args.configuration}; seeds {', '.join(map(str, seeds))}."]
     if args.instance_optimization_settings:
         notes.append(f"nnreg_refined: --instance-optimization-settings {args.instance_optimization_settings}")
+    if args.finer_grid_settings:
+        notes.append(f"nnreg_refined: --finer-grid-settings {args.finer_grid_settings}")
     notes += [f"{r['method']}: {r['cached_pairs']} of {len(pairs)} fields from {cache}, their seconds as recorded "
               f"when computed." for r in rows if r.get("cached_pairs")]
     print(report.format_table(ordered))

@@ -221,3 +221,28 @@ def test_identity_start_runs_once_and_is_compared_like_an_anchor(tmp_path: Path,
                         ("nnreg_refined", "nnreg_identity", "mean")]
     refined = next(r for r in result["rows"] if r["method"] == "nnreg_refined" and r["seed"] == 12345)
     assert result["differences"][0]["mean"] == pytest.approx(refined["dice"] - identity["dice"])
+
+
+def test_refinement_settings_reach_the_refined_and_identity_rows_only(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--instance-optimization-settings`` and ``--finer-grid-settings`` go to nnreg_predict for ``nnreg_refined``
+    and ``nnreg_identity``, not for the network alone, and the JSON notes name them."""
+    dataset = make_learn2reg_dataset(tmp_path / "Tiny", shape=(24, 28, 20), n_train=2, n_val=2)
+    commands: list[tuple[list[str], str]] = []
+    monkeypatch.setattr(accuracy, "run", fake_commands(dataset, commands, lambda command, env: 0.0))
+    monkeypatch.setattr(accuracy, "train_arguments", lambda minutes, env: ["--time-budget", f"{minutes:g}"])
+    rows_json = tmp_path / "acc.json"
+    assert accuracy.main(["--dataset", str(dataset), "--train-minutes", "1", "--output", str(tmp_path / "bench"),
+                          "--json", str(rows_json), "--methods", "nnreg,nnreg_refined,nnreg_identity",
+                          "--anchors", "none", "--instance-optimization-settings", "edge_kappa=0.1",
+                          "--finer-grid-settings", "edge_kappa=0.1,steps=4"]) == 0
+    predicts = {Path(c[c.index("-o") + 1]).name: c for c, _ in commands if c[0] == "nnreg_predict"}
+    assert set(predicts) == {"nnreg", "nnreg_refined", "nnreg_identity"}
+    for name in ("nnreg_refined", "nnreg_identity"):
+        command = predicts[name]
+        assert command[command.index("--finer-grid-settings") + 1] == "edge_kappa=0.1,steps=4"
+        assert command[command.index("--instance-optimization-settings") + 1] == "edge_kappa=0.1"
+    assert "--finer-grid-settings" not in predicts["nnreg"]
+    assert "--instance-optimization-settings" not in predicts["nnreg"]
+    notes = json.loads(rows_json.read_text())["notes"]
+    assert "nnreg_refined: --finer-grid-settings edge_kappa=0.1,steps=4" in notes
