@@ -55,8 +55,9 @@ PARAMETRISATIONS = ("velocity", "displacement")
 @dataclass(frozen=True)
 class FinerGridSettings:
     """The finer-grid stage (``steps = 0``: off). The defaults are ``nnreg_predict``'s: a 1 mm displacement
-    correction, 8 steps at lr 0.15 with λ 8 (chosen on OpenBrains160 training pairs, documentation/prediction.md;
-    the stage before 2026-12-06 was ``parametrisation="velocity", lr=0.25, lambda_reg=None``)."""
+    correction, 8 steps at lr 0.15 with λ 8 and the edge-aware regulariser at κ 0.1 (chosen on OpenBrains160
+    training pairs, documentation/prediction.md; the stage before 2026-12-06 was ``parametrisation="velocity",
+    lr=0.25, lambda_reg=None``, and until 2026-12-07 it took the refinement's ``edge_kappa``, 0 in 1 mm plans)."""
 
     steps: int = 8
     lr: float = 0.15             # Adam learning rate (voxels of the parameter's grid)
@@ -67,7 +68,7 @@ class FinerGridSettings:
     warmup_steps: int | None = None  # Adam's learning-rate warm-up in this stage (None: the refinement's)
     parametrisation: str = "displacement"  # "velocity": exp(v) goes on; "displacement": exp(v) o (id + w), w optimised
     adam_eps: float | None = None  # Adam's epsilon in this stage (None: the refinement's)
-    edge_kappa: float | None = None  # the edge-aware regulariser's kappa in this stage (None: the refinement's)
+    edge_kappa: float | None = 0.1   # the edge-aware regulariser's kappa in this stage (None: the refinement's)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:

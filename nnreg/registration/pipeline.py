@@ -49,12 +49,14 @@ DEFORMABLE = InstanceOptimization(steps=30, fine_steps=12, grid_factor=2, lambda
 # documentation/benchmarks.md); 2 integration steps at lr 0.4, and lambda 2 (not the working grid's 1.5) keeps NDV
 # well below 0.01 %. 4 steps (6 until the ninth session) since the correction below follows them.
 FINER_GRID = FinerGridSettings(steps=4, lr=0.4, finer_velocity=True, lambda_reg=2.0, integration_steps=2,
-                               parametrisation="velocity")
+                               parametrisation="velocity", edge_kappa=None)
 # Then a displacement correction on the same finer grid (nnreg_predict's 1 mm stage: exp(v) o (id + w), w optimised
 # with lambda 8, :mod:`nnreg.inference.finer_grid`): the velocity moves what a smooth transform can, the correction
 # the 1 mm detail left: exact Dice 0.700 -> 0.704, better on each of 4 perturbed training pairs of OpenBrains160
 # (4 velocity steps + 8 correction steps; 6 + 8 gave the same, 2 + 8 0.697; documentation/benchmarks.md).
-FINER_CORRECTION = FinerGridSettings(steps=8, lr=0.15, lambda_reg=8.0, parametrisation="displacement")
+# Both take the deformable stage's edge_kappa (None; 0 by default): nnreg_predict's κ 0.1 was chosen for its own stage.
+FINER_CORRECTION = FinerGridSettings(steps=8, lr=0.15, lambda_reg=8.0, parametrisation="displacement",
+                                     edge_kappa=None)
 # The finer grid ends at the fixed image's finest spacing, but not below this (mm) unless final_spacing asks for it: a
 # 0.7 mm pair on a 0.67 mm grid took 126 s and 12.6 GB (2 cores), a 0.5 mm one would need ~30 GB; at 1 mm, LUMIR's
 # grid, the same pair takes a third of the time and memory (documentation/benchmarks.md).

@@ -111,9 +111,18 @@ def test_the_refinement_stages_use_the_weights_and_the_settings_are_checked() ->
 
 
 def test_the_finer_grid_stage_takes_the_refinements_kappa_unless_it_sets_its_own() -> None:
-    refinement = InstanceOptimization(steps=5, edge_kappa=0.1)
+    """``nnreg_predict``'s finer stage sets κ 0.1 whatever the refinement's; ``nnreg_register``'s 1 mm stages take
+    their deformable stage's (None), measured without the weights."""
+    from nnreg.registration.pipeline import FINER_CORRECTION, FINER_GRID
+
+    refinement = InstanceOptimization(steps=5, edge_kappa=0.3)
     assert FinerGridSettings().options(refinement).edge_kappa == 0.1
+    assert FinerGridSettings().options(InstanceOptimization(steps=5)).edge_kappa == 0.1
+    assert FinerGridSettings(edge_kappa=None).options(refinement).edge_kappa == 0.3
     assert FinerGridSettings(edge_kappa=0.0).options(refinement).edge_kappa == 0.0
+    for stage in (FINER_GRID, FINER_CORRECTION):
+        assert stage.edge_kappa is None and stage.options(refinement).edge_kappa == 0.3
+        assert stage.options(InstanceOptimization(steps=5)).edge_kappa == 0.0
     assert parse_finer_overrides("edge_kappa=0.2") == {"edge_kappa": 0.2}
     assert parse_finer_overrides("edge_kappa=none") == {"edge_kappa": None}
     with pytest.raises(ConfigurationError, match="edge_kappa"):
