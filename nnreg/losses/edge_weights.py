@@ -11,6 +11,10 @@ edge of about ``κ·s`` or more the weight falls towards ``floor``. Why: the fie
 tissue boundaries, where label boundaries lie (the bilateral filtering of the field in the seed paper serves the
 same purpose), while flat interiors stay as smooth as before; ``floor > 0`` keeps a minimum smoothness everywhere,
 which keeps folding away (documentation/prediction.md).
+
+With ``inside`` (a similarity mask's support on the same grid) a difference with a voxel outside keeps the full
+weight 1 and ``s`` comes from the voxels inside only, so that what a mask excludes (a lesion, a cut field of view)
+shapes neither the similarity nor the regulariser.
 """
 from __future__ import annotations
 
@@ -31,17 +35,28 @@ def intensity_scale(image: torch.Tensor) -> float:
     return scale if scale > 0 else 1.0
 
 
-def difference_weights(image: torch.Tensor, kappa: float, floor: float) -> tuple[torch.Tensor, ...]:
-    """The three per-axis weights (module docstring) of ``image`` ``(1, 1, H, W, D)``, float32, on its device."""
+def difference_weights(image: torch.Tensor, kappa: float, floor: float,
+                       inside: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """The three per-axis weights (module docstring) of ``image`` ``(1, 1, H, W, D)``, float32, on its device;
+    ``inside`` (bool, the same shape): the voxels whose intensities may shape them (None: all)."""
     if image.dim() != 5 or tuple(image.shape[:2]) != (1, 1):
         raise ValueError(f"expected a (1, 1, H, W, D) image, got {tuple(image.shape)}")
+    if inside is not None and tuple(inside.shape) != tuple(image.shape):
+        raise ValueError(f"the inside mask {tuple(inside.shape)} is not the image's {tuple(image.shape)}")
     if not kappa > 0 or not 0 < floor <= 1:
         raise ValueError(f"expected kappa > 0 and 0 < floor <= 1, got {kappa} and {floor}")
     image = image.detach().float()
+    if inside is not None:
+        inside = inside.to(device=image.device, dtype=torch.bool)
+        image = torch.where(inside, image, torch.zeros_like(image))
     width = kappa * intensity_scale(image)
     weights = []
     for axis in (2, 3, 4):
         n = image.shape[axis]
         diff = image.narrow(axis, 1, n - 1) - image.narrow(axis, 0, n - 1)
-        weights.append(torch.exp(-(diff / width).square()).mul_(1.0 - floor).add_(floor).contiguous())
+        weight = torch.exp(-(diff / width).square()).mul_(1.0 - floor).add_(floor)
+        if inside is not None:      # a difference that reaches outside: the plain regulariser
+            both = inside.narrow(axis, 1, n - 1) & inside.narrow(axis, 0, n - 1)
+            weight = torch.where(both, weight, torch.ones_like(weight))
+        weights.append(weight.contiguous())
     return tuple(weights)

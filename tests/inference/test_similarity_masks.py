@@ -4,6 +4,8 @@ nothing, bit for bit, while without the mask it does; a mask of ones is the unma
 with the moving image."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -42,17 +44,20 @@ def _changed_far_away(image: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("side", ["fixed", "moving"])
-def test_content_outside_the_mask_changes_nothing(side: str) -> None:
+@pytest.mark.parametrize("edge_kappa, grid_factor", [(0.0, 1), (0.1, 1), (0.1, 2)])
+def test_content_outside_the_mask_changes_nothing(side: str, edge_kappa: float, grid_factor: int) -> None:
+    """Also with the edge-aware regulariser, whose weights see the fixed image (inside the mask only)."""
     fixed, moving = _pair()
+    settings = replace(SETTINGS, edge_kappa=edge_kappa, grid_factor=grid_factor)
     masks = SimilarityMasks(**{side: _half(first=True)})
     zero = torch.zeros((1, 3, *SHAPE))
     pairs = {"fixed": (_changed_far_away(fixed), moving), "moving": (fixed, _changed_far_away(moving))}
-    reference, _ = refine_field(fixed, moving, zero, SETTINGS, masks=masks)
-    masked, _ = refine_field(*pairs[side], zero, SETTINGS, masks=masks)
-    unmasked, _ = refine_field(*pairs[side], zero, SETTINGS)
+    reference, _ = refine_field(fixed, moving, zero, settings, masks=masks)
+    masked, _ = refine_field(*pairs[side], zero, settings, masks=masks)
+    unmasked, _ = refine_field(*pairs[side], zero, settings)
     assert float(reference.abs().max()) > 0.01
     assert torch.equal(masked, reference)
-    assert not torch.equal(unmasked, refine_field(fixed, moving, zero, SETTINGS)[0])
+    assert not torch.equal(unmasked, refine_field(fixed, moving, zero, settings)[0])
 
 
 @pytest.mark.parametrize("parametrisation, lr, lambda_reg", [("velocity", 0.2, 0.5), ("displacement", 0.1, 2.0)])

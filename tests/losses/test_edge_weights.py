@@ -78,6 +78,29 @@ def test_weighted_value_and_gradient_equal_autograds(shape: tuple[int, ...]) -> 
         gradient_l2(field, (weights[1], weights[0], weights[2]))
 
 
+def test_voxels_outside_a_mask_shape_no_weight() -> None:
+    """With ``inside``: differences reaching outside keep weight 1, the others are the formula with the scale of the
+    inside voxels, and what lies outside changes nothing."""
+    torch.manual_seed(3)
+    image = torch.rand(1, 1, 8, 6, 5) * 50.0 + 10.0
+    inside = torch.zeros(1, 1, 8, 6, 5, dtype=torch.bool)
+    inside[:, :, :4, 1:] = True
+    changed = image.clone()
+    changed[:, :, 5:] = 1000.0                # far outside, and the largest values (they would set the scale)
+    weights = difference_weights(image, kappa=0.1, floor=0.3, inside=inside)
+    assert all(torch.equal(a, b) for a, b in zip(weights, difference_weights(changed, 0.1, 0.3, inside)))
+    scale = float(torch.quantile(image[inside], 0.99))
+    for axis, weight in zip((2, 3, 4), weights):
+        n = image.shape[axis]
+        both = inside.narrow(axis, 1, n - 1) & inside.narrow(axis, 0, n - 1)
+        diff = image.narrow(axis, 1, n - 1) - image.narrow(axis, 0, n - 1)
+        expected = 0.3 + 0.7 * torch.exp(-(diff / (0.1 * scale)) ** 2)
+        assert torch.all(weight[~both] == 1.0) and bool(both.any())
+        torch.testing.assert_close(weight[both], expected[both], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="inside mask"):
+        difference_weights(image, 0.1, 0.3, inside=inside[:, :, 1:])
+
+
 def test_a_jump_across_an_image_edge_costs_less_than_one_inside_a_flat_region() -> None:
     image = torch.full((1, 1, 10, 8, 6), 20.0)
     image[:, :, 5:] = 70.0                  # an edge plane between voxels 4 and 5 of axis 0
