@@ -14,8 +14,9 @@ On a Learn2Reg dataset with labels it runs, as subprocesses of the documented co
    --time-budget M`` (the training images only; ``--epochs`` when this nnreg has no ``--time-budget``);
 2. per seed, ``nnreg_predict`` on the ``validation`` pairs without refinement (``--instance-optimization 0``, method
    ``nnreg``) and with it (the plans' default or ``--instance-optimization N`` / ``--instance-optimization-settings``
-   / ``--finer-grid-settings``; method ``nnreg_refined``); once, with the first seed's plans, the same refinement from the identity without the
-   network (``--start identity``, method ``nnreg_identity``, kind ``ablation``: what the network's start adds);
+   / ``--finer-grid-settings``; method ``nnreg_refined``); once, with the first seed's plans, the same refinement
+   from the identity without the network (``--start identity``, method ``nnreg_identity``, kind ``ablation``: what
+   the network's start adds);
 3. the anchors of ``--anchors`` (default all; benchmarks/anchors.py: SimpleITK demons, Greedy with and without
    ``-sv``, ConvexAdam with its defaults and the LUMIR brain settings, ANTs SyNQuick and the LUMIR SyN call), each
    through its Python package with its documented settings; the ANTs fields (minutes per pair) are cached in

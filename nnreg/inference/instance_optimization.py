@@ -52,10 +52,9 @@ from typing import Iterator
 import torch
 
 from nnreg.inference.intensity_mapping import apply_mapping, conditional_mean_mapping
-from nnreg.inference.masks import SimilarityMasks, downsample
+from nnreg.inference.masks import SimilarityMasks, downsample, edge_weights_on_grid
 from nnreg.inference.refinement_settings import InstanceOptimization
 from nnreg.losses import gradient_l2
-from nnreg.losses.edge_weights import difference_weights
 from nnreg.losses.ncc import TargetWindows
 from nnreg.losses.mind import mind_descriptor_loss, mind_ssc
 from nnreg.inference.refusal import folding_percent, refusal
@@ -107,18 +106,6 @@ def exponential_field(velocity: torch.Tensor, size: tuple[int, int, int], integr
     return resize_field(integrate_velocity(velocity, integration_steps), size)
 
 
-def _edge_weights(target: torch.Tensor, grid: tuple[int, int, int], settings: InstanceOptimization,
-                  weight: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    """The regulariser's edge-aware weights on the velocity ``grid`` from the fixed image ``target``; with a
-    similarity ``weight`` (the masks on the fixed grid) only the velocity voxels whose every image voxel it covers
-    see edges, from those image voxels alone (:func:`nnreg.losses.edge_weights.difference_weights`)."""
-    if weight is None:
-        return difference_weights(downsample(target, grid), settings.edge_kappa, settings.edge_floor)
-    covered = (weight > 0).to(target.dtype)
-    inside = downsample(covered, grid) > 1.0 - 1e-4        # every image voxel of the velocity voxel covered
-    return difference_weights(downsample(target * covered, grid), settings.edge_kappa, settings.edge_floor, inside)
-
-
 class Stage:
     """The images of one optimisation stage on its similarity grid: the fixed image and the moving image, the
     latter warped by the network's field once when the velocity is a correction of it (``velocity_start="zero"``);
@@ -156,7 +143,8 @@ class Stage:
         self.fixed_weight = None if fixed_weight is None else fixed_weight.to(target.device).contiguous()
         self.edge_weights = None        # the regulariser's per-axis weights on the velocity grid (edge_kappa > 0)
         if settings.edge_kappa > 0 and not self.mind:
-            self.edge_weights = _edge_weights(target, grid, settings, masks.fixed)
+            self.edge_weights = edge_weights_on_grid(target, grid, settings.edge_kappa, settings.edge_floor,
+                                                     masks.fixed)
 
     def loss(self, velocity: torch.Tensor, settings: InstanceOptimization) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, NCC loss) of the transform ``exp(velocity)`` of this stage's source, on this stage's grid."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nnreg.losses.edge_weights import difference_weights
 from nnreg.spatial import warp
 
 
@@ -62,3 +63,15 @@ def downsample(image: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
     if all(s % n == 0 for s, n in zip(image.shape[2:], size)):
         return F.avg_pool3d(image, tuple(s // n for s, n in zip(image.shape[2:], size)))
     return F.interpolate(image, size=size, mode="trilinear", align_corners=False)
+
+
+def edge_weights_on_grid(target: torch.Tensor, grid: tuple[int, int, int], kappa: float, floor: float,
+                         weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """The regulariser's edge-aware weights on the velocity ``grid`` from the fixed image ``target``
+    (:func:`nnreg.losses.edge_weights.difference_weights`); with a similarity ``weight`` (the masks on the fixed
+    grid) only the velocity voxels whose every image voxel it covers see edges, from those image voxels alone."""
+    if weight is None:
+        return difference_weights(downsample(target, grid), kappa, floor)
+    covered = (weight > 0).to(target.dtype)
+    inside = downsample(covered, grid) > 1.0 - 1e-4        # every image voxel of the velocity voxel covered
+    return difference_weights(downsample(target * covered, grid), kappa, floor, inside)
