@@ -5,6 +5,7 @@ Examples::
     nnreg_evaluate -i preds/ -d OpenBrains80 -c OBR80_VAL_All_evaluation_config.json -o metrics.json
     nnreg_evaluate -i preds/ -d LUMIR -c Landmark_config.json -c Segmentation_config.json --mask fixed
     nnreg_evaluate -i preds/ -d OpenBrains80 --baseline-zero      # dataset.json validation pairs, no config
+    nnreg_evaluate -i part/ -d OpenBrains80 -c OBR80_VAL_All_evaluation_config.json --only-present   # fields so far
 """
 from __future__ import annotations
 
@@ -38,11 +39,15 @@ logger = logging.getLogger("nnreg")
 @click.option("--lumir25", is_flag=True,
               help="LUMIR 2025's evaluation: NDV masked by the fixed image, TRE robustness at the 70th percentile, "
                    "per-set Dice (ID_dice, OOD_dice, MM_dice from the configs' names), eval_version 3.0.")
+@click.option("--only-present", is_flag=True,
+              help="Evaluate the pairs whose field is in the folder (a run split over processes, or still going) and "
+                   "name the others in one warning and in metrics.json's missing_cases; without it a missing field "
+                   "is an error.")
 @raw_option
 @verbose_option
 @user_errors_as_one_line
 def main(disp_dir: Path, dataset: str, configs: tuple[Path, ...], output: Path | None, baseline_zero: bool,
-         ndv_mask: str | None, lumir25: bool, raw: str | None, verbose: bool) -> None:
+         ndv_mask: str | None, lumir25: bool, only_present: bool, raw: str | None, verbose: bool) -> None:
     """Evaluate displacement fields with the Learn2Reg/LUMIR metrics (Dice, HD95, TRE, NDV, SDlogJ)."""
     from nnreg.dataset.learn2reg import load_dataset
     from nnreg.dataset.locate import find_raw_dataset
@@ -58,8 +63,9 @@ def main(disp_dir: Path, dataset: str, configs: tuple[Path, ...], output: Path |
     parsed = [load_config(path) for path, _ in located]
     pairs = [pair for config in parsed for pair in config.pairs] if configs else \
         [EvalPair(p.fixed.relative, p.moving.relative) for p in load_dataset(root).validation]
-    for pair in pairs:   # every input checked before anything is said: an input error is the only line
-        find_displacement(disp_dir, pair)
+    if not only_present:
+        for pair in pairs:   # every input checked before anything is said: an input error is the only line
+            find_displacement(disp_dir, pair)
     for _, note in located:
         logger.info(note)
     if not configs:
@@ -67,7 +73,7 @@ def main(disp_dir: Path, dataset: str, configs: tuple[Path, ...], output: Path |
     protocol = "lumir25" if lumir25 else "lumir24"
     ndv_mask = ndv_mask or ("fixed" if lumir25 else "moving")
     result = evaluate_folder(disp_dir, root, parsed, ndv_mask=ndv_mask, baseline_zero=baseline_zero,
-                             protocol=protocol)
+                             protocol=protocol, only_present=only_present)
     click.echo(format_table(result))
     if output is not None:
         write_metrics(result, output)

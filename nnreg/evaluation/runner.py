@@ -53,6 +53,7 @@ class EvaluationResult:
     baseline: dict[str, dict[str, dict[str, Any]]] | None = None
     protocol: str = "lumir24"
     sets: dict[str, list[str]] | None = None
+    missing: list[str] | None = None    # pairs left out for want of a field (``only_present``); None: none asked
 
     def aggregates(self) -> dict[str, dict[str, float]]:
         """The aggregates of :attr:`protocol` (module docstring)."""
@@ -64,8 +65,13 @@ class EvaluationResult:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "aggregates": self.aggregates(), "cases": self.cases,
-                "eval_version": EVAL_VERSIONS[self.protocol]}
+        """The official structure; a partial evaluation adds ``missing_cases`` (the pairs its aggregates leave out),
+        so that a partial file cannot pass for a whole one."""
+        out = {"name": self.name, "aggregates": self.aggregates(), "cases": self.cases,
+               "eval_version": EVAL_VERSIONS[self.protocol]}
+        if self.missing:
+            out["missing_cases"] = list(self.missing)
+        return out
 
 
 def robustness_quantile(metric: str, protocol: str = "lumir24") -> float:
@@ -102,14 +108,20 @@ def displacement_stem(pair: EvalPair) -> str:
     return naming_stem(pair.fixed, pair.moving)
 
 
-def find_displacement(folder: Path, pair: EvalPair) -> Path:
-    """The pair's displacement file (``.npz`` preferred, then ``.nii.gz``); one-line error naming it if absent."""
+def _displacement_file(folder: Path, pair: EvalPair) -> Path | None:
+    """The pair's displacement file (``.npz`` preferred, then ``.nii.gz``), None when there is none."""
     stem = displacement_stem(pair)
-    for suffix in (".npz", ".nii.gz"):
-        candidate = Path(folder) / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    raise NnregError(f"missing displacement file {stem}.nii.gz for pair {pair.key}", Path(folder) / f"{stem}.nii.gz")
+    return next((c for c in (Path(folder) / f"{stem}{s}" for s in (".npz", ".nii.gz")) if c.is_file()), None)
+
+
+def find_displacement(folder: Path, pair: EvalPair) -> Path:
+    """The pair's displacement file (:func:`_displacement_file`); one-line error naming it if absent."""
+    found = _displacement_file(folder, pair)
+    if found is None:
+        stem = displacement_stem(pair)
+        raise NnregError(f"missing displacement file {stem}.nii.gz for pair {pair.key}",
+                         Path(folder) / f"{stem}.nii.gz")
+    return found
 
 
 def _landmark_kind(pair: EvalPair, dest: str) -> str:
@@ -169,11 +181,23 @@ def _check_field(field: np.ndarray, path: Path, plan: CasePlan, root: Path) -> N
                                  f"{tuple(field.shape)}", path)
 
 
+def present_plans(disp_dir: Path, plans: list[CasePlan]) -> tuple[list[CasePlan], list[str]]:
+    """The plans whose field is in ``disp_dir`` and the keys of the others; one line when none is (nothing to
+    evaluate is an error, not an empty table)."""
+    present = [plan for plan in plans if _displacement_file(disp_dir, plan.pair) is not None]
+    if not present:
+        raise NnregError(f"no displacement file for any of the {len(plans)} pair(s) to evaluate", disp_dir)
+    kept = {plan.pair.key for plan in present}
+    return present, [plan.pair.key for plan in plans if plan.pair.key not in kept]
+
+
 def evaluate_folder(disp_dir: str | Path, root: str | Path, configs: list[EvaluationConfig],
                     ndv_mask: str = "moving", baseline_zero: bool = False,
-                    protocol: str = "lumir24") -> EvaluationResult:
+                    protocol: str = "lumir24", only_present: bool = False) -> EvaluationResult:
     """Evaluate every pair of the (merged) configs; ``baseline_zero`` also evaluates a zero field per pair;
-    ``protocol`` chooses the aggregates (module docstring; the NDV mask is the caller's)."""
+    ``protocol`` chooses the aggregates (module docstring; the NDV mask is the caller's). ``only_present``: the pairs
+    whose field is in the folder (a run split over processes or still going), the others named in the result's
+    ``missing``; without it a missing field is an error."""
     if ndv_mask not in NDV_MASKS:
         raise NnregError(f"--mask must be one of {', '.join(NDV_MASKS)}, got {ndv_mask!r}")
     if protocol not in PROTOCOLS:
@@ -184,6 +208,12 @@ def evaluate_folder(disp_dir: str | Path, root: str | Path, configs: list[Evalua
     if not root.is_dir():
         raise NnregError("ground-truth (dataset) folder does not exist", root)
     name, plans = merge_configs(configs)
+    missing: list[str] | None = None
+    if only_present:
+        plans, missing = present_plans(disp_dir, plans)
+        if missing:
+            logger.warning("evaluating %d of %d pairs: no field for %d (%s%s)", len(plans), len(plans) + len(missing),
+                           len(missing), ", ".join(missing[:3]), ", ..." if len(missing) > 3 else "")
     files = [find_displacement(disp_dir, plan.pair) for plan in plans]
     logger.info("evaluating %d pair(s) with %s", len(plans),
                 ", ".join(sorted({m.name for p in plans for m in p.methods.values()})))
@@ -200,7 +230,7 @@ def evaluate_folder(disp_dir: str | Path, root: str | Path, configs: list[Evalua
         summary = ", ".join(f"{k} {v['mean']:.4f}" for k, v in cases[plan.pair.key].items())
         logger.info("[%d/%d] %s: %s", index, len(plans), plan.pair.key, summary)
     sets = lumir25_sets(configs) if protocol == "lumir25" else None
-    return EvaluationResult(name, cases, baseline, protocol, sets)
+    return EvaluationResult(name, cases, baseline, protocol, sets, missing)
 
 
 def dataset_config(root: str | Path) -> EvaluationConfig:

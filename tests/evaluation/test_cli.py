@@ -65,6 +65,42 @@ def test_missing_displacement_is_named(tiny_root: Path, zero_fields: Path) -> No
     assert "disp_0003_0002.nii.gz" in line and "missing" in line
 
 
+def test_only_present_evaluates_the_fields_there_and_names_the_rest(tiny_root: Path, zero_fields: Path,
+                                                                    tmp_path: Path, nnreg_log: list[str]) -> None:
+    config = tiny_root / "config.json"
+    whole = tmp_path / "whole.json"
+    assert run("-i", zero_fields, "-d", tiny_root, "-c", config, "-o", whole, "--only-present").exit_code == 0
+    complete = json.loads(whole.read_text())
+    assert "missing_cases" not in complete           # every field there: the official structure, unchanged
+    assert complete == json.loads(_evaluated(tiny_root, zero_fields, tmp_path / "plain.json"))
+    (zero_fields / "disp_0003_0002.nii.gz").unlink()
+    part = tmp_path / "part.json"
+    nnreg_log.clear()
+    result = run("-i", zero_fields, "-d", tiny_root, "-c", config, "-o", part, "--only-present")
+    assert result.exit_code == 0, result.output
+    said = [line for line in nnreg_log if "evaluating 1 of 2 pairs" in line]
+    assert len(said) == 1 and "0003_0000<--0002_0000" in said[0]
+    data = json.loads(part.read_text())
+    assert list(data["cases"]) == ["0002_0000<--0001_0000"]
+    assert data["missing_cases"] == ["0003_0000<--0002_0000"]
+    assert data["cases"]["0002_0000<--0001_0000"] == complete["cases"]["0002_0000<--0001_0000"]
+    assert data["aggregates"]["TRE_lm"]["mean"] == pytest.approx(
+        complete["cases"]["0002_0000<--0001_0000"]["TRE_lm"]["mean"])
+
+
+def _evaluated(tiny_root: Path, fields: Path, out: Path) -> str:
+    result = run("-i", fields, "-d", tiny_root, "-c", tiny_root / "config.json", "-o", out)
+    assert result.exit_code == 0, result.output
+    return out.read_text()
+
+
+def test_only_present_without_any_field_is_one_line(tiny_root: Path, zero_fields: Path) -> None:
+    for path in zero_fields.glob("disp_*"):
+        path.unlink()
+    line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", tiny_root / "config.json", "--only-present"))
+    assert "no displacement file for any of the 2 pair(s)" in line
+
+
 def test_wrong_shape(tiny_root: Path, zero_fields: Path) -> None:
     write_displacement(np.zeros((12, 14, 9, 3), np.float32), zero_fields / "disp_0002_0001.nii.gz")
     line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", tiny_root / "config.json"))
