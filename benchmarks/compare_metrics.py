@@ -42,6 +42,10 @@ def per_pair(path: Path) -> dict[str, dict[str, float]]:
 def compare(files: list[dict[str, dict[str, float]]], names: list[str]) -> dict[str, Any]:
     """Means over the pairs every file has, and the first file minus each other, per metric (module docstring)."""
     metrics = [m for m in METRICS if all(m in f for f in files)]
+    for metric in METRICS:
+        if metric not in metrics and any(metric in f for f in files):
+            logger.warning("%s left out: not in every file (%s)", metric,
+                           ", ".join(n for n, f in zip(names, files) if metric not in f))
     result: dict[str, Any] = {"names": names, "metrics": {}}
     for metric in metrics:
         common = sorted(set.intersection(*(set(f[metric]) for f in files)))
@@ -90,10 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     names = args.names.split(",") if args.names else [p.parent.name or str(p) for p in args.metrics]
     if len(args.metrics) < 2 or len(names) != len(args.metrics):
         parser.error("give at least two metrics files and, with --names, one name per file")
+    if len(set(names)) != len(names):
+        parser.error(f"the rows need different names, got {', '.join(names)} (give --names)")
     for path in args.metrics:
         if not path.is_file():
             parser.error(f"{path}: no such metrics file")
     result = compare([per_pair(p) for p in args.metrics], names)
+    if not result["metrics"] or any(e["pairs"] == 0 for e in result["metrics"].values()):
+        parser.error("the files have no pair (or no metric) in common: nothing to compare")
     logger.info("%s", format_report(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))

@@ -40,9 +40,9 @@ logger = logging.getLogger("nnreg")
               help="LUMIR 2025's evaluation: NDV masked by the fixed image, TRE robustness at the 70th percentile, "
                    "per-set Dice (ID_dice, OOD_dice, MM_dice from the configs' names), eval_version 3.0.")
 @click.option("--only-present", is_flag=True,
-              help="Evaluate the pairs whose field is in the folder (a run split over processes, or still going) and "
-                   "name the others in one warning and in metrics.json's missing_cases; without it a missing field "
-                   "is an error.")
+              help="Evaluate the pairs whose field is in the folder (a run split over processes, or still going); "
+                   "one warning counts the others (the first three named) and metrics.json's missing_cases lists "
+                   "them all; without it a missing field is an error.")
 @raw_option
 @verbose_option
 @user_errors_as_one_line
@@ -81,5 +81,5 @@ def main(disp_dir: Path, dataset: str, configs: tuple[Path, ...], output: Path |
         if result.baseline is not None:
             zero = Path(output).with_name(f"{Path(output).stem}_zero_displacement.json")
             write_metrics(EvaluationResult(f"{result.name} (zero displacement)", result.baseline, None,
-                                           result.protocol, result.sets), zero)
+                                           result.protocol, result.sets, result.missing), zero)
             logger.info("wrote %s (the zero-displacement baseline, same structure)", zero)

@@ -39,7 +39,7 @@ def test_common_and_finite_pairs_and_the_paired_differences(tmp_path: Path) -> N
     assert hd95["mean"] == pytest.approx(((2.0 - 2.5) + (3.0 - 2.0)) / 2) and hd95["first_better"] == 1
 
 
-def test_command_line_prints_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_command_line_writes_json_and_refuses_what_cannot_be_compared(tmp_path: Path) -> None:
     first = write_metrics(tmp_path / "a" / "metrics.json", {"p1": (0.7, 2.0, 1.0), "p2": (0.8, 3.0, 2.0)})
     second = write_metrics(tmp_path / "b" / "metrics.json", {"p1": (0.6, 2.5, 1.5), "p2": (0.7, 3.5, 2.5)})
     out = tmp_path / "cmp.json"
@@ -51,3 +51,10 @@ def test_command_line_prints_and_writes_json(tmp_path: Path, capsys: pytest.Capt
     assert low == pytest.approx(0.1) and high == pytest.approx(0.1)       # both pairs differ by 0.1
     with pytest.raises(SystemExit):
         compare_metrics.main([str(first)])                                # one file: nothing to compare
+    twin = write_metrics(tmp_path / "a" / "metrics_zero_displacement.json", {"p1": (0.5, 3.0, 2.0)})
+    with pytest.raises(SystemExit):                                       # both default to the folder's name "a"
+        compare_metrics.main([str(first), str(twin)])
+    assert compare_metrics.main([str(first), str(twin), "--names", "a,zero"]) == 0
+    disjoint = write_metrics(tmp_path / "c" / "metrics.json", {"p9": (0.6, 2.5, 1.5)})
+    with pytest.raises(SystemExit):                                       # no pair in common
+        compare_metrics.main([str(first), str(disjoint)])

@@ -76,8 +76,10 @@ def test_only_present_evaluates_the_fields_there_and_names_the_rest(tiny_root: P
     (zero_fields / "disp_0003_0002.nii.gz").unlink()
     part = tmp_path / "part.json"
     nnreg_log.clear()
-    result = run("-i", zero_fields, "-d", tiny_root, "-c", config, "-o", part, "--only-present")
+    result = run("-i", zero_fields, "-d", tiny_root, "-c", config, "-o", part, "--only-present", "--baseline-zero")
     assert result.exit_code == 0, result.output
+    baseline = json.loads((tmp_path / "part_zero_displacement.json").read_text())
+    assert baseline["missing_cases"] == ["0003_0000<--0002_0000"]    # the baseline file is partial too
     said = [line for line in nnreg_log if "evaluating 1 of 2 pairs" in line]
     assert len(said) == 1 and "0003_0000<--0002_0000" in said[0]
     data = json.loads(part.read_text())
