@@ -4,8 +4,8 @@
 
 Prints, per file, the mean Dice, HD95, TRE and NDV over the common pairs (TRE also over the common pairs where it is
 finite in every file), then the first file minus each other per pair: the mean difference, its percentile bootstrap
-95 % interval over the pairs (``benchmarks/accuracy_report.py``'s, 10,000 resamples, seed 0) and the pairs where the
-first file is better (higher Dice, lower HD95 / TRE). ``--json`` writes the same numbers.
+95 % interval over the pairs (``benchmarks/accuracy_report.py``'s ``paired_difference``, 10,000 resamples, seed 0)
+and the pairs where the first file is better (higher Dice, lower HD95 / TRE). ``--json`` writes the same numbers.
 
     python benchmarks/compare_metrics.py nnreg/metrics.json ants_syn/metrics.json --names nnreg,ants_syn
 """
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy_report import METRICS, bootstrap_interval  # noqa: E402
+from accuracy_report import METRICS, paired_difference  # noqa: E402
 
 logger = logging.getLogger("compare_metrics")
 HIGHER_IS_BETTER = {"dice": True, "hd95": False, "tre": False, "ndv": False}
@@ -55,12 +55,12 @@ def compare(files: list[dict[str, dict[str, float]]], names: list[str]) -> dict[
         for name, f in zip(names, files):
             entry["means"][name] = float(np.mean([f[metric][k] for k in common])) if common else math.nan
             entry["finite_means"][name] = float(np.mean([f[metric][k] for k in finite])) if finite else math.nan
+        first = {k: files[0][metric][k] for k in finite}
         for name, f in zip(names[1:], files[1:]):
-            diffs = [files[0][metric][k] - f[metric][k] for k in finite]
-            low, high = bootstrap_interval(diffs)
-            better = sum((d > 0) if HIGHER_IS_BETTER[metric] else (d < 0) for d in diffs)
-            entry["differences"][name] = {"mean": float(np.mean(diffs)) if diffs else math.nan,
-                                          "ci95": [low, high], "first_better": int(better)}
+            paired = paired_difference(first, {k: f[metric][k] for k in finite})
+            better = paired["reference_ahead"] if HIGHER_IS_BETTER[metric] else \
+                sum(d < 0 for d in paired["per_pair"].values())
+            entry["differences"][name] = {"mean": paired["mean"], "ci95": paired["ci95"], "first_better": int(better)}
         result["metrics"][metric] = entry
     return result
 
