@@ -181,14 +181,15 @@ def _check_field(field: np.ndarray, path: Path, plan: CasePlan, root: Path) -> N
                                  f"{tuple(field.shape)}", path)
 
 
-def present_plans(disp_dir: Path, plans: list[CasePlan]) -> tuple[list[CasePlan], list[str]]:
-    """The plans whose field is in ``disp_dir`` and the keys of the others; one line when none is (nothing to
-    evaluate is an error, not an empty table)."""
-    present = [plan for plan in plans if _displacement_file(disp_dir, plan.pair) is not None]
+def present_plans(disp_dir: Path, plans: list[CasePlan]) -> tuple[list[CasePlan], list[Path], list[str]]:
+    """The plans whose field is in ``disp_dir``, their fields, and the keys of the others; one line when none is
+    (nothing to evaluate is an error, not an empty table)."""
+    found = [(plan, _displacement_file(disp_dir, plan.pair)) for plan in plans]
+    present = [(plan, path) for plan, path in found if path is not None]
     if not present:
         raise NnregError(f"no displacement file for any of the {len(plans)} pair(s) to evaluate", disp_dir)
-    kept = {plan.pair.key for plan in present}
-    return present, [plan.pair.key for plan in plans if plan.pair.key not in kept]
+    return ([plan for plan, _ in present], [path for _, path in present],
+            [plan.pair.key for plan, path in found if path is None])
 
 
 def evaluate_folder(disp_dir: str | Path, root: str | Path, configs: list[EvaluationConfig],
@@ -210,11 +211,12 @@ def evaluate_folder(disp_dir: str | Path, root: str | Path, configs: list[Evalua
     name, plans = merge_configs(configs)
     missing: list[str] | None = None
     if only_present:
-        plans, missing = present_plans(disp_dir, plans)
+        plans, files, missing = present_plans(disp_dir, plans)
         if missing:
             logger.warning("evaluating %d of %d pairs: no field for %d (%s%s)", len(plans), len(plans) + len(missing),
                            len(missing), ", ".join(missing[:3]), ", ..." if len(missing) > 3 else "")
-    files = [find_displacement(disp_dir, plan.pair) for plan in plans]
+    else:
+        files = [find_displacement(disp_dir, plan.pair) for plan in plans]
     logger.info("evaluating %d pair(s) with %s", len(plans),
                 ", ".join(sorted({m.name for p in plans for m in p.methods.values()})))
     cases: dict[str, dict[str, dict[str, Any]]] = {}
