@@ -54,7 +54,9 @@ def split_values(values: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a command body; a :class:`NnregError` becomes ``nnreg: error: <file>: <problem>`` and exit code 2."""
+    """Run a command body; a :class:`NnregError` becomes ``nnreg: error: <file>: <problem>`` and exit code 2, an
+    operating-system error about a file (a full disk, a read-only folder) ``nnreg: error: <file>: <reason>`` and
+    exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -67,6 +69,11 @@ def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("nnreg: interrupted", err=True)
             sys.exit(130)
+        except OSError as exc:
+            if exc.filename is None:       # not about a file: a defect, shown with its traceback
+                raise
+            click.echo(f"nnreg: error: {exc.filename}: {exc.strerror or exc}", err=True)   # disk full, permissions
+            sys.exit(1)
 
     return wrapper
 

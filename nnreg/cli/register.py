@@ -13,7 +13,8 @@ from nnreg.cli.common import SpaceSeparated, results_option, run_and_exit, user_
 @click.option("--moving", required=True, type=click.Path(), help="Moving image (any grid, orientation, units).")
 @click.option("-o", "--output", "output", type=click.Path(file_okay=False), default=None,
               help="Folder for every output: warped.nii.gz, field.nii.gz, transform0GenericAffine.mat, "
-                   "transform1Warp.nii.gz, qc.png, register.log (and the --inverse / --moving-labels files).")
+                   "transform1Warp.nii.gz, qc.png, register.log, register.json (and the --inverse / "
+                   "--moving-labels files). Existing files there are replaced.")
 @click.option("--warped", type=click.Path(dir_okay=False), default=None, help="Warped moving image (fixed grid).")
 @click.option("--field", type=click.Path(dir_okay=False), default=None,
               help="Whole transform as a Learn2Reg field on the fixed grid (voxels, pull, into the moving image's "

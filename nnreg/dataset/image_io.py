@@ -12,6 +12,7 @@ Conventions (used everywhere in nnreg):
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,14 @@ from nnreg.utilities.compression import write_gzipped, write_gzipped_bytes
 from nnreg.utilities.errors import NnregError
 from nnreg.utilities.files import atomic_path
 
+logger = logging.getLogger(__name__)
+
+# largest |D^T D - I| of a NIfTI's direction cosines still read as orthonormal (ITK accepts 1e-5 shears silently)
+ORTHONORMAL_TOLERANCE = 1e-3
+# largest distance of a label value from an integer that read_label_map rounds (float label maps)
+LABEL_TOLERANCE = 1e-3
+# a challenge field's NIfTI intent name when x + u(x) is in the voxels of a moving image on another grid
+MOVING_VOXELS_INTENT = "nnreg moving vox"
 
 @dataclass(frozen=True)
 class Geometry:
@@ -67,6 +76,23 @@ def _is_nifti(path: Path) -> bool:
     return path.name.endswith((".nii", ".nii.gz"))
 
 
+def _orthonormal_affine(img: Any, path: Path) -> np.ndarray:
+    """The voxel -> RAS matrix ITK would read: nibabel's (the sform, else the qform) when its direction cosines are
+    orthonormal; for a sheared sform the qform, as ITK's NIfTI reader falls back to it (one warning); without one,
+    a one-line error, as ITK (and so ANTs) refuses such a file."""
+    affine = np.asarray(img.affine, dtype=np.float64)
+    columns = affine[:3, :3] / np.maximum(np.linalg.norm(affine[:3, :3], axis=0), 1e-12)[None, :]
+    if np.abs(columns.T @ columns - np.eye(3)).max() <= ORTHONORMAL_TOLERANCE:
+        return affine
+    qform, code = img.get_qform(coded=True)
+    if qform is not None and code and int(code) > 0:
+        logger.warning("%s: the sform's axes are not orthogonal (a sheared grid); using the qform instead, as ITK "
+                       "does", path)
+        return np.asarray(qform, dtype=np.float64)
+    raise NnregError("the image's axes are not orthogonal (a sheared sform, no qform to fall back on); ITK and ANTs "
+                     "refuse such files too: reslice it onto an orthogonal grid first", path)
+
+
 def _read_nifti(path: Path, dtype: Any) -> tuple[np.ndarray, Geometry]:
     """NIfTI through nibabel, as the Learn2Reg evaluator reads it (SimpleITK's reader turns NaN into 0,
     which would hide corrupt images); the affine is converted to ITK's LPS spacing/origin/direction."""
@@ -75,14 +101,17 @@ def _read_nifti(path: Path, dtype: Any) -> tuple[np.ndarray, Geometry]:
     try:
         img = nib.load(str(path))
         shape = img.shape
+        if len(shape) == 4 and shape[3] == 1:       # a 3D volume stored with a time axis of one (some converters)
+            shape = shape[:3]
         if len(shape) != 3:
             raise NnregError(f"expected a 3D single-channel image, found shape {list(shape)}", path)
         array = np.asarray(img.get_fdata(dtype=np.float32) if np.dtype(dtype).kind == "f" else img.dataobj)
+        array = array.reshape(shape)
     except NnregError:
         raise
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise NnregError(f"cannot read image ({exc})", path) from None
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ _orthonormal_affine(img, path)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     direction = lps[:3, :3] / np.where(spacing > 0, spacing, 1.0)[None, :]
     geometry = Geometry(tuple(int(n) for n in shape), tuple(float(x) for x in spacing),
@@ -93,6 +122,8 @@ def _read_nifti(path: Path, dtype: Any) -> tuple[np.ndarray, Geometry]:
 def read_image(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, Geometry]:
     """Read a 3D image as an array in (i, j, k) order plus its geometry; one-line error on bad input."""
     path = Path(path)
+    if path.is_dir():
+        raise NnregError("is a folder, not an image file", path)
     if not path.is_file():
         raise NnregError("file not found", path)
     if _is_nifti(path):
@@ -101,12 +132,63 @@ def read_image(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, G
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise NnregError(f"cannot read image ({str(exc).strip().splitlines()[-1]})", path) from None
+    if img.GetDimension() == 4 and img.GetSize()[3] == 1:     # a 3D volume with a time axis of one
+        img = img[:, :, :, 0]
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise NnregError(
             f"expected a 3D single-channel image, found {img.GetDimension()}D with "
             f"{img.GetNumberOfComponentsPerPixel()} component(s)", path)
     array = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
     return np.ascontiguousarray(array, dtype=dtype), _geometry_of(img)
+
+
+def image_shape(path: str | Path) -> tuple[int, ...]:
+    """The (i, j, k) shape of a 3D image file from its header alone, with :func:`read_image`'s one-line errors for
+    a missing, unreadable or non-3D file (to check many inputs before any output is written)."""
+    path = Path(path)
+    if path.is_dir():
+        raise NnregError("is a folder, not an image file", path)
+    if not path.is_file():
+        raise NnregError("file not found", path)
+    try:
+        if _is_nifti(path):
+            import nibabel as nib
+
+            shape = tuple(int(n) for n in nib.load(str(path)).shape)
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            if reader.GetNumberOfComponents() != 1:
+                raise NnregError(f"expected a 3D single-channel image, found {reader.GetNumberOfComponents()} "
+                                 f"components", path)
+            shape = tuple(int(n) for n in reader.GetSize())
+    except NnregError:
+        raise
+    except Exception as exc:  # nibabel and ITK raise many types for corrupt files
+        raise NnregError(f"cannot read image ({str(exc).strip().splitlines()[-1]})", path) from None
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise NnregError(f"expected a 3D single-channel image, found shape {list(shape)}", path)
+    return shape
+
+
+def read_label_map(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    """A label map as int32 plus its geometry. Values stored as floats are rounded when each lies within
+    :data:`LABEL_TOLERANCE` of an integer (0.9999 is label 1, not 0 as a cast would make it); any other value is a
+    one-line error, as are NaN and values beyond int32."""
+    values, geometry = read_image(path, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise NnregError("the label map contains NaN or infinite values", path)
+    rounded = np.rint(values)
+    off = np.abs(values - rounded)
+    if off.max(initial=0.0) > LABEL_TOLERANCE:
+        example = float(values.flat[int(np.argmax(off))])
+        raise NnregError(f"the label map holds non-integer values (e.g. {example:g}); give integer labels", path)
+    if np.abs(rounded).max(initial=0.0) > np.iinfo(np.int32).max:
+        raise NnregError("the label map holds values beyond the 32-bit integer range", path)
+    return rounded.astype(np.int32), geometry
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
@@ -130,8 +212,14 @@ def write_nii_gz(image: sitk.Image, path: Path) -> None:
     write_gzipped(path, lambda raw: sitk.WriteImage(image, str(raw), False))
 
 
-def write_displacement(field: np.ndarray, path: str | Path, geometry: Geometry | None = None) -> None:
-    """Write a ``(H, W, D, 3)`` voxel-unit pull field as float32 NIfTI (what the Learn2Reg evaluator reads)."""
+def write_displacement(field: np.ndarray, path: str | Path, geometry: Geometry | None = None,
+                       points_into: tuple[int, ...] | None = None) -> None:
+    """Write a ``(H, W, D, 3)`` voxel-unit pull field as float32 NIfTI (what the Learn2Reg evaluator reads).
+
+    ``points_into``: the shape of the moving image whose own voxels ``x + u(x)`` are, when its grid is not the
+    field's (``nnreg_register``, ``nnreg_predict --affine``); recorded in the header's intent (code 1006, the
+    displacement vector, name :data:`MOVING_VOXELS_INTENT`, parameters the shape) so that ``nnreg_apply`` samples
+    an input in its own voxels instead of first bringing it onto the field's grid. The evaluator ignores it."""
     import nibabel as nib
 
     field = np.asarray(field, dtype=np.float32)
@@ -140,11 +228,26 @@ def write_displacement(field: np.ndarray, path: str | Path, geometry: Geometry |
     affine = geometry.ras_affine() if geometry is not None else np.eye(4)
     img = nib.Nifti1Image(field, affine)
     img.header.set_data_dtype(np.float32)
+    if points_into is not None:
+        img.header["intent_code"] = 1006
+        img.header["intent_name"] = MOVING_VOXELS_INTENT.encode()
+        for name, size in zip(("intent_p1", "intent_p2", "intent_p3"), points_into):
+            img.header[name] = float(size)
     if str(path).endswith(".nii.gz"):    # nibabel's .nii bytes, gzipped by nnreg (~18x zlib's speed)
         write_gzipped_bytes(Path(path), img.to_bytes())
         return
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
+
+
+def displacement_points_into(path: str | Path) -> tuple[int, int, int] | None:
+    """The moving image shape a field's header records (:func:`write_displacement`'s ``points_into``), or None."""
+    import nibabel as nib
+
+    header = nib.load(str(path)).header
+    if "intent_name" not in header or bytes(header["intent_name"]).rstrip(b"\0") != MOVING_VOXELS_INTENT.encode():
+        return None
+    return tuple(int(round(float(header[name]))) for name in ("intent_p1", "intent_p2", "intent_p3"))  # type: ignore
 
 
 def read_displacement(path: str | Path, require_finite: bool = True) -> np.ndarray:

@@ -7,8 +7,12 @@ Conventions: arrays in (i, j, k) order, geometry in ITK physical space (mm, LPS)
 - nnreg's **ITK field** ``itk/disp_*.nii.gz`` (a ``(H, W, D, 1, 3)`` vector image): physical millimetres on the fixed
   grid, ``d = Direction @ diag(spacing) @ u`` (:mod:`nnreg.inference.export`), converted back to voxels here.
 
-An input on another grid than the fixed image is first brought onto the fixed grid in physical space (linear, or
-nearest for ``nearest``), exactly as ``nnreg_predict`` does with the moving image, then warped with the predictor's
+A challenge field whose header records the shape of a moving image on another grid (``nnreg_register``'s
+``field.nii.gz`` and ``nnreg_predict --affine``'s fields for such pairs,
+:func:`nnreg.dataset.image_io.write_displacement`) points into that image's own voxels: each input must have that
+shape and is sampled in its own voxels, as the registration's warped image was. Otherwise an input on another grid than the fixed image is first brought onto the
+fixed grid in physical space (linear, or nearest for ``nearest``), exactly as ``nnreg_predict`` (without
+``--affine``) does with the moving image, then warped with the predictor's
 own code: ``linear`` = :func:`nnreg.inference.export.warp_image` (trilinear, 0 outside), ``nearest`` =
 :func:`nnreg.inference.export.warp_labels` (the official evaluator's nearest neighbour), so the results agree bit for
 bit with ``--save-warped`` / ``--warp-labels``. ``bspline`` is cubic B-spline interpolation
@@ -26,11 +30,12 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from nnreg.dataset.image_io import Geometry, read_displacement, read_image
+from nnreg.dataset.image_io import Geometry, displacement_points_into, image_shape, read_displacement, read_image
 from nnreg.evaluation.warp import sample_coordinates
-from nnreg.inference.export import warp_image, warp_labels, write_image_fast
+from nnreg.inference.export import warp_image, warp_into, warp_labels, write_image_fast
 from nnreg.inference.resample import align_moving, same_grid
 from nnreg.utilities.errors import NnregError
+from nnreg.utilities.files import check_output_targets
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ class LoadedField:
 
     field: np.ndarray   # float32 (H, W, D, 3)
     kind: str           # "challenge" or "itk"
+    points_into: tuple[int, int, int] | None = None   # x + u(x) in the voxels of a moving image of this shape
 
 
 def _is_itk_vector_field(path: Path) -> bool:
@@ -85,13 +91,27 @@ def load_field(path: str | Path, fixed_geometry: Geometry) -> LoadedField:
     if not path.is_file():
         raise NnregError("displacement file not found", path)
     if _is_itk_vector_field(path):
+        _refuse_partial_transform(path)
         return LoadedField(_read_itk_field(path, fixed_geometry), "itk")
     field = read_displacement(path).astype(np.float32)
     if tuple(field.shape[:3]) != tuple(fixed_geometry.shape):
         raise NnregError(f"field grid {list(field.shape[:3])} does not match the fixed image's grid "
                          f"{list(fixed_geometry.shape)} (a disp_<fix>_<mov> field lives on its fixed image's grid)",
                          path)
-    return LoadedField(field, "challenge")
+    into = displacement_points_into(path) if path.name.endswith((".nii", ".nii.gz")) else None
+    return LoadedField(field, "challenge", into)
+
+
+def _refuse_partial_transform(path: Path) -> None:
+    """``PREFIX1Warp.nii.gz`` beside ``PREFIX0GenericAffine.mat`` (``nnreg_register --transform``, ANTs) is the
+    deformable part only: applied alone it would drop the affine, so it is refused with what to use instead."""
+    for suffix in ("1Warp.nii.gz", "1InverseWarp.nii.gz"):
+        if path.name.endswith(suffix):
+            affine = path.with_name(path.name[: -len(suffix)] + "0GenericAffine.mat")
+            if affine.is_file():
+                raise NnregError(f"this is only the deformable part of a transform whose affine is {affine.name}; "
+                                 f"give nnreg_register's field.nii.gz instead, or apply both with antsApplyTransforms "
+                                 f"-t {path.name} -t {affine.name}", path)
 
 
 def native_dtype(path: str | Path) -> np.dtype:
@@ -121,23 +141,26 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def warp_array(array: np.ndarray, field: np.ndarray, interpolation: str) -> np.ndarray:
-    """``array(x + u(x))`` on the field's grid (the array already on that grid), in the array's dtype."""
+    """``array(x + u(x))`` on the field's grid, ``x + u(x)`` in the array's own voxels (the array on the field's
+    grid, or on the moving grid a marked field points into), in the array's dtype."""
     if interpolation not in INTERPOLATIONS:
         raise NnregError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-    if tuple(array.shape) != tuple(field.shape[:3]):
-        raise ValueError(f"array {array.shape} and field {field.shape} are not on one grid")
     if interpolation == "nearest":
         return warp_labels(array, field)
     if interpolation == "linear":
-        return _cast(warp_image(array, field), array.dtype)
+        same_shape = tuple(array.shape) == tuple(field.shape[:3])   # nnreg_predict's own warp, bit for bit
+        return _cast(warp_image(array, field) if same_shape else warp_into(array, field), array.dtype)
     warped = ndimage.map_coordinates(np.asarray(array, dtype=np.float64), sample_coordinates(field), order=3,
                                      mode="grid-constant", cval=0.0)
     return _cast(warped, array.dtype)
 
 
 def apply_to_image(field: np.ndarray, fixed_geometry: Geometry, image_path: str | Path,
-                   interpolation: str | None = None) -> tuple[np.ndarray, str]:
-    """Warp one image file by a voxel-unit field on the fixed grid; returns the warped array and the interpolation."""
+                   interpolation: str | None = None,
+                   points_into: tuple[int, int, int] | None = None) -> tuple[np.ndarray, str]:
+    """Warp one image file by a voxel-unit field on the fixed grid; returns the warped array and the interpolation.
+    ``points_into``: the field's ``x + u(x)`` are voxels of a moving image of that shape on its own grid
+    (:class:`LoadedField`), so the input is sampled in its own voxels and must have that shape."""
     image_path = Path(image_path)
     dtype = native_dtype(image_path)
     mode = interpolation or default_interpolation(dtype)
@@ -147,8 +170,19 @@ def apply_to_image(field: np.ndarray, fixed_geometry: Geometry, image_path: str 
         array, geometry = read_image(image_path, dtype=np.int32 if np.issubdtype(dtype, np.integer) else np.float32)
     else:
         array, geometry = read_image(image_path, dtype=np.float32)
-    array = align_moving(array, geometry, fixed_geometry, str(image_path), labels=mode == "nearest")
+    if points_into is None:
+        array = align_moving(array, geometry, fixed_geometry, str(image_path), labels=mode == "nearest")
+    else:
+        check_input_shape(array.shape, points_into, image_path)
     return _cast(warp_array(array, field, mode), dtype), mode
+
+
+def check_input_shape(shape: Sequence[int], points_into: tuple[int, int, int], path: str | Path) -> None:
+    """An input of a field that points into a moving image on another grid must lie on that image's grid."""
+    if tuple(shape) != tuple(points_into):
+        raise NnregError(f"the field points into the voxels of a {'x'.join(map(str, points_into))} moving image "
+                         f"(its grid differs from the fixed image's); this input is {'x'.join(map(str, shape))}: "
+                         f"give images on the moving image's grid", path)
 
 
 def output_paths(inputs: Sequence[Path], output: Path) -> list[Path]:
@@ -176,15 +210,22 @@ def apply_field(field_path: str | Path, inputs: Sequence[str | Path], fixed_path
         if not path.is_file():
             raise NnregError("input image not found", path)
     targets = output_paths(inputs, Path(output).expanduser())
-    for source, target in zip(inputs, targets):
-        if target.resolve() == source.resolve() or target.resolve() == Path(fixed_path).expanduser().resolve():
-            raise NnregError("refusing to overwrite an input image; choose another -o", target)
+    protected = {Path(p).expanduser().resolve() for p in (*inputs, fixed_path, field_path)}
+    for target in targets:
+        if target.resolve() in protected:
+            raise NnregError("refusing to overwrite an input file (an image, the reference or the field); choose "
+                             "another -o", target)
     _, fixed_geometry = read_image(fixed_path)
     loaded = load_field(field_path, fixed_geometry)
+    for source in inputs:                 # every input checked before the first output is written
+        shape = image_shape(source)
+        if loaded.points_into is not None:
+            check_input_shape(shape, loaded.points_into, source)
+    check_output_targets((f"the output of {source.name}", target) for source, target in zip(inputs, targets))
     logger.info("%s: %s field on the fixed grid %s", field_path, loaded.kind, list(fixed_geometry.shape))
     written = []
     for source, target in zip(inputs, targets):
-        warped, mode = apply_to_image(loaded.field, fixed_geometry, source, interpolation)
+        warped, mode = apply_to_image(loaded.field, fixed_geometry, source, interpolation, loaded.points_into)
         write_image_fast(warped, fixed_geometry, target)
         logger.info("%s -> %s (%s, %s)", source, target, mode, warped.dtype)
         written.append(target)

@@ -30,10 +30,10 @@ import torch
 
 from nnreg.alignment.grids import index_to_physical
 from nnreg.alignment.sampling import sample_at_indices
-from nnreg.dataset.image_io import Geometry, read_image, write_displacement, write_nii_gz
+from nnreg.dataset.image_io import Geometry, read_label_map, write_displacement, write_nii_gz
 from nnreg.dataset.naming import displacement_filename
 from nnreg.evaluation.warp import sample_coordinates, warp_nearest
-from nnreg.inference.resample import align_moving, to_sitk
+from nnreg.inference.resample import align_moving, same_grid, to_sitk
 from nnreg.spatial import warp
 from nnreg.utilities.files import atomic_path, write_json
 
@@ -223,7 +223,9 @@ class ExportJob:
 def export_pair(job: ExportJob) -> str:
     """Write every requested file of one pair; returns the displacement file name."""
     options, outputs, field = job.options, job.outputs, job.field
-    write_displacement(field, outputs.displacement, job.fixed_geometry)
+    into_other_grid = job.moving_grid is not None and not same_grid(job.moving_grid, job.fixed_geometry)
+    write_displacement(field, outputs.displacement, job.fixed_geometry,
+                       points_into=job.moving_grid.shape if into_other_grid and job.moving_grid else None)
     if job.affine_record is not None and outputs.affine is not None:
         write_json(job.affine_record, outputs.affine)
     if options.itk:
@@ -239,7 +241,7 @@ def export_pair(job: ExportJob) -> str:
         if options.save_warped and warped is not None:
             write_image_fast(warped, job.fixed_geometry, outputs.warped)
     if options.labels_folder is not None and job.moving_labels is not None:
-        labels, label_geometry = read_image(job.moving_labels, dtype=np.int32)
+        labels, label_geometry = read_label_map(job.moving_labels)
         labels = align_moving(labels, label_geometry, job.moving_grid or job.fixed_geometry, str(job.moving_labels),
                               labels=True)
         write_image_fast(warp_labels(labels, field).astype(np.int16 if np.abs(labels).max() < 2**15 else np.int32),

@@ -52,11 +52,12 @@ def resample_onto(array: np.ndarray, geometry: Geometry, target: Geometry, label
 
 
 def align_moving(moving: np.ndarray, moving_geometry: Geometry, fixed_geometry: Geometry,
-                 name: str = "moving image", labels: bool = False) -> np.ndarray:
-    """``moving`` on the fixed grid: unchanged when the grids agree, else resampled with an INFO message."""
+                 name: str = "moving image", labels: bool = False, grid: str = "fixed") -> np.ndarray:
+    """``moving`` on the fixed grid (``grid`` names that grid's image in the message, e.g. ``"moving"`` for a label
+    map brought onto its moving image): unchanged when the grids agree, else resampled with an INFO message."""
     if same_grid(moving_geometry, fixed_geometry):
         return moving
-    logger.info("%s: grid %s @ %s mm differs from the fixed image's %s @ %s mm; resampled onto the fixed grid",
-                name, list(moving_geometry.shape), [round(s, 4) for s in moving_geometry.spacing],
-                list(fixed_geometry.shape), [round(s, 4) for s in fixed_geometry.spacing])
+    logger.info("%s: grid %s @ %s mm differs from the %s image's %s @ %s mm; resampled onto the %s grid",
+                name, list(moving_geometry.shape), [round(s, 4) for s in moving_geometry.spacing], grid,
+                list(fixed_geometry.shape), [round(s, 4) for s in fixed_geometry.spacing], grid)
     return resample_onto(moving, moving_geometry, fixed_geometry, labels=labels)

@@ -21,10 +21,10 @@ import torch
 
 from nnreg.alignment.grids import index_to_physical, physical_to_index, voxel_centres
 from nnreg.alignment.sampling import sample_at_indices
-from nnreg.dataset.image_io import Geometry, read_image, write_displacement
+from nnreg.dataset.image_io import Geometry, write_displacement
 from nnreg.evaluation.warp import nearest_indices, sample_coordinates, warp_with_indices
 from nnreg.inference.export import itk_vector_image, voxel_displacement, write_image_fast, write_itk_image
-from nnreg.inference.resample import align_moving
+from nnreg.inference.resample import same_grid
 from nnreg.registration.normalization import normalise
 from nnreg.registration.pipeline import Registration
 from nnreg.registration.transforms import (affine_transform, apply_matrix, forward_on_fixed_grid,
@@ -77,7 +77,7 @@ def _sample(array: np.ndarray, field: np.ndarray, mode: str = "bilinear") -> np.
 
 
 def write_outputs(registration: Registration, fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
-                  moving_geometry: Geometry, paths: OutputPaths, moving_labels: Path | None = None) -> list[str]:
+                  moving_geometry: Geometry, paths: OutputPaths, moving_labels: np.ndarray | None = None) -> list[str]:
     """Write every requested file; returns log lines (what was written, how long it took).
 
     The files are independent once the fields are computed, so they are written by :data:`OUTPUT_THREADS` threads
@@ -91,7 +91,8 @@ def write_outputs(registration: Registration, fixed: np.ndarray, fixed_geometry:
     warped = _sample(moving, field) if paths.warped is not None or paths.qc is not None else None
     jobs: list[tuple[list[Path], Callable[[], None]]] = []
     if paths.field is not None:
-        jobs.append(([paths.field], partial(write_displacement, field, paths.field, fixed_geometry)))
+        into = None if same_grid(fixed_geometry, moving_geometry) else moving_geometry.shape
+        jobs.append(([paths.field], partial(write_displacement, field, paths.field, fixed_geometry, into)))
     if paths.warped is not None and warped is not None:
         jobs.append(([paths.warped], partial(write_image_fast, warped, fixed_geometry, paths.warped)))
     if paths.transform is not None:
@@ -99,8 +100,8 @@ def write_outputs(registration: Registration, fixed: np.ndarray, fixed_geometry:
         jobs.append(([affine_path, warp_path], partial(_write_transform, registration, displacement, fixed_geometry,
                                                        affine_path, warp_path)))
     if paths.warped_labels is not None and moving_labels is not None:
-        jobs.append(([paths.warped_labels], partial(_write_labels, moving_labels, moving_geometry, field,
-                                                    fixed_geometry, paths.warped_labels)))
+        jobs.append(([paths.warped_labels], partial(_write_labels, moving_labels, field, fixed_geometry,
+                                                    paths.warped_labels)))
     if paths.inverse_field is not None or paths.inverse_warped is not None:
         inverse_files = [p for p in (paths.inverse_field, paths.inverse_warped) if p is not None]
         if paths.transform is not None:
@@ -130,11 +131,9 @@ def _write_transform(registration: Registration, displacement: np.ndarray, fixed
     write_itk_image(itk_vector_image(np.asarray(displacement, dtype=np.float32), fixed_geometry), warp_path)
 
 
-def _write_labels(moving_labels: Path, moving_geometry: Geometry, field: np.ndarray, fixed_geometry: Geometry,
-                  path: Path) -> None:
-    """The moving label map warped by nearest neighbour, as the Learn2Reg evaluator warps it."""
-    labels, label_geometry = read_image(moving_labels, dtype=np.int32)
-    labels = align_moving(labels, label_geometry, moving_geometry, str(moving_labels), labels=True)
+def _write_labels(labels: np.ndarray, field: np.ndarray, fixed_geometry: Geometry, path: Path) -> None:
+    """The moving label map (int32 on the moving grid) warped by nearest neighbour, as the Learn2Reg evaluator
+    warps it."""
     out = warp_with_indices(labels, nearest_indices(field, labels.shape))
     write_image_fast(out.astype(np.int16 if np.abs(labels).max() < 2**15 else np.int32), fixed_geometry, path)
 
@@ -144,7 +143,8 @@ def _write_inverse(registration: Registration, fixed: np.ndarray, fixed_geometry
     """The inverse field on the moving grid, the fixed image warped onto it and the ITK inverse warp."""
     inverse, inverse_displacement = inverse_on_moving_grid(registration, fixed_geometry, moving_geometry)
     if paths.inverse_field is not None:
-        write_displacement(inverse, paths.inverse_field, moving_geometry)
+        write_displacement(inverse, paths.inverse_field, moving_geometry,
+                           None if same_grid(fixed_geometry, moving_geometry) else fixed_geometry.shape)
     if paths.inverse_warped is not None:
         write_image_fast(_sample(fixed, inverse), moving_geometry, paths.inverse_warped)
     if paths.transform is not None:

@@ -162,9 +162,9 @@ def _deformable(fixed: torch.Tensor, moving: torch.Tensor, starts: dict[str, tor
     whose returned field does not fold beyond ``max_folding_percent``, then the one with the lower loss (similarity
     plus regulariser of the velocity, on the working grid: comparable because both starts optimise the whole
     transform, ``velocity_start="network"``; with a remapped last stage, each start is scored against its own
-    remapped moving image, so the comparison is approximate). Why both: a network trained for a few minutes on other data can start
-    the optimisation in a worse basin than the identity does (measured, documentation/benchmarks.md); the loss decides
-    per pair, at the cost of a second refinement. A refused refinement returns its start, scored with the start
+    remapped moving image, so the comparison is approximate). Why both: a network trained for a few minutes on other
+    data can start the optimisation in a worse basin than the identity does (measured, documentation/benchmarks.md);
+    the loss decides per pair, at the cost of a second refinement. A refused refinement returns its start, scored with the start
     standing in for its velocity."""
     if len(starts) > 1 and settings.velocity_start != "network":
         raise ConfigurationError("a deformable stage with a network start needs velocity_start='network' (with "
@@ -175,6 +175,9 @@ def _deformable(fixed: torch.Tensor, moving: torch.Tensor, starts: dict[str, tor
         field, report = refine_field(fixed, moving, start, settings, masks=masks)
         results[name] = field, report
         label = "deformable" if len(starts) == 1 else f"deformable from the {name}"
+        if not settings.enabled:            # --affine-only: nothing was optimised, nothing was measured
+            log.append(f"{label}: skipped (0 steps: the affine stage's transform alone)")
+            continue
         measure = {"lncc": "local NCC", "mind": "MIND-SSC similarity"}.get(settings.similarity, settings.similarity)
         if report.remapped:                 # the last stage measured local NCC against the remapped moving image
             measure = "local NCC after remapping the moving contrast"

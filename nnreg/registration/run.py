@@ -11,14 +11,14 @@ import numpy as np
 import torch
 
 from nnreg.alignment.affine import AffineSettings
-from nnreg.dataset.image_io import Geometry, read_image
+from nnreg.dataset.image_io import Geometry, read_image, read_label_map
 from nnreg.dataset.naming import challenge_id_and_modality
 from nnreg.inference.refinement_settings import MULTIMODAL_REFINEMENT
-from nnreg.inference.resample import resample_onto, same_grid
+from nnreg.inference.resample import align_moving, resample_onto, same_grid
 from nnreg.registration.outputs import OutputPaths, transform_files, write_outputs
 from nnreg.registration.pipeline import FINER_CORRECTION, FINER_GRID, RegistrationSettings, register_images
 from nnreg.utilities.errors import NnregError
-from nnreg.utilities.files import atomic_path, write_json
+from nnreg.utilities.files import atomic_path, check_output_targets, remove_stale_temporaries, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,27 @@ def output_paths(request: RunRequest) -> OutputPaths:
     return paths
 
 
+def output_targets(paths: OutputPaths) -> list[tuple[str, Path]]:
+    """Every file a run writes, with the option (or folder file name) that asked for it."""
+    named = [("the warped image", paths.warped), ("the field", paths.field),
+             ("the warped labels", paths.warped_labels), ("the QC figure", paths.qc), ("the log", paths.log),
+             ("register.json", paths.log.with_suffix(".json") if paths.log is not None else None),
+             ("the inverse field", paths.inverse_field), ("the inverse-warped image", paths.inverse_warped)]
+    if paths.transform is not None:
+        affine, warp, inverse_warp = transform_files(paths.transform)
+        named += [("the transform's affine", affine), ("the transform's warp", warp)]
+        if paths.inverse_field is not None or paths.inverse_warped is not None:
+            named.append(("the transform's inverse warp", inverse_warp))
+    return [(option, path) for option, path in named if path is not None]
+
+
+def read_labels(path: str, moving_geometry: Geometry) -> np.ndarray:
+    """``--moving-labels`` as int32 on the moving image's grid (nearest neighbour in physical space when its own
+    grid differs), read before the registration so that a bad file stops the run before any work."""
+    labels, geometry = read_label_map(path)
+    return align_moving(labels, geometry, moving_geometry, path, labels=True, grid="moving")
+
+
 # the affine stage's similarity for each deformable one (nnreg.alignment.similarity names)
 AFFINE_SIMILARITY = {"lncc": "ncc", "mind": "mi"}
 
@@ -117,6 +138,15 @@ def run_registration(request: RunRequest) -> list[str]:
     moving, moving_geometry = read_image(request.moving)
     masks = [None if p is None else read_mask(p, g) for p, g in ((request.fixed_mask, fixed_geometry),
                                                                   (request.moving_mask, moving_geometry))]
+    labels = read_labels(request.moving_labels, moving_geometry) if request.moving_labels else None
+    targets = output_targets(paths)
+    check_output_targets(targets)       # every input read and every output writable before the work starts
+    for folder in dict.fromkeys(path.parent for _, path in targets):
+        if remove_stale_temporaries(folder):
+            logger.info("%s: removed the unfinished files of an interrupted run", folder)
+    replaced = [str(path) for _, path in targets if path.is_file()]
+    if replaced:
+        logger.info("replacing %d existing file(s): %s", len(replaced), ", ".join(replaced))
     similarity = choose_similarity(request)
     settings = RegistrationSettings(working_spacing=request.working_spacing,
                                     affine=AffineSettings(similarity=AFFINE_SIMILARITY[similarity]),
@@ -145,8 +175,7 @@ def run_registration(request: RunRequest) -> list[str]:
     registration = register_images(fixed, fixed_geometry, moving, moving_geometry, settings, masks[0], masks[1],
                                    (request.fixed, request.moving), predictor)
     lines += registration.log
-    lines += write_outputs(registration, fixed, fixed_geometry, moving, moving_geometry, paths,
-                           Path(request.moving_labels) if request.moving_labels else None)
+    lines += write_outputs(registration, fixed, fixed_geometry, moving, moving_geometry, paths, labels)
     lines.append(f"total: {time.perf_counter() - began:.1f} s")
     if paths.log is not None:
         with atomic_path(paths.log) as tmp:

@@ -159,3 +159,29 @@ def remove_stale_temporaries(folder: str | Path, subfolders: Iterable[str] = (""
                     p.unlink()
                     removed += 1
     return removed
+
+
+def check_output_targets(targets: Iterable[tuple[str, Path]]) -> None:
+    """Before any work: every ``(what, path)`` output can be written. Two outputs on one path, a target that is
+    a folder, a parent that is a file, a folder that cannot be created or written: one-line
+    :class:`~nnreg.utilities.errors.NnregError` naming the path (creates the missing parent folders)."""
+    from nnreg.utilities.errors import NnregError
+
+    seen: dict[Path, str] = {}
+    for what, path in targets:
+        key = Path(os.path.abspath(path))
+        if key in seen:
+            raise NnregError(f"{seen[key]} and {what} would both be written to this file; give them different "
+                             f"paths", path)
+        seen[key] = what
+        if key.is_dir():
+            raise NnregError(f"{what} is a folder, not a file", path)
+        parent = key.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise NnregError(f"cannot write {what}: a file is in the way of its folder", path) from None
+        except OSError as exc:
+            raise NnregError(f"cannot create the folder for {what} ({exc.strerror})", path) from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise NnregError(f"cannot write {what}: its folder is not writable", path)

@@ -19,7 +19,7 @@ import torch
 from scipy import ndimage
 
 from nnreg.cli.predict import main
-from nnreg.dataset.image_io import Geometry, read_displacement, read_image, write_image
+from nnreg.dataset.image_io import Geometry, displacement_points_into, read_displacement, read_image, write_image
 from tests.alignment.phantom import affine as rotation_scale_shift
 from tests.inference.helpers import invoke_cli, one_line_error, small_model
 
@@ -213,6 +213,12 @@ def test_moving_image_on_another_grid(setup, tmp_path: Path) -> None:
                                                sitk.DisplacementFieldTransform(itk_field), sitk.sitkLinear, 0.0,
                                                sitk.sitkFloat32)).transpose(2, 1, 0)
     assert np.abs(itk - warped)[inside].max() <= 1e-3 * np.ptp(own)
+    # the header names the grid the field points into, so nnreg_apply samples the moving image where this run did
+    assert displacement_points_into(out / name) == coarse.shape
+    from nnreg.inference.apply import apply_field
+
+    applied = apply_field(out / name, [path], setup["fixed"], tmp_path / "applied.nii.gz")
+    np.testing.assert_allclose(read_image(applied[0])[0], warped, atol=1e-4 * np.ptp(own))
 
 
 def test_barely_overlapping_pair_is_one_line(setup, tmp_path: Path) -> None:
