@@ -20,7 +20,8 @@ What installing checks, and what that gives:
   refused, as the predictor would refuse it, and nothing of it runs.
 
 Only then is each model folder renamed into place, so ``$nnReg_results`` never holds half a model; everything
-nnreg created is removed on failure. Raw data and existing models are never touched unless ``overwrite``.
+nnreg created is removed on failure. Raw data and existing models are never touched unless ``overwrite``, and a
+model folder that ``overwrite`` replaces is kept whole under ``<dataset>/.nnreg_replaced/`` (never deleted).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import logging
 import re
 import shutil
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -178,6 +180,25 @@ def _check_checkpoint(path: Path, name: str, zip_path: Path) -> None:
         raise ModelZipError(f"{name}: cannot read checkpoint ({exc.reason})", zip_path) from None
 
 
+def _keep_replaced(staging: Path, models: list[str], dataset_folder: Path) -> None:
+    """``--overwrite`` moved each replaced model folder into ``staging`` as ``.replaced-<model>``: keep it, whole
+    (it may hold the user's own folds, logs and notes), under ``<dataset>/.nnreg_replaced/<model>-<time>``, and say
+    where; nnreg deletes only what it created."""
+    for model in models:
+        if (staging / f".replaced-{model}").exists():
+            _keep_folder(staging / f".replaced-{model}", model, dataset_folder)
+
+
+def _keep_folder(folder: Path, model: str, dataset_folder: Path) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    keep, suffix = dataset_folder / REPLACED_FOLDER / f"{model}-{stamp}", 1
+    while keep.exists():
+        keep, suffix = dataset_folder / REPLACED_FOLDER / f"{model}-{stamp}-{suffix}", suffix + 1
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    folder.rename(keep)
+    logger.warning("the replaced %s was kept, whole, as %s (delete it when you no longer need it)", model, keep)
+
+
 def _move_into_place(staging: Path, models: list[str], targets: list[Path]) -> None:
     """Rename each unpacked model folder onto its target; a replaced folder goes into ``staging`` (deleted after).
 
@@ -234,6 +255,7 @@ def install_model_from_zip(zip_path: str | Path, results: Path, overwrite: bool 
 
 
 STAGING_PREFIX = ".nnreg-install-"
+REPLACED_FOLDER = ".nnreg_replaced"   # under <results>/<dataset>: model folders an --overwrite replaced, kept whole
 _STAGING = re.compile(rf"^{re.escape(STAGING_PREFIX)}([0-9a-f]{{8}})-(\d+)-[a-z0-9_]+$")
 
 
@@ -243,6 +265,8 @@ def _remove_stale_staging(folder: Path) -> None:
     for path in folder.glob(f"{STAGING_PREFIX}*"):
         match = _STAGING.match(path.name)
         if match and path.is_dir() and match.group(1) == host_token() and not process_alive(int(match.group(2))):
+            for replaced in path.glob(".replaced-*"):    # a model the killed install had moved aside: kept
+                _keep_folder(replaced, replaced.name[len(".replaced-"):], folder)
             logger.info("removing %s, left by an interrupted install", path)
             shutil.rmtree(path, ignore_errors=True)
 
@@ -275,6 +299,11 @@ def _install(archive: zipfile.ZipFile, zip_path: Path, results: Path, overwrite:
             except OSError:
                 break
         raise
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _keep_replaced(staging, models, results / dataset)
+    except OSError as exc:            # the replaced models stay where they are, named in the warning
+        logger.warning("the replaced model folder(s) stay in %s (%s)", staging, exc)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
     logger.info("installed %s from %s into %s", ", ".join(models), zip_path, results / dataset)
     return targets

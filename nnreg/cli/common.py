@@ -1,11 +1,14 @@
 """What every command shares: logging set-up, path flags, and turning user errors into one line + exit code."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
-from typing import Any, Callable, NoReturn
+import threading
+from typing import Any, Callable, Iterator, NoReturn
 
 import click
 
@@ -53,6 +56,28 @@ def split_values(values: tuple[str, ...] | list[str]) -> list[str]:
     return [v.strip() for value in values for v in str(value).split(",") if v.strip()]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler, torchrun stopping a group) raised in the main thread: the command
+    unwinds as after Ctrl-C, so its worker pools are shut down with it instead of being left running, orphaned."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs in the main thread, SIGTERM raises :class:`Terminated` (the previous handler after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a command body; a :class:`NnregError` becomes ``nnreg: error: <file>: <problem>`` and exit code 2, an
     operating-system error about a file (a full disk, a read-only folder) ``nnreg: error: <file>: <reason>`` and
@@ -62,10 +87,14 @@ def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         configure_logging(verbose=bool(kwargs.get("verbose", False)))
         try:
-            return fn(*args, **kwargs)
+            with terminate_as_interrupt():
+                return fn(*args, **kwargs)
         except NnregError as exc:
             click.echo(f"nnreg: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except Terminated:
+            click.echo("nnreg: terminated", err=True)
+            sys.exit(128 + signal.SIGTERM)
         except KeyboardInterrupt:
             click.echo("nnreg: interrupted", err=True)
             sys.exit(130)

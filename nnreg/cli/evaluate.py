@@ -20,6 +20,25 @@ from nnreg.utilities.errors import NnregError
 logger = logging.getLogger("nnreg")
 
 
+def check_metrics_output(output: Path, root: Path, configs: list[Path], baseline_zero: bool) -> None:
+    """``-o`` names a new or earlier metrics ``.json`` outside the raw dataset (never a field, a label map, a config
+    or dataset.json), in a folder that can be written: one line before the evaluation otherwise."""
+    from nnreg.utilities.files import check_output_targets
+
+    if not output.name.endswith(".json"):
+        raise NnregError("-o must name the metrics .json file to write", output)
+    targets = [("-o", output)]
+    if baseline_zero:
+        targets.append(("the zero-displacement metrics", output.with_name(f"{output.stem}_zero_displacement.json")))
+    raw, inputs = root.resolve(), {path.resolve() for path in configs}
+    for _, target in targets:
+        resolved = target.resolve()
+        if resolved in inputs or resolved == raw or raw in resolved.parents:
+            raise NnregError("refusing to write metrics into the raw dataset or over an evaluation config; choose "
+                             "another -o", target)
+    check_output_targets(targets)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-i", "--input", "disp_dir", required=True, type=click.Path(path_type=Path),
               help="Folder with disp_<fix>_<mov>.nii.gz displacement fields (voxels, pull, (H,W,D,3)).")
@@ -60,6 +79,8 @@ def main(disp_dir: Path, dataset: str, configs: tuple[Path, ...], output: Path |
     if not disp_dir.is_dir():
         raise NnregError("displacement folder does not exist", disp_dir)
     located = [locate_config(path, root) for path in configs]
+    if output is not None:
+        check_metrics_output(output, root, [path for path, _ in located], baseline_zero)
     parsed = [load_config(path) for path, _ in located]
     pairs = [pair for config in parsed for pair in config.pairs] if configs else \
         [EvalPair(p.fixed.relative, p.moving.relative) for p in load_dataset(root).validation]

@@ -13,7 +13,9 @@ from nnreg.cli.common import results_option, user_errors_as_one_line, verbose_op
               help="The zip's SHA-256 as published by its author (e.g. the .sha256 file nnreg_export_model_to_zip "
                    "writes), obtained apart from the zip: checked before anything is unpacked. Only this detects a "
                    "modified zip; the manifest inside the zip detects corruption only.")
-@click.option("--overwrite", is_flag=True, help="Replace an installed model folder of the same name.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an installed model folder of the same name (the old one is kept, whole, under "
+                   "<dataset>/.nnreg_replaced/).")
 @results_option
 @verbose_option
 @user_errors_as_one_line

@@ -151,21 +151,41 @@ def load_dataset(root: str | Path) -> Learn2RegDataset:
     if dupes:
         raise DatasetError(f"'training' lists {dupes[0]} more than once", json_path)
     validation = _parse_pairs(root, raw, "validation", json_path) if "validation" in raw else []
-    shape = None
-    tis = raw.get("tensorImageShape")
-    if isinstance(tis, dict) and tis:
-        shape = tuple(int(s) for s in next(iter(tis.values())))
-    modalities = {str(k): str(v) for k, v in (raw.get("modality") or {}).items()}
     return Learn2RegDataset(
         root=root,
         name=root.name,
         raw=raw,
         training=training,
         validation=validation,
-        tensor_shape=shape,
+        tensor_shape=_tensor_shape(raw, json_path),
         json_path=json_path,
-        modalities=modalities,
+        modalities=_modalities(raw, json_path),
     )
+
+
+def _tensor_shape(raw: dict[str, Any], json_path: Path) -> tuple[int, ...] | None:
+    """``tensorImageShape``: ``{"0": [H, W, D]}`` (Learn2Reg's form), or absent; anything else is one line."""
+    tis = raw.get("tensorImageShape")
+    if tis is None or tis == {}:
+        return None
+    if not isinstance(tis, dict):
+        raise DatasetError(f"'tensorImageShape' must be an object such as {{\"0\": [160, 224, 192]}}, got {tis!r}",
+                           json_path)
+    shape = next(iter(tis.values()))
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) and not isinstance(n, bool)
+                                                                 and n > 0 for n in shape)):
+        raise DatasetError(f"'tensorImageShape' must give three positive integers, got {shape!r}", json_path)
+    return tuple(shape)
+
+
+def _modalities(raw: dict[str, Any], json_path: Path) -> dict[str, str]:
+    """``modality``: ``{"0": "T1w", ...}`` (Learn2Reg's form), or absent; anything else is one line."""
+    modality = raw.get("modality")
+    if modality is None:
+        return {}
+    if not isinstance(modality, dict):
+        raise DatasetError(f"'modality' must be an object such as {{\"0\": \"T1w\"}}, got {modality!r}", json_path)
+    return {str(k): str(v) for k, v in modality.items()}
 
 
 def check_training_pool(dataset: Learn2RegDataset) -> None:

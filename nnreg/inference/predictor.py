@@ -148,10 +148,12 @@ class nnRegPredictor:  # noqa: N801 - named like nnU-Net's nnUNetPredictor on pu
             network, _ = self._require_ready()
             try:
                 network.load_state_dict(self.fold_weights[index])
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0]
+            except RuntimeError as exc:   # torch: a header line, then one line per missing/unexpected/wrong key
+                lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+                detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+                detail = detail if len(detail) <= 200 else detail[:197] + "..."
                 raise ConfigurationError(f"fold {self.folds[index]}'s weights do not fit the network the plans "
-                                         f"describe ({first})") from None
+                                         f"describe: {detail}") from None
             self._loaded_fold = index
 
     # -- prediction --------------------------------------------------------------------------------------

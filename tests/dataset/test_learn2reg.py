@@ -60,6 +60,10 @@ def test_official_naming_rules() -> None:
         (lambda root: (root / "imagesVal" / "TINY_0006_0000.nii.gz").unlink(), "TINY_0006_0000.nii.gz, which does not exist"),
         (lambda root: _edit(root, lambda d: d["validation"].append({"fixed": "./imagesVal/TINY_0006_0000.nii.gz"})),
          "must have 'fixed' and 'moving'"),
+        (lambda root: _edit(root, lambda d: d.update(modality=5)), "'modality' must be an object"),
+        (lambda root: _edit(root, lambda d: d.update(modality=["T1w"])), "'modality' must be an object"),
+        (lambda root: _edit(root, lambda d: d.update(tensorImageShape=24)), "'tensorImageShape' must be an object"),
+        (lambda root: _edit(root, lambda d: d.update(tensorImageShape={"0": "abc"})), "three positive integers"),
     ],
 )
 def test_bad_dataset_json_gives_one_line_naming_the_file(tiny_dataset: Path, tmp_path: Path, mutate, message) -> None:

@@ -59,6 +59,22 @@ def test_dataset_mode_and_baseline(tiny_root: Path, zero_fields: Path, tmp_path:
     assert zero["cases"] == data["cases"] and zero["aggregates"] == data["aggregates"]
 
 
+def test_output_never_lands_on_raw_data_fields_or_configs(tiny_root: Path, zero_fields: Path) -> None:
+    """-o over dataset.json, a label map, a config or one of the fields it reads: one line, every file as it was."""
+    field = next(zero_fields.glob("*.nii.gz"))
+    label = next(p for p in tiny_root.rglob("*.nii.gz"))
+    before = {p: p.read_bytes() for p in (tiny_root / "dataset.json", tiny_root / "config.json", label, field)}
+    for target, words in ((tiny_root / "dataset.json", "raw dataset"), (tiny_root / "config.json", "raw dataset"),
+                          (label, ".json"), (field, ".json")):
+        line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", tiny_root / "config.json", "-o", target))
+        assert words in line, line
+    outside = zero_fields.parent / "config_copy.json"
+    outside.write_bytes(before[tiny_root / "config.json"])
+    line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", outside, "-o", outside))
+    assert "evaluation config" in line
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
 def test_missing_displacement_is_named(tiny_root: Path, zero_fields: Path) -> None:
     (zero_fields / "disp_0003_0002.nii.gz").unlink()
     line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", tiny_root / "config.json"))

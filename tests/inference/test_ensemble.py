@@ -87,3 +87,22 @@ def test_predictor_averages_its_folds() -> None:
     field = predictor.predict_pair(image, image)
     np.testing.assert_allclose(field, 1.0, atol=1e-6)
     assert predictor.last_ensemble is not None and predictor.last_ensemble.num_folds == 2
+
+
+def test_weights_that_do_not_fit_name_the_key() -> None:
+    import pytest
+
+    from nnreg.utilities.errors import ConfigurationError
+
+    config = ConfigurationPlan(
+        data_identifier="t", spacing=[1.0] * 3, resampling_factor=[1.0] * 3, resampled_shape=[16, 16, 16],
+        crop_start=[0, 0, 0], shape=[16, 16, 16], normalization={"scheme": "fixed_range", "lower": 0, "upper": 255},
+        batch_size=1, architecture={})
+    one = np.zeros((3, 16, 16, 16), np.float32)
+    image = np.full((16, 16, 16), 100.0, np.float32)
+    for weights, words in (([{}], 'Missing key(s) in state_dict: "field"'),
+                           ([{"field": torch.zeros(1, 3, 8, 8, 8)}], "size mismatch for field")):
+        predictor = nnRegPredictor(num_threads=1).manual_initialization(OracleNet(one), config, weights)
+        with pytest.raises(ConfigurationError, match="fold") as info:
+            predictor.predict_pair(image, image)
+        assert words in str(info.value) and "\n" not in str(info.value)

@@ -56,7 +56,11 @@ def test_round_trip_predicts_the_same_fields(model: dict[str, Path], tmp_path: P
         fields.append(predictor.predict_pair(images[0], images[1]))
     assert np.array_equal(fields[0], fields[1])
     _one_line_error(_invoke(install_main, model["zip"], "--results", installed), "already installed", "--overwrite")
+    (folder / "NOTES.txt").write_text("mine")            # the user's own file in the installed model's folder
     assert _invoke(install_main, model["zip"], "--results", installed, "--overwrite").exit_code == 0
+    assert not (folder / "NOTES.txt").exists()           # the folder is the zip's again ...
+    kept = list((installed / "Dataset901_Tiny" / ".nnreg_replaced").glob(f"{model['folder'].name}-*"))
+    assert len(kept) == 1 and (kept[0] / "NOTES.txt").read_text() == "mine"   # ... and the old one kept whole
 
 
 def _rewrite(source: Path, target: Path, change: dict[str, bytes | None],

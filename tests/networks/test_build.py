@@ -62,6 +62,28 @@ def test_dotted_path_and_errors():
         build_network({"network_class": "nnreg.networks.nosuch.Net"})
     with pytest.raises(ConfigurationError):
         build_network({"network_class": "json.JSONDecoder"})
+
+
+def test_a_network_outside_nnreg_is_imported_only_when_trusted(tmp_path, monkeypatch):
+    """A plans file or checkpoint of a shared model names the class: importing an arbitrary module would run its
+    code, so a dotted path outside nnreg is refused, and nothing imported, unless the user names it."""
+    import sys
+
+    from nnreg.networks.build import TRUSTED_NETWORKS_ENV
+
+    marker = tmp_path / "imported"
+    (tmp_path / "shared_net_mod.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from nnreg.networks.voxelmorph import VoxelMorph as Net\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(TRUSTED_NETWORKS_ENV, raising=False)
+    with pytest.raises(ConfigurationError, match=TRUSTED_NETWORKS_ENV):
+        build_network({"network_class": "shared_net_mod.Net", "kwargs": {}})
+    assert not marker.exists() and "shared_net_mod" not in sys.modules
+    monkeypatch.setenv(TRUSTED_NETWORKS_ENV, "other.Net, shared_net_mod.Net")
+    assert isinstance(build_network({"network_class": "shared_net_mod.Net", "kwargs": {}}), VoxelMorph)
+    assert marker.read_text() == "ran"
+    monkeypatch.delitem(sys.modules, "shared_net_mod")
     with pytest.raises(ConfigurationError):
         build_network({"network_class": "CascadeRegNet", "kwargs": {"bogus": 1}})
     with pytest.raises(ConfigurationError):
