@@ -24,6 +24,19 @@ def same_grid(a: Geometry, b: Geometry, tolerance: float = 1e-4) -> bool:
             and np.allclose(a.direction, b.direction, atol=tolerance))
 
 
+def describe_grid(a: Geometry, b: Geometry) -> tuple[str, str]:
+    """How two grids read in a message: shape and spacing, plus the origin and direction where those differ (two
+    grids of one shape and spacing must not read alike)."""
+    parts = [(f"{list(a.shape)} @ {[round(s, 4) for s in a.spacing]} mm",
+              f"{list(b.shape)} @ {[round(s, 4) for s in b.spacing]} mm")]
+    if not np.allclose(a.origin, b.origin, atol=1e-4):
+        parts.append((f"origin {[round(o, 3) for o in a.origin]}", f"origin {[round(o, 3) for o in b.origin]}"))
+    if not np.allclose(a.direction, b.direction, atol=1e-4):
+        parts.append((f"direction {[round(d, 3) for d in a.direction]}",
+                      f"direction {[round(d, 3) for d in b.direction]}"))
+    return ", ".join(p[0] for p in parts), ", ".join(p[1] for p in parts)
+
+
 def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     """An ITK image from an (i, j, k) array and its geometry."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
@@ -57,7 +70,7 @@ def align_moving(moving: np.ndarray, moving_geometry: Geometry, fixed_geometry: 
     map brought onto its moving image): unchanged when the grids agree, else resampled with an INFO message."""
     if same_grid(moving_geometry, fixed_geometry):
         return moving
-    logger.info("%s: grid %s @ %s mm differs from the %s image's %s @ %s mm; resampled onto the %s grid",
-                name, list(moving_geometry.shape), [round(s, 4) for s in moving_geometry.spacing], grid,
-                list(fixed_geometry.shape), [round(s, 4) for s in fixed_geometry.spacing], grid)
+    own, other = describe_grid(moving_geometry, fixed_geometry)
+    logger.info("%s: grid %s differs from the %s image's %s; resampled onto the %s grid", name, own, grid, other,
+                grid)
     return resample_onto(moving, moving_geometry, fixed_geometry, labels=labels)

@@ -104,3 +104,14 @@ def test_output_targets(tmp_path: Path) -> None:
     with pytest.raises(NnregError, match="in the way"):
         check_output_targets([("a", tmp_path / "file" / "x.nii.gz")])
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_two_grids_of_one_shape_and_spacing_read_differently() -> None:
+    from nnreg.dataset.image_io import Geometry
+    from nnreg.inference.resample import describe_grid
+
+    a = Geometry((4, 5, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    b = Geometry((4, 5, 6), (1.0, 1.0, 1.0), (2.0, 0.0, 0.0), (-1, 0, 0, 0, 1, 0, 0, 0, 1))
+    first, second = describe_grid(a, b)
+    assert first != second and "origin" in first and "direction" in second
+    assert describe_grid(a, a) == ("[4, 5, 6] @ [1.0, 1.0, 1.0] mm", "[4, 5, 6] @ [1.0, 1.0, 1.0] mm")
