@@ -8,13 +8,7 @@ transform ``T(p) = A (p - c) + c + t`` (LPS mm) from the fixed image's space to 
 Parametrisation: ``A = exp([w]_x) (I + L)`` (a rotation ``w`` in radians times a general linear part ``L``, which
 the rigid stage keeps at 0), ``t`` starting at the difference of the centres of mass. Each stage runs Adam with a
 learning rate that decays linearly to a tenth, on the working grid average-pooled by the stage's factor (the last
-stage's factor is lowered for small images, so that its grid keeps ``min_voxels`` voxels along every axis). The
-result is the last stage's best iterate, or the moments start where no iterate beat it at that level: Adam's first
-step moves every parameter by about its learning rate whatever the gradient's size (off an optimum it starts at),
-and its steps do not shrink to 0 about an optimum (trilinear sampling kinks the loss), so the last iterate missed
-the identity of an image registered to itself (scales 1.002, or 0.08 mm on the phantom of the tests). The earlier
-stages hand over their last iterate: on a coarse grid of a few voxels the best one is a noisy pick (measured: a
-0.0002 lower 8 mm loss 5 degrees away, and a worse final fit, on a 24x28x24 pair).
+stage's factor is lowered for small images, so that its grid keeps ``min_voxels`` voxels along every axis).
 """
 from __future__ import annotations
 
@@ -142,28 +136,15 @@ def register_affine(fixed: torch.Tensor, fixed_geometry: Geometry, moving: torch
             groups.append({"params": [transform.linear], "lr": settings.lr_linear})
         optimizer = Adam(groups)      # not torch.optim: its first use imports torch._dynamo (seconds)
         base = [g["lr"] for g in optimizer.param_groups]
-        last = number == len(settings.stages) - 1
-        best: tuple[float, list[torch.Tensor]] = (math.inf, [])
-        if last:                            # candidates for the result: the moments start, then every iterate
-            with torch.no_grad():
-                moments = _Transform(centre, start)
-                best = (float(_loss(moments.homogeneous(), f_img, f_geo, m_img, m_geo, f_mask, m_mask, settings)),
-                        list(moments.parameters()))
         for iteration in range(iterations):
             for group, lr in zip(optimizer.param_groups, base):
                 group["lr"] = lr * (1.0 - 0.9 * iteration / max(iterations - 1, 1))
             optimizer.zero_grad(set_to_none=True)
             loss = _loss(transform.homogeneous(), f_img, f_geo, m_img, m_geo, f_mask, m_mask, settings)
-            if last and float(loss.detach()) < best[0]:
-                best = (float(loss.detach()), [p.detach().clone() for p in transform.parameters()])
             loss.backward()
             optimizer.step()
         with torch.no_grad():
             loss_value = float(_loss(transform.homogeneous(), f_img, f_geo, m_img, m_geo, f_mask, m_mask, settings))
-            if best[0] < loss_value:
-                loss_value = best[0]
-                for parameter, value in zip(transform.parameters(), best[1]):
-                    parameter.copy_(value)
         log.append(f"{kind} at {step:.1f} mm: {iterations} steps, {settings.similarity} loss {loss_value:.4f} "
                    f"({time.perf_counter() - began:.1f} s)")
         logger.debug(log[-1])
