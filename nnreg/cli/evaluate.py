@@ -83,7 +83,7 @@ def main(disp_dir: Path, dataset: str, configs: tuple[Path, ...], output: Path |
         check_metrics_output(output, root, [path for path, _ in located], baseline_zero)
     parsed = [load_config(path) for path, _ in located]
     pairs = [pair for config in parsed for pair in config.pairs] if configs else \
-        [EvalPair(p.fixed.relative, p.moving.relative) for p in load_dataset(root).validation]
+        [EvalPair(p.fixed.relative, p.moving.relative) for p in load_dataset(root, training_files=False).validation]
     if not only_present:
         for pair in pairs:   # every input checked before anything is said: an input error is the only line
             find_displacement(disp_dir, pair)

@@ -74,7 +74,6 @@ class Learn2RegDataset:
     json_path: Path
     modalities: dict[str, str] = field(default_factory=dict)
 
-
     def pairs(self, key: str = "validation") -> list[Pair]:
         """Explicit ``{fixed, moving}`` pairs stored under ``key`` (``validation`` by default)."""
         if key == "validation":
@@ -85,11 +84,11 @@ class Learn2RegDataset:
         return bool(self.training) and all(e.labels_path().is_file() for e in self.training)
 
 
-def _entry(root: Path, value: Any, where: str, json_path: Path) -> ImageEntry:
+def _entry(root: Path, value: Any, where: str, json_path: Path, must_exist: bool = True) -> ImageEntry:
     if not isinstance(value, str) or not value:
         raise DatasetError(f"{where} is not a file path (got {value!r})", json_path)
     entry = ImageEntry(root, value)
-    if not entry.path.is_file():
+    if must_exist and not entry.path.is_file():
         raise DatasetError(f"{where} lists {value}, which does not exist", json_path)
     return entry
 
@@ -122,9 +121,10 @@ def dataset_json_path(root: Path) -> Path | None:
     return named[0] if len(named) == 1 else None
 
 
-def load_dataset(root: str | Path) -> Learn2RegDataset:
+def load_dataset(root: str | Path, training_files: bool = True) -> Learn2RegDataset:
     """Parse the dataset's JSON (see :func:`dataset_json_path`); raise :class:`DatasetError` naming the file
-    and the problem."""
+    and the problem. ``training_files=False``: the training images need not be there (an evaluation's
+    ground-truth folder, like the official evaluator's, lists all of them but holds none)."""
     root = Path(root).absolute()   # keep a symlinked DatasetXXX_Name as the name
     if not root.is_dir():
         raise DatasetError("dataset folder does not exist", root)
@@ -145,7 +145,7 @@ def load_dataset(root: str | Path) -> Learn2RegDataset:
     training = []
     for i, item in enumerate(raw["training"]):
         value = item.get("image") if isinstance(item, dict) else item
-        training.append(_entry(root, value, f"'training'[{i}]", json_path))
+        training.append(_entry(root, value, f"'training'[{i}]", json_path, must_exist=training_files))
     ids = [e.case_id for e in training]
     dupes = sorted({c for c in ids if ids.count(c) > 1})
     if dupes:

@@ -241,7 +241,7 @@ def dataset_config(root: str | Path) -> EvaluationConfig:
     Labels (Dice, HD95) when every evaluated image has a label file: the label list is every value present
     in all of them (background included). TRE when every image has a landmark file. NDV always.
     """
-    dataset = load_dataset(root)
+    dataset = load_dataset(root, training_files=False)   # ground truth only: no training images needed
     pairs = [EvalPair(p.fixed.relative, p.moving.relative) for p in dataset.validation]
     if not pairs:
         raise NnregError("dataset.json has no 'validation' pairs to evaluate", dataset.json_path)

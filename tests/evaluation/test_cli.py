@@ -75,6 +75,19 @@ def test_output_never_lands_on_raw_data_fields_or_configs(tiny_root: Path, zero_
     assert all(p.read_bytes() == data for p, data in before.items())
 
 
+def test_a_ground_truth_folder_without_training_images(tiny_root: Path, zero_fields: Path, tmp_path: Path) -> None:
+    """The official evaluator's ground-truth folder lists every training image but holds none: the validation
+    pairs and their ground truth are all evaluation needs."""
+    data = json.loads((tiny_root / "dataset.json").read_text())
+    data["training"] += [{"image": f"./imagesTr/TINY_{i:04d}_0000.nii.gz"} for i in range(10, 13)]
+    (tiny_root / "dataset.json").write_text(json.dumps(data))
+    out = tmp_path / "gt_only.json"
+    result = run("-i", zero_fields, "-d", tiny_root, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(out.read_text())["aggregates"]) == ["DSC", "HD95", "Non-diffeomorphic Volumes",
+                                                                  "TRE_lm"]
+
+
 def test_missing_displacement_is_named(tiny_root: Path, zero_fields: Path) -> None:
     (zero_fields / "disp_0003_0002.nii.gz").unlink()
     line = error_line(run("-i", zero_fields, "-d", tiny_root, "-c", tiny_root / "config.json"))
