@@ -5,7 +5,8 @@ Conventions: arrays in (i, j, k) order, geometry in ITK physical space (mm, LPS)
 - the **challenge field** ``disp_<fix>_<mov>.nii.gz``: ``(H, W, D, 3)`` (or ``(3, H, W, D)``) voxel-unit pull field on
   the fixed grid, ``warped(x) = moving(x + u(x))``, read as the official evaluator reads it;
 - nnreg's **ITK field** ``itk/disp_*.nii.gz`` (a ``(H, W, D, 1, 3)`` vector image): physical millimetres on the fixed
-  grid, ``d = Direction @ diag(spacing) @ u`` (:mod:`nnreg.inference.export`), converted back to voxels here.
+  grid, ``d = Direction @ diag(spacing) @ u`` (:mod:`nnreg.inference.export`), converted back to voxels here; an
+  input on another grid is sampled once, in its own voxels, at ``phys_f(x) + d(x)`` (what ITK's ``Resample`` does).
 
 A challenge field whose header records the shape of a moving image on another grid (``nnreg_register``'s
 ``field.nii.gz`` and ``nnreg_predict --affine``'s fields for such pairs,
@@ -30,6 +31,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from nnreg.alignment.grids import index_to_physical, physical_to_index
 from nnreg.dataset.image_io import Geometry, displacement_points_into, image_shape, read_displacement, read_image
 from nnreg.evaluation.warp import sample_coordinates
 from nnreg.inference.export import warp_image, warp_into, warp_labels, write_image_fast
@@ -49,6 +51,7 @@ class LoadedField:
     field: np.ndarray   # float32 (H, W, D, 3)
     kind: str           # "challenge" or "itk"
     points_into: tuple[int, int, int] | None = None   # x + u(x) in the voxels of a moving image of this shape
+    physical: np.ndarray | None = None                 # an ITK field's own mm displacements (float64, (H, W, D, 3))
 
 
 def _is_itk_vector_field(path: Path) -> bool:
@@ -64,8 +67,9 @@ def _is_itk_vector_field(path: Path) -> bool:
     return len(shape) == 5 and shape[3] == 1 and shape[4] == 3
 
 
-def _read_itk_field(path: Path, fixed_geometry: Geometry) -> np.ndarray:
-    """Read nnreg's mm field and convert it to voxel units; its grid must be the fixed image's."""
+def _read_itk_field(path: Path, fixed_geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Read nnreg's mm field: (its voxel-unit field on the fixed grid, its mm displacements); its grid must be the
+    fixed image's."""
     import SimpleITK as sitk
 
     try:
@@ -82,7 +86,20 @@ def _read_itk_field(path: Path, fixed_geometry: Geometry) -> np.ndarray:
     physical = sitk.GetArrayFromImage(image).astype(np.float64).transpose(2, 1, 0, 3)   # (i, j, k, 3), mm
     matrix = np.asarray(fixed_geometry.direction, dtype=np.float64).reshape(3, 3) * \
         np.asarray(fixed_geometry.spacing)[None, :]
-    return np.einsum("...r,cr->...c", physical, np.linalg.inv(matrix), optimize=True).astype(np.float32)
+    voxels = np.einsum("...r,cr->...c", physical, np.linalg.inv(matrix), optimize=True).astype(np.float32)
+    return voxels, physical
+
+
+def itk_field_into(physical: np.ndarray, fixed_geometry: Geometry, geometry: Geometry) -> np.ndarray:
+    """An ITK field's transform as a voxel field on the fixed grid pointing into the voxels of an image on
+    ``geometry``: ``idx(phys_f(x) + d(x)) - x`` (float64 inside), so the image is sampled once, where ITK samples
+    it, whatever its grid (ITK's ``Resample`` with a ``DisplacementFieldTransform``)."""
+    to_index = physical_to_index(geometry)
+    matrix = to_index @ index_to_physical(fixed_geometry)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in fixed_geometry.shape], indexing="ij"), -1)
+    moved = grid @ matrix[:3, :3].T + matrix[:3, 3] + physical @ to_index[:3, :3].T
+    moved -= grid
+    return moved.astype(np.float32)
 
 
 def load_field(path: str | Path, fixed_geometry: Geometry) -> LoadedField:
@@ -92,7 +109,8 @@ def load_field(path: str | Path, fixed_geometry: Geometry) -> LoadedField:
         raise NnregError("displacement file not found", path)
     if _is_itk_vector_field(path):
         _refuse_partial_transform(path)
-        return LoadedField(_read_itk_field(path, fixed_geometry), "itk")
+        voxels, physical = _read_itk_field(path, fixed_geometry)
+        return LoadedField(voxels, "itk", physical=physical)
     field = read_displacement(path).astype(np.float32)
     if tuple(field.shape[:3]) != tuple(fixed_geometry.shape):
         raise NnregError(f"field grid {list(field.shape[:3])} does not match the fixed image's grid "
@@ -156,11 +174,13 @@ def warp_array(array: np.ndarray, field: np.ndarray, interpolation: str) -> np.n
 
 
 def apply_to_image(field: np.ndarray, fixed_geometry: Geometry, image_path: str | Path,
-                   interpolation: str | None = None,
-                   points_into: tuple[int, int, int] | None = None) -> tuple[np.ndarray, str]:
+                   interpolation: str | None = None, points_into: tuple[int, int, int] | None = None,
+                   physical: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Warp one image file by a voxel-unit field on the fixed grid; returns the warped array and the interpolation.
     ``points_into``: the field's ``x + u(x)`` are voxels of a moving image of that shape on its own grid
-    (:class:`LoadedField`), so the input is sampled in its own voxels and must have that shape."""
+    (:class:`LoadedField`), so the input is sampled in its own voxels and must have that shape. ``physical``: an
+    ITK field's mm displacements; an input on another grid is then sampled in its own voxels where the physical
+    transform puts each fixed voxel (one interpolation, as ITK), not resampled onto the fixed grid first."""
     image_path = Path(image_path)
     dtype = native_dtype(image_path)
     mode = interpolation or default_interpolation(dtype)
@@ -170,7 +190,9 @@ def apply_to_image(field: np.ndarray, fixed_geometry: Geometry, image_path: str 
         array, geometry = read_image(image_path, dtype=np.int32 if np.issubdtype(dtype, np.integer) else np.float32)
     else:
         array, geometry = read_image(image_path, dtype=np.float32)
-    if points_into is None:
+    if physical is not None and not same_grid(geometry, fixed_geometry):
+        field = itk_field_into(physical, fixed_geometry, geometry)
+    elif points_into is None:
         array = align_moving(array, geometry, fixed_geometry, str(image_path), labels=mode == "nearest")
     else:
         check_input_shape(array.shape, points_into, image_path)
@@ -225,7 +247,8 @@ def apply_field(field_path: str | Path, inputs: Sequence[str | Path], fixed_path
     logger.info("%s: %s field on the fixed grid %s", field_path, loaded.kind, list(fixed_geometry.shape))
     written = []
     for source, target in zip(inputs, targets):
-        warped, mode = apply_to_image(loaded.field, fixed_geometry, source, interpolation, loaded.points_into)
+        warped, mode = apply_to_image(loaded.field, fixed_geometry, source, interpolation, loaded.points_into,
+                                      loaded.physical)
         write_image_fast(warped, fixed_geometry, target)
         logger.info("%s -> %s (%s, %s)", source, target, mode, warped.dtype)
         written.append(target)

@@ -219,6 +219,9 @@ def test_moving_image_on_another_grid(setup, tmp_path: Path) -> None:
 
     applied = apply_field(out / name, [path], setup["fixed"], tmp_path / "applied.nii.gz")
     np.testing.assert_allclose(read_image(applied[0])[0], warped, atol=1e-4 * np.ptp(own))
+    # the ITK field too, with the original moving image: sampled once, where ITK samples it (not resampled first)
+    applied = apply_field(out / "itk" / name, [path], setup["fixed"], tmp_path / "applied_itk.nii.gz")
+    assert np.abs(read_image(applied[0])[0] - itk)[inside].max() <= 1e-4 * np.ptp(own)
 
 
 def test_barely_overlapping_pair_is_one_line(setup, tmp_path: Path) -> None:
