@@ -7,9 +7,13 @@ holds the same weights after every step. On the CPU the cores are shared out bet
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import socket
+import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nnreg.utilities.errors import ConfigurationError, NnregError
+from nnreg.utilities.parallel import WorkerDiedError, how_it_ended
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +114,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawned_entry(rank: int, world_size: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _end_with_parent(parent: int) -> None:
+    """On Linux, ask the kernel to send this process SIGTERM when the process that spawned it dies, even by
+    SIGKILL (``prctl(PR_SET_PDEATHSIG)``), so no rank trains on, orphaned, after its ``nnreg_train`` is gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))   # 1 = PR_SET_PDEATHSIG
+        except OSError:     # no glibc: the parent's own shutdown (spawn) is then the only guard
+            pass
+    if os.getppid() != parent:      # the parent died before the request took effect
+        os._exit(128 + int(signal.SIGTERM))
+
+
+def _spawned_entry(rank: int, world_size: int, fn: Callable[..., Any], args: tuple[Any, ...], parent: int) -> None:
+    _end_with_parent(parent)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size))
     try:
@@ -123,8 +141,30 @@ def spawn(fn: Callable[..., Any], world_size: int, args: tuple[Any, ...]) -> Non
     """Run ``fn(*args)`` in ``world_size`` new processes with ranks 0..N-1; fail if any of them fails."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(_free_port())
+    context = mp.start_processes(_spawned_entry, args=(world_size, fn, args, os.getpid()), nprocs=world_size,
+                                 join=False)
     try:
-        mp.spawn(_spawned_entry, args=(world_size, fn, args), nprocs=world_size, join=True)
+        while not context.join():
+            pass
     except mp.ProcessExitedException as exc:
+        if exc.exit_code is not None and exc.exit_code < 0:      # killed: no message of its own
+            raise WorkerDiedError(f"training process of rank {exc.error_index} {how_it_ended(exc.exit_code)}; "
+                                  f"the other ranks were stopped") from None
         raise NnregError(f"training process of rank {exc.error_index} stopped with exit code {exc.exit_code} "
                          f"(its message is above)") from None
+    except BaseException:       # Ctrl-C, SIGTERM (nnreg.cli.common), an error here: the ranks stop with us
+        _stop(context.processes)
+        raise
+
+
+def _stop(processes: list[Any], grace: float = 10.0) -> None:
+    """SIGTERM every live rank, then SIGKILL what is still alive after ``grace`` seconds."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()

@@ -17,7 +17,8 @@ from typing import Any
 
 from nnreg.planning.plans import Plans
 from nnreg.utilities.errors import ConfigurationError
-from nnreg.utilities.files import atomic_path, read_json
+from nnreg.utilities.files import TMP_MARKER, atomic_path, read_json, remove_stale_temporaries
+from nnreg.utilities.run_lock import claim_run_lock
 
 FOLD_ALL_VALIDATION_IMAGES = 4
 
@@ -97,7 +98,8 @@ class TrainingWorkspace:
         folds = []
         for sub in self.model_folder.glob("fold_*") if self.model_folder.is_dir() else []:
             name = sub.name[len("fold_"):]
-            if name != self.fold and sub.is_dir() and any(sub.glob("checkpoint_*.pth")):
+            finished = [p for p in sub.glob("checkpoint_*.pth") if TMP_MARKER not in p.name] if sub.is_dir() else []
+            if name != self.fold and finished:
                 folds.append(name)
         return sorted(folds, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
 
@@ -133,6 +135,9 @@ class TrainingWorkspace:
         only where :meth:`check_model_folder_plans` allows)."""
         self.check_model_folder_plans()
         self.fold_folder.mkdir(parents=True, exist_ok=True)
+        claim_run_lock(self.fold_folder, f"fold {self.fold} of {self.model_folder.name}")   # one run per fold
+        for folder in (self.fold_folder, self.model_folder):      # checkpoints half-written by a killed run
+            remove_stale_temporaries(folder)
         copies = {"plans.json": self.preprocessed_dataset / f"{self.plans.plans_name}.json",
                   "dataset.json": self.preprocessed_dataset / "dataset.json",
                   "dataset_fingerprint.json": self.preprocessed_dataset / "dataset_fingerprint.json"}

@@ -19,16 +19,21 @@ even for a moment, is a race with every other thread of the process).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import secrets
+import shutil
 import socket
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 TMP_MARKER = ".tmp-"
+FULL_DISK_BYTES = 4 << 20      # a writer failing with less free space than this is reported as a full disk
+# errors about the file being written, whatever file name the writer attached (shutil.copyfile names its source)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 # <stem without dots>.tmp-<8 hex host>-<pid>-<8 random [a-z0-9_]>[.<suffixes>]: the whole name, nothing else
 _TEMPORARY = re.compile(r"^[^.]*\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[a-z0-9_]{8}(?:\..+)?$")
 _CREATE_ATTEMPTS = 100
@@ -103,9 +108,25 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             _fsync_path(tmp_path)
         os.replace(tmp_path, target)
         _fsync_path(target.parent)
+    except OSError as exc:           # name the file being written (a writer's error may name none, or the source)
+        if exc.filename is None or exc.errno in WRITE_ERRNOS:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
+    except Exception as exc:        # torch.save, blosc2: their own errors when the disk is full
+        if _disk_nearly_full(target.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _disk_nearly_full(folder: Path) -> bool:
+    """Less than :data:`FULL_DISK_BYTES` free where a write just failed: the failure is taken for a full disk."""
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        return False
 
 
 def write_json(obj: Any, target: str | Path, indent: int = 2) -> None:

@@ -111,3 +111,29 @@ def test_a_live_runs_temporary_is_kept(tmp_path: Path) -> None:
         assert remove_stale_temporaries(tmp_path) == 0
         assert tmp.is_file()
     assert (tmp_path / "disp_0001_0002.nii.gz").read_bytes() == b"half"
+
+
+def test_a_failed_write_names_the_file_being_written(tmp_path, monkeypatch) -> None:
+    """A full disk: one ``nnreg: error: <file>: No space left on device`` line needs the target's name, whatever the
+    writer raised (no name, its source's name, or a RuntimeError of torch.save / blosc2)."""
+    import errno
+    import shutil
+    from types import SimpleNamespace
+
+    import pytest
+
+    from nnreg.utilities import files
+
+    target = tmp_path / "out.bin"
+    for raised in (OSError(errno.ENOSPC, "No space left on device"),
+                   OSError(errno.ENOSPC, "No space left on device", "/the/source")):
+        with pytest.raises(OSError) as info, files.atomic_path(target):
+            raise raised
+        assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
+    with pytest.raises(RuntimeError), files.atomic_path(target):    # plenty of room: the writer's own error
+        raise RuntimeError("unexpected pos")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(total=100, used=100, free=0))
+    with pytest.raises(OSError) as info, files.atomic_path(target):
+        raise RuntimeError("unexpected pos")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
