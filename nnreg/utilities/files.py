@@ -206,3 +206,16 @@ def check_output_targets(targets: Iterable[tuple[str, Path]]) -> None:
             raise NnregError(f"cannot create the folder for {what} ({exc.strerror})", path) from None
         if not os.access(parent, os.W_OK | os.X_OK):
             raise NnregError(f"cannot write {what}: its folder is not writable", path)
+
+
+def remove_empty_folders(folder: Path) -> None:
+    """Remove ``folder`` and its subfolders where they hold no file (deepest first); never a file, never a folder
+    that holds one: what a failed run created and left empty."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()),
+                      key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()                       # only succeeds when empty
+    with contextlib.suppress(OSError):
+        folder.rmdir()

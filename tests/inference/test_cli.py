@@ -152,6 +152,11 @@ def test_nan_in_an_image(setup: dict[str, Path], tmp_path: Path) -> None:
     write_image(array, geometry, bad)
     expect_error(run("--fixed", images[0], "--moving", bad, "-o", tmp_path / "out", "-m", setup["full"]),
                  str(bad), "NaN")
+    assert not (tmp_path / "out").exists()          # a failed run leaves no empty folder of its own
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    expect_error(run("--fixed", images[0], "--moving", bad, "-o", mine, "-m", setup["full"]), "NaN")
+    assert (mine / "sub").is_dir()                  # ... and never touches a folder the user had
 
 
 def test_unusable_inputs_and_models(setup: dict[str, Path], tmp_path: Path) -> None:
