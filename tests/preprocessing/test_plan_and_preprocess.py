@@ -155,7 +155,7 @@ def test_bad_images_give_one_line_and_nonzero_exit(raw_tiny: Path, nnreg_env: di
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0] and "TINY_0002_0000.nii.gz" in lines[0], result.output
-    assert not (nnreg_env["preprocessed"] / "Dataset901_Tiny" / "nnRegPlans.json").exists()
+    assert not (nnreg_env["preprocessed"] / "Dataset901_Tiny").exists()   # not even its dataset.json copy
 
 
 def test_unknown_dataset_and_unset_paths(nnreg_env: dict[str, Path], monkeypatch) -> None:
