@@ -57,3 +57,28 @@ def test_sigterm_is_one_line_and_stops_the_workers(tmp_path: Path) -> None:
             break
         time.sleep(0.05)
     assert not _alive(worker)
+
+
+def test_an_os_error_about_a_file_is_one_line_and_others_keep_their_traceback() -> None:
+    """A full disk or a read-only folder: ``nnreg: error: <file>: <reason>``, exit code 1; an OSError that names no
+    file is a defect and keeps its traceback."""
+    import errno
+
+    import click
+    from click.testing import CliRunner
+
+    from nnreg.cli.common import user_errors_as_one_line
+
+    @click.command()
+    @click.option("--named", is_flag=True)
+    @user_errors_as_one_line
+    def command(named: bool) -> None:
+        if named:
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/out/field.nii.gz")
+        raise OSError(errno.EIO, "Input/output error")
+
+    result = CliRunner().invoke(command, ["--named"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "nnreg: error: /data/out/field.nii.gz: No space left on device"
+    result = CliRunner().invoke(command, [])
+    assert isinstance(result.exception, OSError) and result.exception.errno == errno.EIO

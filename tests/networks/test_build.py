@@ -97,3 +97,9 @@ def test_divisor_and_shape_check():
     assert model.divisor == 8
     with pytest.raises(ValueError):
         model(torch.rand(1, 1, 12, 16, 16), torch.rand(1, 1, 12, 16, 16))
+
+
+def test_a_network_no_memory_holds_is_one_line():
+    """A width no memory holds (a typo in hand-edited plans): the allocator's error as a ConfigurationError."""
+    with pytest.raises(ConfigurationError, match="cannot build CascadeRegNet"):
+        build_network(default_architecture(3, base_channels=100000))
