@@ -11,9 +11,9 @@ Conventions: arrays in (i, j, k) order, geometry in ITK physical space (mm, LPS)
 A challenge field whose header records the shape of a moving image on another grid (``nnreg_register``'s
 ``field.nii.gz`` and ``nnreg_predict --affine``'s fields for such pairs,
 :func:`nnreg.dataset.image_io.write_displacement`) points into that image's own voxels: each input must have that
-shape and is sampled in its own voxels, as the registration's warped image was. Otherwise an input on another grid than the fixed image is first brought onto the
-fixed grid in physical space (linear, or nearest for ``nearest``), exactly as ``nnreg_predict`` (without
-``--affine``) does with the moving image, then warped with the predictor's
+shape and is sampled in its own voxels, as the registration's warped image was. Otherwise an input on another grid
+than the fixed image is first brought onto the fixed grid in physical space (linear, or nearest for ``nearest``),
+exactly as ``nnreg_predict`` (without ``--affine``) does with the moving image, then warped with the predictor's
 own code: ``linear`` = :func:`nnreg.inference.export.warp_image` (trilinear, 0 outside), ``nearest`` =
 :func:`nnreg.inference.export.warp_labels` (the official evaluator's nearest neighbour), so the results agree bit for
 bit with ``--save-warped`` / ``--warp-labels``. ``bspline`` is cubic B-spline interpolation

@@ -164,8 +164,8 @@ def _deformable(fixed: torch.Tensor, moving: torch.Tensor, starts: dict[str, tor
     transform, ``velocity_start="network"``; with a remapped last stage, each start is scored against its own
     remapped moving image, so the comparison is approximate). Why both: a network trained for a few minutes on other
     data can start the optimisation in a worse basin than the identity does (measured, documentation/benchmarks.md);
-    the loss decides per pair, at the cost of a second refinement. A refused refinement returns its start, scored with the start
-    standing in for its velocity."""
+    the loss decides per pair, at the cost of a second refinement. A refused refinement returns its start, scored
+    with the start standing in for its velocity."""
     if len(starts) > 1 and settings.velocity_start != "network":
         raise ConfigurationError("a deformable stage with a network start needs velocity_start='network' (with "
                                  "'zero' the two starts' regularisers measure different things)")
