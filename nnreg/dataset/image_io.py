@@ -93,6 +93,26 @@ def _orthonormal_affine(img: Any, path: Path) -> np.ndarray:
                      "refuse such files too: reslice it onto an orthogonal grid first", path)
 
 
+def _existing_file(path: str | Path) -> Path:
+    """``path`` as a Path when it is a file; one line naming a folder or a missing file."""
+    path = Path(path)
+    if path.is_dir():
+        raise NnregError("is a folder, not an image file", path)
+    if not path.is_file():
+        raise NnregError("file not found", path)
+    return path
+
+
+def _volume_shape(shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
+    """A header's shape as a 3D volume's (a time axis of one volume, as some converters write, dropped); one line
+    for anything else."""
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise NnregError(f"expected a 3D single-channel image, found shape {list(shape)}", path)
+    return tuple(int(n) for n in shape)
+
+
 def _read_nifti(path: Path, dtype: Any) -> tuple[np.ndarray, Geometry]:
     """NIfTI through nibabel, as the Learn2Reg evaluator reads it (SimpleITK's reader turns NaN into 0,
     which would hide corrupt images); the affine is converted to ITK's LPS spacing/origin/direction."""
@@ -100,11 +120,7 @@ def _read_nifti(path: Path, dtype: Any) -> tuple[np.ndarray, Geometry]:
 
     try:
         img = nib.load(str(path))
-        shape = img.shape
-        if len(shape) == 4 and shape[3] == 1:       # a 3D volume stored with a time axis of one (some converters)
-            shape = shape[:3]
-        if len(shape) != 3:
-            raise NnregError(f"expected a 3D single-channel image, found shape {list(shape)}", path)
+        shape = _volume_shape(img.shape, path)
         array = np.asarray(img.get_fdata(dtype=np.float32) if np.dtype(dtype).kind == "f" else img.dataobj)
         array = array.reshape(shape)
     except NnregError:
@@ -121,11 +137,7 @@ def _read_nifti(path: Path, dtype: Any) -> tuple[np.ndarray, Geometry]:
 
 def read_image(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, Geometry]:
     """Read a 3D image as an array in (i, j, k) order plus its geometry; one-line error on bad input."""
-    path = Path(path)
-    if path.is_dir():
-        raise NnregError("is a folder, not an image file", path)
-    if not path.is_file():
-        raise NnregError("file not found", path)
+    path = _existing_file(path)
     if _is_nifti(path):
         return _read_nifti(path, dtype)
     try:
@@ -145,11 +157,7 @@ def read_image(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, G
 def image_shape(path: str | Path) -> tuple[int, ...]:
     """The (i, j, k) shape of a 3D image file from its header alone, with :func:`read_image`'s one-line errors for
     a missing, unreadable or non-3D file (to check many inputs before any output is written)."""
-    path = Path(path)
-    if path.is_dir():
-        raise NnregError("is a folder, not an image file", path)
-    if not path.is_file():
-        raise NnregError("file not found", path)
+    path = _existing_file(path)
     try:
         if _is_nifti(path):
             import nibabel as nib
@@ -167,11 +175,7 @@ def image_shape(path: str | Path) -> tuple[int, ...]:
         raise
     except Exception as exc:  # nibabel and ITK raise many types for corrupt files
         raise NnregError(f"cannot read image ({str(exc).strip().splitlines()[-1]})", path) from None
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise NnregError(f"expected a 3D single-channel image, found shape {list(shape)}", path)
-    return shape
+    return _volume_shape(shape, path)
 
 
 def read_label_map(path: str | Path) -> tuple[np.ndarray, Geometry]:

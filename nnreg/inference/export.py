@@ -33,7 +33,7 @@ from nnreg.alignment.sampling import sample_at_indices
 from nnreg.dataset.image_io import Geometry, read_label_map, write_displacement, write_nii_gz
 from nnreg.dataset.naming import displacement_filename
 from nnreg.evaluation.warp import sample_coordinates, warp_nearest
-from nnreg.inference.resample import align_moving, same_grid, to_sitk
+from nnreg.inference.resample import align_moving, other_grid_shape, to_sitk
 from nnreg.spatial import warp
 from nnreg.utilities.files import atomic_path, write_json
 
@@ -223,9 +223,8 @@ class ExportJob:
 def export_pair(job: ExportJob) -> str:
     """Write every requested file of one pair; returns the displacement file name."""
     options, outputs, field = job.options, job.outputs, job.field
-    into_other_grid = job.moving_grid is not None and not same_grid(job.moving_grid, job.fixed_geometry)
     write_displacement(field, outputs.displacement, job.fixed_geometry,
-                       points_into=job.moving_grid.shape if into_other_grid and job.moving_grid else None)
+                       points_into=other_grid_shape(job.moving_grid, job.fixed_geometry))
     if job.affine_record is not None and outputs.affine is not None:
         write_json(job.affine_record, outputs.affine)
     if options.itk:

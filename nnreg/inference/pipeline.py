@@ -31,7 +31,7 @@ from nnreg.inference.predictor import nnRegPredictor
 from nnreg.inference.preparation import PreparedPair, prepare_files
 from nnreg.planning.plans import finer_stage_follows
 from nnreg.utilities.errors import NnregError
-from nnreg.utilities.files import remove_empty_folders, remove_stale_temporaries
+from nnreg.utilities.files import no_empty_folder_left, remove_stale_temporaries
 from nnreg.utilities.parallel import worker_died
 from nnreg.utilities.progress_bars import progress_bar_disabled
 
@@ -215,14 +215,9 @@ def predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | P
     """Register every pair (of part ``part_id`` of ``num_parts``, see :func:`select_part`) and write its outputs
     below ``out``. Several processes may write into one ``out``: each cleans up only temporaries of dead runs. A run
     that fails leaves no empty folder it created (a bad image found by a reader: nothing at all)."""
-    created = not Path(out).exists()
-    try:
+    with no_empty_folder_left(Path(out)):
         return _predict_pairs(predictor, pairs, out, options, resume, num_readers, num_writers, progress, num_parts,
                               part_id)
-    except BaseException:
-        if created:
-            remove_empty_folders(Path(out))
-        raise
 
 
 def _predict_pairs(predictor: nnRegPredictor, pairs: list[PairSpec], out: str | Path, options: ExportOptions | None,

@@ -24,6 +24,12 @@ def same_grid(a: Geometry, b: Geometry, tolerance: float = 1e-4) -> bool:
             and np.allclose(a.direction, b.direction, atol=tolerance))
 
 
+def other_grid_shape(grid: Geometry | None, reference: Geometry) -> tuple[int, ...] | None:
+    """``grid``'s shape when it is another grid than ``reference`` (what a field on ``reference`` records as the
+    grid it points into, :func:`nnreg.dataset.image_io.write_displacement`'s ``points_into``), else None."""
+    return None if grid is None or same_grid(grid, reference) else tuple(grid.shape)
+
+
 def describe_grid(a: Geometry, b: Geometry) -> tuple[str, str]:
     """How two grids read in a message: shape and spacing, plus the origin and direction where those differ (two
     grids of one shape and spacing must not read alike)."""

@@ -24,7 +24,7 @@ from nnreg.planning.plans import Plans
 from nnreg.preprocessing.preprocessor import preprocess_dataset
 from nnreg.preprocessing.splits import make_splits, user_splits
 from nnreg.utilities.errors import ConfigurationError
-from nnreg.utilities.files import atomic_path, read_json, remove_empty_folders, write_json
+from nnreg.utilities.files import atomic_path, no_empty_folder_left, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +96,9 @@ def plan_and_preprocess(options: PlanAndPreprocessOptions,
     dataset = load_dataset(root)
     check_training_pool(dataset)   # before fingerprinting: too few images is found at once, naming the file
     out = preprocessed_folder(options.preprocessed) / dataset.name
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with no_empty_folder_left(out):                    # nothing written when an image is bad: no empty folder
+        out.mkdir(parents=True, exist_ok=True)
         fingerprint = _fingerprint(dataset, out, options)   # reads every image: a bad one stops the run here
-    except BaseException:
-        if created:
-            remove_empty_folders(out)                         # nothing written: no empty folder left either
-        raise
     with atomic_path(out / "dataset.json") as tmp:
         shutil.copyfile(dataset.json_path, tmp)
     if options.planner.modalities is None:     # the contrast-augmentation rule needs the dataset's modalities

@@ -24,7 +24,7 @@ from nnreg.alignment.sampling import sample_at_indices
 from nnreg.dataset.image_io import Geometry, write_displacement
 from nnreg.evaluation.warp import nearest_indices, sample_coordinates, warp_with_indices
 from nnreg.inference.export import itk_vector_image, voxel_displacement, write_image_fast, write_itk_image
-from nnreg.inference.resample import same_grid
+from nnreg.inference.resample import other_grid_shape
 from nnreg.registration.normalization import normalise
 from nnreg.registration.pipeline import Registration
 from nnreg.registration.transforms import (affine_transform, apply_matrix, forward_on_fixed_grid,
@@ -91,8 +91,8 @@ def write_outputs(registration: Registration, fixed: np.ndarray, fixed_geometry:
     warped = _sample(moving, field) if paths.warped is not None or paths.qc is not None else None
     jobs: list[tuple[list[Path], Callable[[], None]]] = []
     if paths.field is not None:
-        into = None if same_grid(fixed_geometry, moving_geometry) else moving_geometry.shape
-        jobs.append(([paths.field], partial(write_displacement, field, paths.field, fixed_geometry, into)))
+        jobs.append(([paths.field], partial(write_displacement, field, paths.field, fixed_geometry,
+                                            other_grid_shape(moving_geometry, fixed_geometry))))
     if paths.warped is not None and warped is not None:
         jobs.append(([paths.warped], partial(write_image_fast, warped, fixed_geometry, paths.warped)))
     if paths.transform is not None:
@@ -144,7 +144,7 @@ def _write_inverse(registration: Registration, fixed: np.ndarray, fixed_geometry
     inverse, inverse_displacement = inverse_on_moving_grid(registration, fixed_geometry, moving_geometry)
     if paths.inverse_field is not None:
         write_displacement(inverse, paths.inverse_field, moving_geometry,
-                           None if same_grid(fixed_geometry, moving_geometry) else fixed_geometry.shape)
+                           other_grid_shape(fixed_geometry, moving_geometry))
     if paths.inverse_warped is not None:
         write_image_fast(_sample(fixed, inverse), moving_geometry, paths.inverse_warped)
     if paths.transform is not None:

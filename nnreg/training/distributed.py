@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nnreg.utilities.errors import ConfigurationError, NnregError
-from nnreg.utilities.parallel import WorkerDiedError, how_it_ended
+from nnreg.utilities.parallel import WorkerDiedError, how_it_ended, stop_processes
 
 logger = logging.getLogger(__name__)
 
@@ -153,18 +152,5 @@ def spawn(fn: Callable[..., Any], world_size: int, args: tuple[Any, ...]) -> Non
         raise NnregError(f"training process of rank {exc.error_index} stopped with exit code {exc.exit_code} "
                          f"(its message is above)") from None
     except BaseException:       # Ctrl-C, SIGTERM (nnreg.cli.common), an error here: the ranks stop with us
-        _stop(context.processes)
+        stop_processes(context.processes, grace=10.0)
         raise
-
-
-def _stop(processes: list[Any], grace: float = 10.0) -> None:
-    """SIGTERM every live rank, then SIGKILL what is still alive after ``grace`` seconds."""
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    deadline = time.monotonic() + grace
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-            process.join()

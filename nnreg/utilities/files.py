@@ -161,7 +161,13 @@ def is_orphaned_temporary(path: Path) -> bool:
     match = _TEMPORARY.match(path.name)
     if match is None:
         return False
-    return match.group("host") == host_token() and not process_alive(int(match.group("pid")))
+    return owner_is_gone(match.group("host"), match.group("pid"))
+
+
+def owner_is_gone(host: str, pid: str) -> bool:
+    """Whether the process ``pid`` of host token ``host`` is known to have ended: this host's, and not running
+    (another host's cannot be checked from here: False)."""
+    return host == host_token() and pid.isdigit() and not process_alive(int(pid))
 
 
 def remove_stale_temporaries(folder: str | Path, subfolders: Iterable[str] = ("",)) -> int:
@@ -206,6 +212,19 @@ def check_output_targets(targets: Iterable[tuple[str, Path]]) -> None:
             raise NnregError(f"cannot create the folder for {what} ({exc.strerror})", path) from None
         if not os.access(parent, os.W_OK | os.X_OK):
             raise NnregError(f"cannot write {what}: its folder is not writable", path)
+
+
+@contextlib.contextmanager
+def no_empty_folder_left(folder: Path) -> Iterator[None]:
+    """Around a run that may create ``folder``: if the run fails, the folders it created and left empty are
+    removed (:func:`remove_empty_folders`); a folder that existed before is never touched."""
+    created = not folder.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            remove_empty_folders(folder)
+        raise
 
 
 def remove_empty_folders(folder: Path) -> None:

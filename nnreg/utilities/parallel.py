@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import signal
+import time
 import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable, Sequence
@@ -100,13 +101,21 @@ class _Slot:
             except (BrokenPipeError, OSError):
                 pass
             self.process.join(5)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5)
-        if self.process.is_alive():  # pragma: no cover - terminate ignored
-            self.process.kill()
-            self.process.join()
+        stop_processes([self.process], grace=5.0)
         self.conn.close()
+
+
+def stop_processes(processes: Sequence[Any], grace: float) -> None:
+    """SIGTERM every live process, then SIGKILL each one still alive ``grace`` seconds later (one deadline for all)."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():  # terminate ignored
+            process.kill()
+            process.join()
 
 
 def map_with_progress(fn: Callable[[Any], Any], items: Sequence[Any], num_processes: int, desc: str,

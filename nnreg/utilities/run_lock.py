@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from nnreg.utilities.errors import NnregError
-from nnreg.utilities.files import host_token, process_alive
+from nnreg.utilities.files import host_token, owner_is_gone
 
 LOCK_NAME = ".nnreg_run.lock"
 
@@ -32,7 +32,7 @@ def claim_run_lock(folder: Path, what: str) -> Path:
             if owner == mine:
                 return lock
             host, _, pid = owner.partition(" ")
-            if host == host_token() and pid.isdigit() and not process_alive(int(pid)):
+            if owner_is_gone(host, pid):
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
                 continue

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from nnreg.utilities.files import process_alive
+
 SCRIPT = '''
 import multiprocessing as mp
 import os
@@ -35,14 +37,6 @@ if __name__ == "__main__":
 '''
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_sigterm_is_one_line_and_stops_the_workers(tmp_path: Path) -> None:
     script = tmp_path / "command.py"
     script.write_text(SCRIPT)
@@ -53,10 +47,10 @@ def test_sigterm_is_one_line_and_stops_the_workers(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines()[-1] == "nnreg: terminated" and "Traceback" not in done.stderr
     worker = int(done.stdout.split()[0])
     for _ in range(100):               # the pool was shut down before the command returned; allow the reaping
-        if not _alive(worker):
+        if not process_alive(worker):
             break
         time.sleep(0.05)
-    assert not _alive(worker)
+    assert not process_alive(worker)
 
 
 def test_an_os_error_about_a_file_is_one_line_and_others_keep_their_traceback() -> None:

@@ -65,3 +65,14 @@ def itk_reproduction_error(run: dict[str, Path]) -> tuple[float, float]:
     itk = sitk.GetArrayFromImage(sitk.Resample(moving_image, fixed_image, composite, sitk.sitkLinear, 0.0,
                                                sitk.sitkFloat32)).transpose(2, 1, 0)
     return float(np.abs(itk - warped)[brain(fixed)].max()), float(np.ptp(sitk.GetArrayViewFromImage(moving_image)))
+
+
+def one_line_error(result, *words: str) -> None:
+    """The command failed with exit code 2, printing exactly one ``nnreg: error:`` line that holds every word, and
+    no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nnreg: error:"), result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert "Traceback" not in result.output

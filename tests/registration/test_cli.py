@@ -7,20 +7,11 @@ from click.testing import CliRunner
 
 from nnreg.cli.register import main
 from tests.alignment.phantom import to_image
-from tests.registration.conftest import write_pair
+from tests.registration.conftest import one_line_error, write_pair
 
 
 def _run(*args: str):
     return CliRunner().invoke(main, list(args))
-
-
-def _one_line_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("nnreg: error:"), result.output
-    for word in words:
-        assert word in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 def test_register_single_outputs(tmp_path):
@@ -34,14 +25,14 @@ def test_register_single_outputs(tmp_path):
 
 def test_nothing_to_write(tmp_path):
     fixed, moving, _ = write_pair(tmp_path / "in")
-    _one_line_error(_run("--fixed", str(fixed), "--moving", str(moving)), "nothing to write")
+    one_line_error(_run("--fixed", str(fixed), "--moving", str(moving)), "nothing to write")
 
 
 def test_unreadable_file(tmp_path):
     fixed, _, _ = write_pair(tmp_path / "in")
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not an image")
-    _one_line_error(_run("--fixed", str(fixed), "--moving", str(broken), "-o", str(tmp_path / "out")),
+    one_line_error(_run("--fixed", str(fixed), "--moving", str(broken), "-o", str(tmp_path / "out")),
                     "broken.nii.gz", "cannot read")
 
 
@@ -50,7 +41,7 @@ def test_non_3d_input(tmp_path):
     image = sitk.GetImageFromArray(np.ones((2, 8, 8, 8), np.float32), isVector=False)
     four = tmp_path / "four.nii.gz"
     sitk.WriteImage(image, str(four))
-    _one_line_error(_run("--fixed", str(fixed), "--moving", str(four), "-o", str(tmp_path / "out")),
+    one_line_error(_run("--fixed", str(fixed), "--moving", str(four), "-o", str(tmp_path / "out")),
                     "four.nii.gz", "3D")
 
 
@@ -58,11 +49,11 @@ def test_constant_image(tmp_path):
     fixed, _, _ = write_pair(tmp_path / "in")
     constant = tmp_path / "constant.nii.gz"
     sitk.WriteImage(to_image(np.full((20, 20, 20), 7.0, np.float32)), str(constant))
-    _one_line_error(_run("--fixed", str(fixed), "--moving", str(constant), "-o", str(tmp_path / "out")),
+    one_line_error(_run("--fixed", str(fixed), "--moving", str(constant), "-o", str(tmp_path / "out")),
                     "constant.nii.gz", "constant")
     empty = tmp_path / "empty.nii.gz"
     sitk.WriteImage(to_image(np.zeros((20, 20, 20), np.float32)), str(empty))
-    _one_line_error(_run("--fixed", str(empty), "--moving", str(fixed), "-o", str(tmp_path / "out")),
+    one_line_error(_run("--fixed", str(empty), "--moving", str(fixed), "-o", str(tmp_path / "out")),
                     "empty.nii.gz", "constant")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -74,7 +65,7 @@ def test_overlap_below_threshold(tmp_path):
     plate[:, :, 19:21] = 100.0 + 50.0 * np.random.default_rng(0).random((40, 48, 2))
     moving = tmp_path / "plate.nii.gz"
     sitk.WriteImage(to_image(plate), str(moving))
-    _one_line_error(_run("--fixed", str(fixed), "--moving", str(moving), "-o", str(tmp_path / "out")),
+    one_line_error(_run("--fixed", str(fixed), "--moving", str(moving), "-o", str(tmp_path / "out")),
                     "plate.nii.gz", "overlap")
 
 

@@ -15,15 +15,7 @@ from click.testing import CliRunner
 from nnreg.cli.apply import main as apply_main
 from nnreg.cli.register import main as register_main
 from nnreg.dataset.image_io import displacement_points_into
-from tests.registration.conftest import read, write_pair
-
-
-def _one_line_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("nnreg: error:"), result.output
-    for word in words:
-        assert word in lines[0], lines[0]
+from tests.registration.conftest import one_line_error, read, write_pair
 
 
 def _files(folder: Path) -> list[str]:
@@ -38,11 +30,11 @@ def pair(tmp_path: Path) -> tuple[Path, Path, Path]:
 def test_two_outputs_on_one_path_stop_before_any_work(pair, tmp_path: Path) -> None:
     fixed, moving, _ = pair
     same = tmp_path / "out" / "x.nii.gz"
-    _one_line_error(CliRunner().invoke(register_main, ["--fixed", str(fixed), "--moving", str(moving), "--warped",
+    one_line_error(CliRunner().invoke(register_main, ["--fixed", str(fixed), "--moving", str(moving), "--warped",
                                                        str(same), "--field", str(same)]),
                     "x.nii.gz", "both be written")
     prefix = tmp_path / "out" / "t"
-    _one_line_error(CliRunner().invoke(register_main, ["--fixed", str(fixed), "--moving", str(moving), "--transform",
+    one_line_error(CliRunner().invoke(register_main, ["--fixed", str(fixed), "--moving", str(moving), "--transform",
                                                        str(prefix), "--warped", f"{prefix}1Warp.nii.gz"]),
                     "t1Warp.nii.gz", "both be written")
     assert _files(tmp_path / "out") == []
@@ -52,7 +44,7 @@ def test_a_file_in_the_way_of_an_output_folder_is_one_line(pair, tmp_path: Path)
     fixed, moving, _ = pair
     blocker = tmp_path / "blocker"
     blocker.write_text("mine")
-    _one_line_error(CliRunner().invoke(register_main, ["--fixed", str(fixed), "--moving", str(moving), "--warped",
+    one_line_error(CliRunner().invoke(register_main, ["--fixed", str(fixed), "--moving", str(moving), "--warped",
                                                        str(blocker / "w.nii.gz")]), "in the way")
     assert blocker.read_text() == "mine"
 
@@ -60,7 +52,7 @@ def test_a_file_in_the_way_of_an_output_folder_is_one_line(pair, tmp_path: Path)
 def test_a_missing_label_map_stops_before_any_output(pair, tmp_path: Path) -> None:
     fixed, moving, _ = pair
     out = tmp_path / "out"
-    _one_line_error(CliRunner().invoke(register_main, ["--fixed", str(fixed), "--moving", str(moving), "-o", str(out),
+    one_line_error(CliRunner().invoke(register_main, ["--fixed", str(fixed), "--moving", str(moving), "-o", str(out),
                                                        "--moving-labels", str(tmp_path / "nope.nii.gz")]),
                     "nope.nii.gz", "not found")
     assert _files(out) == []
@@ -82,7 +74,7 @@ def test_float_label_maps_are_rounded_and_fractions_refused(pair, tmp_path: Path
     assert set(np.unique(warped)) == set(np.unique(array))
     half = tmp_path / "half.nii.gz"
     nib.save(nib.Nifti1Image(array.astype(np.float32) * 0.5, nib.load(str(labels)).affine), str(half))
-    _one_line_error(CliRunner().invoke(register_main, ["--fixed", str(fixed), "--moving", str(moving), "-o",
+    one_line_error(CliRunner().invoke(register_main, ["--fixed", str(fixed), "--moving", str(moving), "-o",
                                                        str(tmp_path / "out2"), "--moving-labels", str(half)]),
                     "half.nii.gz", "non-integer")
     assert _files(tmp_path / "out2") == []
@@ -128,14 +120,14 @@ def test_apply_reproduces_the_warped_image_of_a_pair_on_two_grids(registered: di
     np.testing.assert_array_equal(read(out / "moving_labels.nii.gz")[0],
                                   read(registered["out"] / "warped_labels.nii.gz")[0])
     # an image on the fixed grid is not the moving image's: refused, nothing written
-    _one_line_error(CliRunner().invoke(apply_main, ["-f", str(field), "-i", str(registered["fixed"]), "-r",
+    one_line_error(CliRunner().invoke(apply_main, ["-f", str(field), "-i", str(registered["fixed"]), "-r",
                                                     str(registered["fixed"]), "-o", str(tmp_path / "x.nii.gz")]),
                     "points into the voxels")
     assert not (tmp_path / "x.nii.gz").exists()
 
 
 def test_apply_refuses_the_deformable_half_of_an_itk_transform(registered: dict[str, Path], tmp_path: Path) -> None:
-    _one_line_error(CliRunner().invoke(apply_main, ["-f", str(registered["out"] / "transform1Warp.nii.gz"), "-i",
+    one_line_error(CliRunner().invoke(apply_main, ["-f", str(registered["out"] / "transform1Warp.nii.gz"), "-i",
                                                     str(registered["moving"]), "-r", str(registered["fixed"]),
                                                     "-o", str(tmp_path / "x.nii.gz")]),
                     "deformable part", "transform0GenericAffine.mat")
@@ -146,14 +138,14 @@ def test_apply_never_overwrites_its_field_and_checks_every_input_first(registere
     field = tmp_path / "field.nii.gz"
     field.write_bytes((registered["out"] / "field.nii.gz").read_bytes())
     before = field.read_bytes()
-    _one_line_error(CliRunner().invoke(apply_main, ["-f", str(field), "-i", str(registered["moving"]), "-r",
+    one_line_error(CliRunner().invoke(apply_main, ["-f", str(field), "-i", str(registered["moving"]), "-r",
                                                     str(registered["fixed"]), "-o", str(field)]),
                     "refusing to overwrite")
     assert field.read_bytes() == before
     four = tmp_path / "four.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.ones((2, 6, 6, 6), np.float32)), str(four))
     out = tmp_path / "several"
-    _one_line_error(CliRunner().invoke(apply_main, ["-f", str(field), "-i", str(registered["moving"]), str(four),
+    one_line_error(CliRunner().invoke(apply_main, ["-f", str(field), "-i", str(registered["moving"]), str(four),
                                                     "-r", str(registered["fixed"]), "-o", str(out)]),
                     "four.nii.gz", "3D")
     assert _files(out) == []

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from nnreg.utilities.files import process_alive
+
 RANK_MODULE = '''
 import os
 import sys
@@ -47,14 +49,6 @@ if __name__ == "__main__":
 '''
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _start(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
     (tmp_path / "ranks_mod.py").write_text(RANK_MODULE)
     (tmp_path / "command.py").write_text(SCRIPT)
@@ -73,9 +67,9 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
 
 def _gone(pids: list[int], seconds: float = 30.0) -> bool:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(process_alive(p) for p in pids):
         time.sleep(0.1)
-    return not any(_alive(p) for p in pids)
+    return not any(process_alive(p) for p in pids)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
