@@ -195,6 +195,34 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, Geometry]:
     return rounded.astype(np.int32), geometry
 
 
+def native_dtype(path: str | Path) -> np.dtype:
+    """The voxel type stored in an image file (float32 when a NIfTI scaling slope/intercept applies)."""
+    path = Path(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        header = nib.load(str(path)).header
+        slope, intercept = header.get_slope_inter()
+        if (slope is not None and slope != 1.0) or (intercept is not None and intercept != 0.0):
+            return np.dtype(np.float32)
+        return np.dtype(header.get_data_dtype())
+    return read_image(path, dtype=None)[0].dtype  # type: ignore[arg-type]
+
+
+def label_storage_dtype(path: str | Path, labels: np.ndarray) -> np.dtype:
+    """The voxel type to write a warped copy of the label map ``path`` (values ``labels``) in: the file's own integer
+    type when it holds every value (a uint8 map stays uint8, as ``nnreg_apply`` keeps it), else int16 or int32,
+    whichever is the smallest that does (label maps stored as floats)."""
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    stored = native_dtype(path)
+    candidates = ([stored] if np.issubdtype(stored, np.integer) else []) + [np.dtype(np.int16), np.dtype(np.int32)]
+    for dtype in candidates:
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max and dtype.itemsize <= 4:
+            return dtype
+    return np.dtype(np.int32)
+
+
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
     """Write a 3D array in (i, j, k) order with ``geometry`` atomically (format from the extension)."""
     if tuple(array.shape) != tuple(geometry.shape):

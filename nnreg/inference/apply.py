@@ -32,7 +32,8 @@ import numpy as np
 from scipy import ndimage
 
 from nnreg.alignment.grids import index_to_physical, physical_to_index
-from nnreg.dataset.image_io import Geometry, displacement_points_into, image_shape, read_displacement, read_image
+from nnreg.dataset.image_io import (Geometry, displacement_points_into, image_shape, native_dtype, read_displacement,
+                                   read_image)
 from nnreg.evaluation.warp import sample_coordinates
 from nnreg.inference.export import warp_image, warp_into, warp_labels, write_image_fast
 from nnreg.inference.resample import align_moving, same_grid
@@ -130,20 +131,6 @@ def _refuse_partial_transform(path: Path) -> None:
                 raise NnregError(f"this is only the deformable part of a transform whose affine is {affine.name}; "
                                  f"give nnreg_register's field.nii.gz instead, or apply both with antsApplyTransforms "
                                  f"-t {path.name} -t {affine.name}", path)
-
-
-def native_dtype(path: str | Path) -> np.dtype:
-    """The voxel type stored in an image file (float32 when a NIfTI scaling slope/intercept applies)."""
-    path = Path(path)
-    if path.name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        header = nib.load(str(path)).header
-        slope, intercept = header.get_slope_inter()
-        if (slope is not None and slope != 1.0) or (intercept is not None and intercept != 0.0):
-            return np.dtype(np.float32)
-        return np.dtype(header.get_data_dtype())
-    return read_image(path, dtype=None)[0].dtype  # type: ignore[arg-type]
 
 
 def default_interpolation(dtype: np.dtype) -> str:

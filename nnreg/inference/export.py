@@ -30,7 +30,8 @@ import torch
 
 from nnreg.alignment.grids import index_to_physical
 from nnreg.alignment.sampling import sample_at_indices
-from nnreg.dataset.image_io import Geometry, read_label_map, write_displacement, write_nii_gz
+from nnreg.dataset.image_io import (Geometry, label_storage_dtype, read_label_map, write_displacement,
+                                   write_nii_gz)
 from nnreg.dataset.naming import displacement_filename
 from nnreg.evaluation.warp import sample_coordinates, warp_nearest
 from nnreg.inference.resample import align_moving, other_grid_shape, to_sitk
@@ -243,7 +244,7 @@ def export_pair(job: ExportJob) -> str:
         labels, label_geometry = read_label_map(job.moving_labels)
         labels = align_moving(labels, label_geometry, job.moving_grid or job.fixed_geometry, str(job.moving_labels),
                               labels=True)
-        write_image_fast(warp_labels(labels, field).astype(np.int16 if np.abs(labels).max() < 2**15 else np.int32),
+        write_image_fast(warp_labels(labels, field).astype(label_storage_dtype(job.moving_labels, labels)),
                          job.fixed_geometry, outputs.warped_labels)
     if options.qc and job.fixed is not None and job.moving_on_fixed is not None and warped is not None:
         from nnreg.inference.qc import write_qc_figure

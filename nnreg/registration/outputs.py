@@ -132,10 +132,10 @@ def _write_transform(registration: Registration, displacement: np.ndarray, fixed
 
 
 def _write_labels(labels: np.ndarray, field: np.ndarray, fixed_geometry: Geometry, path: Path) -> None:
-    """The moving label map (int32 on the moving grid) warped by nearest neighbour, as the Learn2Reg evaluator
-    warps it."""
+    """The moving label map (on the moving grid, in the type it is written in) warped by nearest neighbour, as the
+    Learn2Reg evaluator warps it."""
     out = warp_with_indices(labels, nearest_indices(field, labels.shape))
-    write_image_fast(out.astype(np.int16 if np.abs(labels).max() < 2**15 else np.int32), fixed_geometry, path)
+    write_image_fast(out.astype(labels.dtype, copy=False), fixed_geometry, path)
 
 
 def _write_inverse(registration: Registration, fixed: np.ndarray, fixed_geometry: Geometry,

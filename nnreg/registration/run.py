@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from nnreg.alignment.affine import AffineSettings
-from nnreg.dataset.image_io import Geometry, read_image, read_label_map
+from nnreg.dataset.image_io import Geometry, label_storage_dtype, read_image, read_label_map
 from nnreg.dataset.naming import challenge_id_and_modality
 from nnreg.inference.refinement_settings import MULTIMODAL_REFINEMENT
 from nnreg.inference.resample import align_moving, resample_onto, same_grid
@@ -90,10 +90,12 @@ def output_targets(paths: OutputPaths) -> list[tuple[str, Path]]:
 
 
 def read_labels(path: str, moving_geometry: Geometry) -> np.ndarray:
-    """``--moving-labels`` as int32 on the moving image's grid (nearest neighbour in physical space when its own
-    grid differs), read before the registration so that a bad file stops the run before any work."""
+    """``--moving-labels`` on the moving image's grid (nearest neighbour in physical space when its own grid differs),
+    in the type its warped copy is written in (:func:`label_storage_dtype`: a uint8 map stays uint8), read before the
+    registration so that a bad file stops the run before any work."""
     labels, geometry = read_label_map(path)
-    return align_moving(labels, geometry, moving_geometry, path, labels=True, grid="moving")
+    aligned = align_moving(labels, geometry, moving_geometry, path, labels=True, grid="moving")
+    return aligned.astype(label_storage_dtype(path, labels), copy=False)
 
 
 # the affine stage's similarity for each deformable one (nnreg.alignment.similarity names)

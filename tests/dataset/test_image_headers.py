@@ -115,3 +115,22 @@ def test_two_grids_of_one_shape_and_spacing_read_differently() -> None:
     first, second = describe_grid(a, b)
     assert first != second and "origin" in first and "direction" in second
     assert describe_grid(a, a) == ("[4, 5, 6] @ [1.0, 1.0, 1.0] mm", "[4, 5, 6] @ [1.0, 1.0, 1.0] mm")
+
+
+@pytest.mark.parametrize("stored, values, expected", [
+    (np.uint8, [0, 17, 255], np.uint8),        # kept: a uint8 map's warped copy stays uint8
+    (np.int16, [0, 2035], np.int16),
+    (np.uint16, [0, 60000], np.uint16),
+    (np.int64, [0, 2035], np.int16),           # no 64-bit output: the smallest of int16 / int32 that holds the values
+    (np.float32, [0, 3], np.int16),            # labels stored as floats
+    (np.float32, [0, 70000], np.int32),
+])
+def test_warped_labels_keep_the_label_maps_integer_type(tmp_path: Path, stored, values, expected) -> None:
+    from nnreg.dataset.image_io import label_storage_dtype
+
+    array = np.zeros((4, 5, 6), stored)
+    array.flat[:len(values)] = values
+    path = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(array, np.eye(4), dtype=stored), str(path))
+    labels, _ = read_label_map(path)
+    assert label_storage_dtype(path, labels) == np.dtype(expected)

@@ -182,3 +182,17 @@ def test_the_warped_image_is_the_same_slab_by_slab(monkeypatch):
         for mode, one_pass in whole.items():
             assert np.array_equal(outputs._sample(image, field, mode), one_pass)
     np.testing.assert_array_equal(sample_coordinates(field[4:9], first_row=4), sample_coordinates(field)[:, 4:9])
+
+
+def test_a_uint8_label_map_is_written_back_as_uint8(tmp_path):
+    from nnreg.registration.run import RunRequest, run_registration
+    from tests.registration.conftest import write_pair
+
+    fixed, moving, labels = write_pair(tmp_path / "inputs")
+    image = sitk.ReadImage(str(labels))
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkUInt8), str(labels))
+    run_registration(RunRequest(fixed=str(fixed), moving=str(moving), output=str(tmp_path / "out"),
+                                moving_labels=str(labels), affine_only=True))
+    written = sitk.ReadImage(str(tmp_path / "out" / "warped_labels.nii.gz"))
+    assert written.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayFromImage(written))) <= set(np.unique(sitk.GetArrayFromImage(image)))
