@@ -40,8 +40,10 @@ logger = logging.getLogger(__name__)
 # The deformable stage's defaults on a 2 mm working grid: the refinement that new 2 mm plans record, with 30 coarse
 # steps instead of 60 (tuned with benchmarks/register.py --deformable-settings on perturbed training pairs of
 # OpenBrains80, documentation/benchmarks.md: higher Dice with half the coarse steps). The 12 fine steps with the
-# velocity on the working grid itself are the accurate part and most of the time; 3 integration steps, not 2, keep
-# NDV lower.
+# velocity on the working grid itself are most of the time; 3 integration steps, not 2, keep NDV lower. No warm-up:
+# the fine stage's first Adam step at the full rate can undo the coarse result, and the stage then returns its start
+# (all 12 steps on one 1 mm training pair); warmup_steps=3 makes them count but moved the exact Dice by 0 to +0.002
+# on perturbed training pairs, inside their spread (twenty-third session, documentation/benchmarks.md).
 DEFORMABLE = InstanceOptimization(steps=30, fine_steps=12, grid_factor=2, lambda_reg=1.5, integration_steps=3,
                                   fine_grid_factor=1)
 # The finer-grid stage's defaults (a 1 mm image after the 2 mm working grid): the velocity resampled onto the 1 mm grid
