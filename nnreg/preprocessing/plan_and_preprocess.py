@@ -25,6 +25,7 @@ from nnreg.preprocessing.preprocessor import preprocess_dataset
 from nnreg.preprocessing.splits import make_splits, user_splits
 from nnreg.utilities.errors import ConfigurationError
 from nnreg.utilities.files import atomic_path, no_empty_folder_left, read_json, write_json
+from nnreg.utilities.run_lock import holding_run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +97,15 @@ def plan_and_preprocess(options: PlanAndPreprocessOptions,
     dataset = load_dataset(root)
     check_training_pool(dataset)   # before fingerprinting: too few images is found at once, naming the file
     out = preprocessed_folder(options.preprocessed) / dataset.name
-    with no_empty_folder_left(out):                    # nothing written when an image is bad: no empty folder
-        out.mkdir(parents=True, exist_ok=True)
-        fingerprint = _fingerprint(dataset, out, options)   # reads every image: a bad one stops the run here
+    # one run per dataset at a time (a second one's --clean would re-plan under the first one's preprocessing); a run
+    # that fails leaves no folder it created empty (a bad image is found by the fingerprint, before any file is written)
+    with no_empty_folder_left(out), holding_run_lock(out, f"planning and preprocessing of {dataset.name}"):
+        return _plan_and_preprocess(dataset, out, options, decide)
+
+
+def _plan_and_preprocess(dataset: Learn2RegDataset, out: Path, options: PlanAndPreprocessOptions,
+                         decide: DecisionFunction) -> tuple[Path, Plans]:
+    fingerprint = _fingerprint(dataset, out, options)   # reads every image: a bad one stops the run here
     with atomic_path(out / "dataset.json") as tmp:
         shutil.copyfile(dataset.json_path, tmp)
     if options.planner.modalities is None:     # the contrast-augmentation rule needs the dataset's modalities

@@ -1,10 +1,11 @@
-"""One run per output folder: a lock file that a second ``nnreg_train`` of the same fold finds and refuses.
+"""One run per output folder: a lock file that a second ``nnreg_train`` of the same fold, or a second
+``nnreg_plan_and_preprocess`` of the same dataset, finds and refuses.
 
 The lock ``<folder>/.nnreg_run.lock`` holds ``<host token> <pid>`` (:func:`nnreg.utilities.files.owner_token`) and is
 created with ``O_EXCL``, so of two runs started together exactly one gets it. A lock whose process is gone (this
 host, pid not running: a run killed with SIGKILL, a crashed machine's reboot) is stale and taken over; a lock of a
 live process, or of another host sharing the folder (which this host cannot check), is a one-line error naming it.
-The process removes its lock when it exits.
+The process removes its lock when it exits, or when the block of :func:`holding_run_lock` ends.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import atexit
 import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 from nnreg.utilities.errors import NnregError
 from nnreg.utilities.files import host_token, owner_is_gone
@@ -59,3 +61,14 @@ def _release(lock: Path, mine: str) -> None:
     if _read_owner(lock) == mine:
         with contextlib.suppress(OSError):
             lock.unlink()
+
+
+@contextlib.contextmanager
+def holding_run_lock(folder: Path, what: str) -> Iterator[Path]:
+    """``folder``'s run lock for the block (:func:`claim_run_lock`), released when the block ends however it ends, so
+    that a failed run's clean-up finds the folder as the run left it."""
+    lock = claim_run_lock(folder, what)
+    try:
+        yield lock
+    finally:
+        _release(lock, f"{host_token()} {os.getpid()}")

@@ -180,3 +180,20 @@ def test_openbrains80_plans_and_preprocesses(nnreg_env: dict[str, Path]) -> None
     assert full.spacing == [2.0, 2.0, 2.0]
     assert len(list((out / full.data_identifier).glob("*_seg.b2nd"))) == 8
     assert {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()} == before   # raw data untouched
+
+
+def test_a_second_run_of_one_dataset_is_refused_while_the_first_runs(raw_tiny: Path,
+                                                                       nnreg_env: dict[str, Path]) -> None:
+    from nnreg.utilities.run_lock import LOCK_NAME
+
+    out = nnreg_env["preprocessed"] / "Dataset901_Tiny"
+    out.mkdir(parents=True)
+    (out / LOCK_NAME).write_text(f"{host_token()} 1\n")                  # a live process (pid 1) runs it
+    result = CliRunner().invoke(main, ["-d", "901", "-np", "0"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    assert "planning and preprocessing of Dataset901_Tiny is being run by process 1" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]          # nothing written beside it
+    (out / LOCK_NAME).write_text(f"{host_token()} 999999999\n")          # a killed run's lock is taken over
+    assert _run("-d", "901", "-np", "0").exit_code == 0
+    assert not (out / LOCK_NAME).exists() and (out / "nnRegPlans.json").is_file()   # released at the end
