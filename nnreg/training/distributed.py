@@ -136,8 +136,17 @@ def _spawned_entry(rank: int, world_size: int, fn: Callable[..., Any], args: tup
         raise SystemExit(exc.exit_code) from None
 
 
+#: ``-W`` filter for the processes that ``spawn`` starts, multiprocessing's resource tracker among them: a rank stopped
+#: by SIGTERM (Ctrl-C, ``kill``, a dead sibling) dies without unregistering the semaphores of its data workers' queues,
+#: and the tracker, which then unlinks them itself, printed a two-line "leaked semaphore objects" warning after
+#: ``nnreg: terminated``. The clean-up is the same; only the noise goes.
+TRACKER_WARNINGS = "ignore:resource_tracker:UserWarning"
+
+
 def spawn(fn: Callable[..., Any], world_size: int, args: tuple[Any, ...]) -> None:
     """Run ``fn(*args)`` in ``world_size`` new processes with ranks 0..N-1; fail if any of them fails."""
+    if TRACKER_WARNINGS not in sys.warnoptions:   # passed on as -W to the tracker, which starts with the ranks
+        sys.warnoptions.append(TRACKER_WARNINGS)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(_free_port())
     context = mp.start_processes(_spawned_entry, args=(world_size, fn, args, os.getpid()), nprocs=world_size,
