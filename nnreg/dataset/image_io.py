@@ -198,7 +198,7 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, Geometry]:
 def native_dtype(path: str | Path) -> np.dtype:
     """The voxel type stored in an image file (float32 when a NIfTI scaling slope/intercept applies)."""
     path = Path(path)
-    if path.name.endswith((".nii", ".nii.gz")):
+    if _is_nifti(path):
         import nibabel as nib
 
         header = nib.load(str(path)).header

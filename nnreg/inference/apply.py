@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from nnreg.alignment.grids import index_to_physical, physical_to_index
+from nnreg.alignment.grids import physical_to_index, voxel_centres
 from nnreg.dataset.image_io import (Geometry, displacement_points_into, image_shape, native_dtype, read_displacement,
                                    read_image)
 from nnreg.evaluation.warp import sample_coordinates
@@ -96,10 +96,11 @@ def itk_field_into(physical: np.ndarray, fixed_geometry: Geometry, geometry: Geo
     ``geometry``: ``idx(phys_f(x) + d(x)) - x`` (float64 inside), so the image is sampled once, where ITK samples
     it, whatever its grid (ITK's ``Resample`` with a ``DisplacementFieldTransform``)."""
     to_index = physical_to_index(geometry)
-    matrix = to_index @ index_to_physical(fixed_geometry)
-    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in fixed_geometry.shape], indexing="ij"), -1)
-    moved = grid @ matrix[:3, :3].T + matrix[:3, 3] + physical @ to_index[:3, :3].T
-    moved -= grid
+    moved = (voxel_centres(fixed_geometry) + physical) @ to_index[:3, :3].T + to_index[:3, 3]
+    for axis, n in enumerate(fixed_geometry.shape):        # minus the fixed voxel index, axis by axis, in place
+        shape = [1, 1, 1]
+        shape[axis] = n
+        moved[..., axis] -= np.arange(n, dtype=np.float64).reshape(shape)
     return moved.astype(np.float32)
 
 

@@ -1,7 +1,7 @@
 """One run per output folder: a lock file that a second ``nnreg_train`` of the same fold, or a second
 ``nnreg_plan_and_preprocess`` of the same dataset, finds and refuses.
 
-The lock ``<folder>/.nnreg_run.lock`` holds ``<host token> <pid>`` (:func:`nnreg.utilities.files.owner_token`) and is
+The lock ``<folder>/.nnreg_run.lock`` holds ``<host token> <pid>`` (:func:`nnreg.utilities.files.host_token`) and is
 created with ``O_EXCL``, so of two runs started together exactly one gets it. A lock whose process is gone (this
 host, pid not running: a run killed with SIGKILL, a crashed machine's reboot) is stale and taken over; a lock of a
 live process, or of another host sharing the folder (which this host cannot check), is a one-line error naming it.
@@ -25,7 +25,7 @@ def claim_run_lock(folder: Path, what: str) -> Path:
     """Take ``folder``'s run lock for this process (``what`` names the run in the error); returns the lock file."""
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
-    mine = f"{host_token()} {os.getpid()}"
+    mine = _owner()
     for _ in range(2):                      # a stale lock is removed once, then claimed again
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -47,6 +47,11 @@ def claim_run_lock(folder: Path, what: str) -> Path:
         atexit.register(_release, lock, mine)
         return lock
     raise NnregError(f"cannot take the run lock of {what}", lock)
+
+
+def _owner() -> str:
+    """What this process writes into a lock it holds: ``<host token> <pid>``."""
+    return f"{host_token()} {os.getpid()}"
 
 
 def _read_owner(lock: Path) -> str:
@@ -71,4 +76,4 @@ def holding_run_lock(folder: Path, what: str) -> Iterator[Path]:
     try:
         yield lock
     finally:
-        _release(lock, f"{host_token()} {os.getpid()}")
+        _release(lock, _owner())
